@@ -1,0 +1,45 @@
+"""The `Source` protocol: a long-running task that turns what a server sends into columnar
+sample batches (see `controltower.samples`) and hands them to `emit`.
+
+A source owns its connection: it connects, reconnects with backoff and keeps its own health;
+its protocol callbacks only enqueue. It stops when its task is cancelled, within a bounded time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import polars as pl
+
+Emit = Callable[[pl.DataFrame], Awaitable[None]]
+
+
+@dataclass
+class SourceHealth:
+    """What a source reports about itself, for /api/health and /metrics."""
+
+    name: str
+    kind: str
+    connected: bool = False
+    samples_in: int = 0
+    batches_out: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    last_sample_at: datetime | None = None
+    # Payloads that could not be decoded, per reason; they are set aside, never fatal.
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+class Source(Protocol):
+    name: str
+    health: SourceHealth
+
+    async def run(self, emit: Emit) -> None:
+        """Collect until cancelled, calling `emit(batch)` for each flushed batch."""
+        ...

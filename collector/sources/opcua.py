@@ -1,0 +1,211 @@
+"""OPC-UA source: subscriptions (not polling) on an OPC-UA server with asyncua.
+
+The subscription callback only appends the notification's fields to column lists; a flush
+task turns them into one sample batch (`controltower.samples`) every `flush_interval_ms` or
+`flush_max_samples`. One supervisor loop owns the connection: it connects, subscribes, watches
+the session and reconnects with backoff when the server goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+from asyncua import Client, ua
+
+from collector.sources import Emit, SourceHealth
+from controltower.samples import QUALITY_DTYPE, quality_expr, samples_frame
+from controltower.site import OpcUaSourceConfig, TagInfo
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class _ColumnBuffer:
+    """Column lists that subscription callbacks append to; swapped out whole at each flush."""
+
+    __slots__ = ("ts", "server_ts", "tag_id", "value", "status")
+
+    def __init__(self) -> None:
+        self.ts: list[datetime | None] = []
+        self.server_ts: list[datetime | None] = []
+        self.tag_id: list[str] = []
+        self.value: list[Any] = []
+        self.status: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.tag_id)
+
+
+class _SubscriptionHandler:
+    """asyncua calls `datachange_notification` once per monitored item change: append, nothing else."""
+
+    def __init__(self, source: OpcUaSource):
+        self._source = source
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        self._source._on_change(node.nodeid, val, data.monitored_item.Value)
+
+    def status_change_notification(self, status: Any) -> None:
+        self._source.health.last_error = f"subscription status changed: {status.Status}"
+
+
+class OpcUaSource:
+    """Collects the tags bound to one OPC-UA endpoint."""
+
+    def __init__(self, config: OpcUaSourceConfig, tags: list[TagInfo]):
+        self.config = config
+        self.name = config.name
+        self.health = SourceHealth(name=config.name, kind="opcua")
+        self._tags = [t for t in tags if t.source == config.name and t.tag.opcua is not None]
+        self._tag_by_node = {ua.NodeId.from_string(t.tag.opcua.node_id): t.tag_id for t in self._tags}
+        self._tag_paths = pl.DataFrame(
+            {
+                "tag_id": [t.tag_id for t in self._tags],
+                "site": [t.site for t in self._tags],
+                "area": [t.area for t in self._tags],
+                "line": [t.line for t in self._tags],
+                "unit": [t.unit for t in self._tags],
+                "unit_id": [t.unit_id for t in self._tags],
+            }
+        )
+        # Batch id nodes, per unit, from the site config's `batch_node_id`.
+        self._unit_by_batch_node: dict[ua.NodeId, str] = {}
+        self._batch_by_unit: dict[str, str | None] = {}
+        self._buffer = _ColumnBuffer()
+        self._flush_now = asyncio.Event()
+
+    def bind_batch_nodes(self, batch_nodes: dict[str, str]) -> None:
+        """unit_id -> node id of the unit's batch id variable (only units this source collects)."""
+        units = set(self._tag_paths["unit_id"].to_list())
+        for unit_id, node_id in batch_nodes.items():
+            if unit_id in units:
+                self._unit_by_batch_node[ua.NodeId.from_string(node_id)] = unit_id
+
+    # -- callback side: no I/O, no awaits ------------------------------------------------
+    def _on_change(self, node_id: ua.NodeId, value: Any, dv: ua.DataValue) -> None:
+        unit_id = self._unit_by_batch_node.get(node_id)
+        if unit_id is not None:
+            self._batch_by_unit[unit_id] = str(value) if value not in (None, "") else None
+            return
+        tag_id = self._tag_by_node.get(node_id)
+        if tag_id is None:
+            return
+        buf = self._buffer
+        buf.ts.append(dv.SourceTimestamp or dv.ServerTimestamp)
+        buf.server_ts.append(dv.ServerTimestamp)
+        buf.tag_id.append(tag_id)
+        buf.value.append(value if isinstance(value, (int, float)) else None)
+        buf.status.append(dv.StatusCode_.value if dv.StatusCode_ is not None else 0)
+        if len(buf) >= self.config.flush_max_samples:
+            self._flush_now.set()
+
+    # -- batch side -------------------------------------------------------------------------
+    def _take_batch(self) -> pl.DataFrame | None:
+        buf, self._buffer = self._buffer, _ColumnBuffer()
+        if not buf:
+            return None
+        now = datetime.now(UTC)
+        frame = samples_frame(
+            ts=[t if t is not None else now for t in buf.ts],
+            server_ts=buf.server_ts,
+            tag_id=buf.tag_id,
+            value=buf.value,
+            tag_paths=self._tag_paths.drop("unit_id"),
+        )
+        status = pl.Series("status", buf.status, pl.UInt32)
+        batches = pl.DataFrame(
+            {"unit_id": list(self._batch_by_unit), "current_batch": list(self._batch_by_unit.values())},
+            schema={"unit_id": pl.String, "current_batch": pl.String},
+        )
+        return (
+            frame.with_columns(
+                quality=pl.when(pl.col("value").is_null())
+                .then(pl.lit("bad", QUALITY_DTYPE))
+                .otherwise(quality_expr(pl.lit(status))),
+            )
+            .with_columns(unit_id=pl.concat_str("site", "area", "line", "unit", separator="."))
+            .join(batches, on="unit_id", how="left", maintain_order="left")
+            .with_columns(batch_id=pl.coalesce("batch_id", "current_batch"))
+            .drop("unit_id", "current_batch")
+        )
+
+    async def _flush_loop(self, emit: Emit) -> None:
+        interval = self.config.flush_interval_ms / 1000
+        while True:
+            try:
+                await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            self._flush_now.clear()
+            batch = self._take_batch()
+            if batch is not None:
+                self.health.samples_in += batch.height
+                self.health.batches_out += 1
+                self.health.last_sample_at = datetime.now(UTC)
+                await emit(batch)
+
+    # -- connection supervisor -------------------------------------------------------------
+    async def run(self, emit: Emit) -> None:
+        if not self._tags:
+            log.warning("OPC-UA source %s has no tags bound to it; idle", self.name)
+        flusher = asyncio.create_task(self._flush_loop(emit), name=f"{self.name}-flush")
+        backoff = BACKOFF_MIN_S
+        try:
+            while True:
+                try:
+                    await self._session()
+                    backoff = BACKOFF_MIN_S
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any failure of the session: record it, back off, reconnect
+                    self.health.connected = False
+                    self.health.last_error = _describe(exc)
+                    log.warning("OPC-UA source %s: %s; reconnecting in %.1fs", self.name, self.health.last_error, backoff)
+                await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                self.health.reconnects += 1
+        finally:
+            self.health.connected = False
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            # Samples received before the stop still go out.
+            batch = self._take_batch()
+            if batch is not None:
+                await emit(batch)
+
+    async def _session(self) -> None:
+        client = Client(self.config.url, timeout=4)
+        if self.config.username:
+            client.set_user(self.config.username)
+            if self.config.password_env:
+                client.set_password(os.environ.get(self.config.password_env, ""))
+        async with client:
+            handler = _SubscriptionHandler(self)
+            subscription = await client.create_subscription(self.config.publishing_interval_ms, handler)
+            nodes = [client.get_node(n) for n in (*self._unit_by_batch_node, *self._tag_by_node)]
+            if nodes:
+                results = await subscription.subscribe_data_change(
+                    nodes, sampling_interval=self.config.publishing_interval_ms / 2, queuesize=10
+                )
+                failed = [str(n.nodeid) for n, r in zip(nodes, results) if isinstance(r, ua.StatusCode)]
+                if failed:
+                    self.health.last_error = f"{len(failed)} node(s) could not be subscribed, e.g. {failed[0]}"
+                    log.warning("OPC-UA source %s: %s", self.name, self.health.last_error)
+            self.health.connected = True
+            log.info("OPC-UA source %s connected to %s, %d nodes", self.name, self.config.url, len(nodes))
+            while True:
+                await asyncio.sleep(1.0)
+                await client.check_connection()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]

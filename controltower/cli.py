@@ -1,0 +1,214 @@
+"""The `controltower` command.
+
+    controltower demo [--port 8050] [--data-dir DIR] [--duration S] [--seed N]
+    controltower run --config FILE [--data-dir DIR] [--port N] [--duration S]
+    controltower simulate --config FILE [--speed X] [--seed N] [--duration S] [--opcua-url U] [--mqtt-url U]
+    controltower config check FILE
+    controltower config schema
+    controltower history TAG --since T [--until T] [--format csv|parquet] [--out FILE] [--config FILE]
+
+Exit codes: 0 done, 1 runtime failure, 2 bad usage or bad config (the message names the file,
+the key and the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from controltower.site import SiteConfigError, load_site_config, site_json_schema
+from controltower.timeparse import parse_time
+
+log = logging.getLogger("controltower")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0..65535, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="controltower", description="Industrial IoT control tower for pharma sites.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="simulated plant + broker + collectors + historian + detectors + screen, one process")
+    demo.add_argument("--port", type=_port, default=8050, help="screen and API port (default 8050; 0 picks a free one)")
+    demo.add_argument("--host", default="127.0.0.1", help="address the screen binds to (default 127.0.0.1)")
+    demo.add_argument("--data-dir", type=Path, default=Path("data/demo"), help="historian, ground truth, dead letters")
+    demo.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
+    demo.add_argument("--seed", type=int, help="simulator seed (default from the config: 42)")
+    demo.add_argument("--speed", type=_positive_float, help="simulated seconds per wall-clock second (default 1)")
+    demo.add_argument("--mqtt-url", help="use this MQTT broker (mqtt://host:port) instead of the embedded one")
+    demo.add_argument("--mqtt-port", type=_port, default=1883, help="port of the embedded MQTT broker (default 1883)")
+    demo.add_argument("--opcua-port", type=_port, default=4840, help="port of the simulated OPC-UA server (default 4840)")
+
+    run = sub.add_parser("run", help="collectors + detectors + screen for a configured site")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--data-dir", type=Path, help="overrides data_dir from the config")
+    run.add_argument("--host", help="overrides screen.host")
+    run.add_argument("--port", type=_port, help="overrides screen.port")
+    run.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
+
+    simulate = sub.add_parser("simulate", help="run a simulated plant alone (OPC-UA server + MQTT publisher)")
+    simulate.add_argument("--config", type=Path, required=True)
+    simulate.add_argument("--data-dir", type=Path, help="where the ground-truth log goes (default: data_dir of the config)")
+    simulate.add_argument("--speed", type=_positive_float)
+    simulate.add_argument("--seed", type=int)
+    simulate.add_argument("--duration", type=_positive_float)
+    simulate.add_argument("--opcua-url", help="serve OPC-UA here instead of simulation.opcua_url ('none' disables)")
+    simulate.add_argument("--mqtt-url", help="publish to this broker instead of simulation.mqtt_url ('none' disables)")
+
+    config = sub.add_parser("config", help="validate a site file or print its JSON Schema")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a site file")
+    check.add_argument("file", type=Path)
+    config_sub.add_parser("schema", help="print the JSON Schema of site files")
+
+    history = sub.add_parser("history", help="export a tag's history from the historian")
+    history.add_argument("tag", help="full tag id, e.g. lyon.usp.bio1.br101.temperature")
+    history.add_argument("--since", required=True, help="ISO-8601 time or a duration before now (-1h, 30m)")
+    history.add_argument("--until", help="ISO-8601 time or duration before now (default: now)")
+    history.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    history.add_argument("--out", type=Path, help="file to write (default: standard output for csv)")
+    history.add_argument("--config", type=Path, help="site file naming the historian (default: the demo site)")
+    history.add_argument("--data-dir", type=Path, help="data directory (default: data/demo for the demo site)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Third-party chatter at INFO drowns our own lines.
+    for noisy in ("asyncua", "amqtt", "werkzeug", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return _dispatch(args)
+    except SiteConfigError as exc:
+        print(f"controltower: invalid site config\n{exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"controltower: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        if args.config_command == "schema":
+            print(json.dumps(site_json_schema(), indent=2))
+            return 0
+        site = load_site_config(args.file)
+        print(f"{args.file}: ok ({len(site.sites)} site(s), {len(site.tag_table())} tag(s), {len(site.sources)} source(s))")
+        return 0
+    if args.command == "demo":
+        from controltower.demo import DemoOptions, run_demo
+
+        options = DemoOptions(
+            port=args.port, host=args.host, data_dir=args.data_dir, duration_s=args.duration, seed=args.seed,
+            speed=args.speed, mqtt_url=args.mqtt_url, mqtt_port=args.mqtt_port, opcua_port=args.opcua_port,
+        )
+        return _run_async(run_demo(options))
+    if args.command == "run":
+        return _run_async(_run_site(args))
+    if args.command == "simulate":
+        from simulators.service import simulate
+
+        site = load_site_config(args.config)
+        overrides: dict[str, Any] = {}
+        for name in ("opcua_url", "mqtt_url"):
+            value = getattr(args, name)
+            if value is not None:
+                overrides[name] = None if value.lower() == "none" else value
+        if args.speed is not None:
+            overrides["speed"] = args.speed
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        return _run_async(
+            simulate(site, data_dir=args.data_dir or Path(site.data_dir), duration_s=args.duration, **overrides)
+        )
+    if args.command == "history":
+        return _history(args)
+    raise AssertionError(args.command)
+
+
+async def _run_site(args: argparse.Namespace) -> None:
+    from controltower.runtime import ControlTower
+
+    site = load_site_config(args.config)
+    tower = ControlTower(site, data_dir=args.data_dir)
+    try:
+        tower.start_screen(host=args.host, port=args.port)
+        await tower.run(args.duration)
+    finally:
+        tower.close()
+
+
+def _run_async(coro: Coroutine[Any, Any, Any]) -> int:
+    """Run until done or SIGINT/SIGTERM, then stop cleanly (the coroutine's finally blocks run)."""
+
+    async def supervised() -> None:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("stopped")
+
+    asyncio.run(supervised())
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from collector.sinks import open_historian
+    from controltower.demo import DEMO_CONFIG
+
+    config_path = args.config or DEMO_CONFIG
+    site = load_site_config(config_path)
+    data_dir = args.data_dir or (Path("data/demo") if args.config is None else Path(site.data_dir))
+    known = {t.tag_id for t in site.tag_table()}
+    if args.tag not in known:
+        raise ValueError(f"unknown tag {args.tag!r} in {config_path}; known tags: {', '.join(sorted(known))}")
+    since = parse_time(args.since)
+    until = parse_time(args.until) if args.until else None
+    if until is not None and until <= since:
+        raise ValueError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
+    historian = open_historian(site.historian, data_dir)
+    try:
+        frame = historian.read([args.tag], since, until)
+    finally:
+        historian.close()
+    if args.format == "parquet":
+        if args.out is None:
+            raise ValueError("--format parquet needs --out FILE")
+        frame.write_parquet(args.out)
+    else:
+        text = frame.with_columns(frame["quality"].cast(str)).write_csv()
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            args.out.write_text(text)
+    if args.out is not None:
+        print(f"{frame.height} samples of {args.tag} written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""`controltower demo`: the whole product in one process on embedded defaults.
+
+    simulated plant --OPC-UA--> OPC-UA source --\
+                    --MQTT----> embedded broker --> MQTT source --> detectors --> alerts --> screen
+                                                                \-> DuckDB historian --/
+
+The plant is `config/demo-site.yaml`; its scheduled faults raise the first alert within a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from controltower.embedded_broker import EmbeddedBroker
+from controltower.runtime import ControlTower
+from controltower.site import SiteConfig, load_site_config
+
+log = logging.getLogger(__name__)
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo-site.yaml"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    port: int = 8050
+    host: str = "127.0.0.1"
+    data_dir: Path = Path("data/demo")
+    duration_s: float | None = None
+    seed: int | None = None
+    speed: float | None = None
+    mqtt_url: str | None = None  # an existing broker; None starts the embedded one
+    mqtt_port: int = 1883
+    opcua_port: int = 4840
+    config: Path = DEMO_CONFIG
+
+
+def point_sources_at(site: SiteConfig, *, opcua_url: str, mqtt_url: str) -> SiteConfig:
+    """The same site with its sources (and simulation) aimed at these endpoints."""
+    sources = [
+        s.model_copy(update={"url": opcua_url if s.kind == "opcua" else mqtt_url}) for s in site.sources
+    ]
+    simulation = site.simulation.model_copy(update={"opcua_url": opcua_url, "mqtt_url": mqtt_url}) if site.simulation else None
+    return site.model_copy(update={"sources": sources, "simulation": simulation})
+
+
+async def run_demo(options: DemoOptions, *, on_ready=None) -> None:
+    from simulators.service import SimulatorService
+
+    site = load_site_config(options.config)
+    broker = None if options.mqtt_url else EmbeddedBroker(port=options.mqtt_port)
+    mqtt_url = options.mqtt_url or broker.url
+    opcua_url = f"opc.tcp://127.0.0.1:{options.opcua_port}/controltower/sim"
+    site = point_sources_at(site, opcua_url=opcua_url, mqtt_url=mqtt_url)
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+
+    if broker is not None:
+        await broker.start()
+    simulator = SimulatorService(
+        site, data_dir=options.data_dir, opcua_url=opcua_url, mqtt_url=mqtt_url, seed=options.seed, speed=options.speed
+    )
+    tower = None
+    try:
+        await simulator.start()
+        tower = ControlTower(site, data_dir=options.data_dir)
+        url = tower.start_screen(host=options.host, port=options.port)
+        print(f"Demo control tower: {url}  (API {url}api/health, metrics {url}metrics); Ctrl-C to stop", flush=True)
+        if on_ready is not None:
+            on_ready(tower, simulator)
+        sim_task = asyncio.create_task(simulator.run(None), name="simulator")
+        try:
+            await tower.run(options.duration_s)
+        finally:
+            sim_task.cancel()
+            await asyncio.gather(sim_task, return_exceptions=True)
+    finally:
+        if tower is not None:
+            tower.close()
+        await simulator.stop()
+        if broker is not None:
+            await broker.stop()

@@ -1,0 +1,152 @@
+"""The control tower at run time: sources, historian, detectors, alert book and screen for one
+site config, wired together and run on one event loop (the screen's web server in a thread).
+
+`controltower run` and `controltower demo` both end up here; the demo only adds a simulated
+plant and an embedded broker in front of it (`controltower.demo`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from analytics.alerts import AlertBook
+from analytics.engine import DetectionEngine
+from collector.deadletter import DeadLetterFile
+from collector.pipeline import Pipeline
+from collector.sinks import Historian, open_historian
+from collector.sources import Source
+from collector.sources.mqtt import MqttSource
+from collector.sources.opcua import OpcUaSource
+from controltower.live import LiveState
+from controltower.metrics import Metrics
+from controltower.site import SiteConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_sources(site: SiteConfig, data_dir: Path) -> list[Source]:
+    tags = site.tag_table()
+    dead_letter = DeadLetterFile(data_dir / "dead_letter.jsonl")
+    batch_nodes = {
+        f"{s.id}.{a.id}.{ln.id}.{u.id}": u.batch_node_id
+        for s in site.sites for a in s.areas for ln in a.lines for u in ln.units
+        if u.batch_node_id
+    }
+    sources: list[Source] = []
+    for config in site.sources:
+        if config.kind == "opcua":
+            source = OpcUaSource(config, tags)
+            source.bind_batch_nodes(batch_nodes)
+            sources.append(source)
+        else:
+            sources.append(MqttSource(config, tags, dead_letter=dead_letter))
+    return sources
+
+
+class ControlTower:
+    """Implements `controltower.context.TowerContext` for the screen and the API."""
+
+    def __init__(self, site: SiteConfig, *, data_dir: Path | None = None, historian: Historian | None = None):
+        self.site = site
+        self.data_dir = Path(data_dir or site.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tags = site.tag_table()
+        self.metrics = Metrics()
+        self.live = LiveState(self.tags)
+        self.alerts = AlertBook()
+        self.engine = DetectionEngine(self.tags, site.detectors, self.alerts)
+        self.historian = historian or open_historian(site.historian, self.data_dir)
+        self.sources = build_sources(site, self.data_dir)
+        self.metrics.watch_sources(lambda: [s.health for s in self.sources])
+        self.pipeline = Pipeline(
+            self.sources, self.historian, consumers=[self.live.update, self._detect], metrics=self.metrics
+        )
+        self.started_at = datetime.now(UTC)
+        self.web = None
+
+    def _detect(self, batch: pl.DataFrame) -> None:
+        started = time.perf_counter()
+        raised = self.engine.process(batch)
+        self.metrics.detect_seconds.observe(time.perf_counter() - started)
+        for alert in raised:
+            self.metrics.alerts_raised.labels(alert.detector, alert.severity).inc()
+            log.info("alert %s: %s %s (%s)", alert.severity, alert.tag_id, alert.message, alert.detector)
+        self.metrics.alerts_active.set(len(self.alerts.active()))
+
+    def health(self) -> dict[str, Any]:
+        sources = []
+        for s in self.sources:
+            h = s.health
+            sources.append(
+                {
+                    "name": h.name,
+                    "kind": h.kind,
+                    "connected": h.connected,
+                    "samples_in": h.samples_in,
+                    "batches_out": h.batches_out,
+                    "reconnects": h.reconnects,
+                    "rejected": dict(h.rejected),
+                    "last_error": h.last_error,
+                    "last_sample_at": h.last_sample_at.isoformat() if h.last_sample_at else None,
+                }
+            )
+        ok = all(s["connected"] for s in sources) and self.pipeline.historian_ok
+        return {
+            "status": "ok" if ok else "degraded",
+            "enterprise": self.site.enterprise,
+            "uptime_s": round((datetime.now(UTC) - self.started_at).total_seconds(), 1),
+            "sources": sources,
+            "historian": {
+                "name": self.historian.name,
+                "ok": self.pipeline.historian_ok,
+                "last_error": self.pipeline.historian_error,
+                "samples_stored": self.pipeline.samples_stored,
+            },
+            "alerts_active": len(self.alerts.active()),
+        }
+
+    def start_screen(self, host: str | None = None, port: int | None = None) -> str:
+        """Serve the Dash screen and the JSON API in a background thread; return its URL."""
+        from controltower.screen.app import create_app
+        from controltower.webserver import WebServer
+
+        app = create_app(self)
+        self.web = WebServer(
+            app.server,
+            host=host or self.site.screen.host,
+            port=self.site.screen.port if port is None else port,
+        )
+        self.web.start()
+        log.info("control tower screen at %s", self.web.url)
+        return self.web.url
+
+    def stop_screen(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+
+    async def run(self, duration_s: float | None = None) -> None:
+        """Collect, detect and store until cancelled or for `duration_s` seconds."""
+        task = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        try:
+            if duration_s is None:
+                await task
+            else:
+                done, _ = await asyncio.wait({task}, timeout=duration_s)
+                if task in done:
+                    task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def close(self) -> None:
+        self.stop_screen()
+        self.historian.close()

@@ -1,0 +1,49 @@
+"""Shared test helpers.
+
+Integration tests start the real servers they need (Mosquitto, InfluxDB 1.x, VictoriaMetrics,
+the project's OPC-UA simulator, Chromium) on free loopback ports with temporary data dirs.
+When a server binary is missing, the test is skipped locally, but with
+CONTROLTOWER_REQUIRE_SERVICES=1 (set by `.ci/run`) the same test fails instead: in CI a missing
+service is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRE_SERVICES = os.environ.get("CONTROLTOWER_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
+
+
+def require_binary(name: str, *candidates: str) -> str:
+    """Path of a server binary; skip (or fail, when services are required) if it is not installed."""
+    for candidate in (name, *candidates):
+        found = shutil.which(candidate) or (candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    message = f"{name} is not installed (apt-get install the package that provides it)"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + "; CONTROLTOWER_REQUIRE_SERVICES is set, so this is a failure")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable

@@ -9,6 +9,7 @@ models are trusted.
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -416,6 +417,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SiteConfigError(path, [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    text = expand_environment(text, path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -424,6 +426,36 @@ def load_site_config(path: str | Path) -> SiteConfig:
         problem = getattr(exc, "problem", None) or str(exc)
         raise SiteConfigError(path, [("", f"not valid YAML at {where}: {problem}")]) from None
     return parse_site_config(data, path)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_environment(text: str, path: str | Path = "<config>", environ: dict[str, str] | None = None) -> str:
+    """Replace `${NAME}` and `${NAME:-default}` with environment values, so one file serves
+    several deployments (docker-compose sets them). A `${NAME}` with no value and no default is
+    an error naming the variable and its line. Values are never echoed back in errors (they may be secrets)."""
+    env = os.environ if environ is None else environ
+    problems: list[tuple[str, str]] = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if line.lstrip().startswith("#"):
+            continue
+
+        def substitute(match: re.Match[str], number: int = number) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(("", f"line {number}: environment variable {name} is not set and has no default (${{{name}:-...}})"))
+            return ""
+
+        lines[number - 1] = _ENV_REF.sub(substitute, line)
+    expanded = "\n".join(lines)
+    if problems:
+        raise SiteConfigError(path, problems)
+    return expanded
 
 
 def site_json_schema() -> dict[str, Any]:

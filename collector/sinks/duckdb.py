@@ -1,0 +1,185 @@
+"""The embedded historian: one DuckDB file under the data directory.
+
+Table `samples` holds the sample schema with timestamps as BIGINT nanoseconds since the epoch
+(DuckDB's TIMESTAMPTZ stops at microseconds; samples keep their nanoseconds exactly) and quality
+as an ENUM. Each batch is inserted sorted by time from its Arrow table in one statement; as the
+collector writes in time order, the per-row-group min/max of `ts` (DuckDB's zonemaps) lets a
+`tag_id + time range` read skip every row group outside the range, with no index to maintain.
+Table `latest` keeps the newest sample of each tag (upserted with each batch) for `latest()`
+and `tags()`, so the screen never scans the history for them.
+
+Writes run in a worker thread, one at a time; reads may come from any thread, each on its own
+cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from collector.sinks import HistorianError
+from controltower.samples import SAMPLE_SCHEMA, conform, empty_samples
+
+COLUMNS = tuple(SAMPLE_SCHEMA)
+_COLUMN_TYPES = {
+    "ts": "BIGINT NOT NULL",
+    "server_ts": "BIGINT",
+    "tag_id": "VARCHAR NOT NULL",
+    "value": "DOUBLE",
+    "quality": "quality NOT NULL",
+    "batch_id": "VARCHAR",
+    "site": "VARCHAR",
+    "area": "VARCHAR",
+    "line": "VARCHAR",
+    "unit": "VARCHAR",
+}
+_COLUMN_LIST = ", ".join(COLUMNS)
+_SCHEMA_SQL = [
+    "CREATE TYPE IF NOT EXISTS quality AS ENUM ('good', 'uncertain', 'bad')",
+    "CREATE TABLE IF NOT EXISTS samples ({})".format(", ".join(f"{c} {t}" for c, t in _COLUMN_TYPES.items())),
+    "CREATE TABLE IF NOT EXISTS latest ({}, PRIMARY KEY (tag_id))".format(
+        ", ".join(f"{c} {t}" for c, t in _COLUMN_TYPES.items())
+    ),
+]
+_NEWEST_PER_TAG = f"""
+    SELECT {_COLUMN_LIST} FROM batch
+    QUALIFY row_number() OVER (PARTITION BY tag_id ORDER BY ts DESC) = 1
+"""
+_UPSERT_LATEST = f"""
+    INSERT INTO latest ({_COLUMN_LIST}) {_NEWEST_PER_TAG}
+    ON CONFLICT (tag_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "tag_id")}
+    WHERE excluded.ts >= latest.ts
+"""
+
+
+def _ns(moment: datetime) -> int:
+    """Datetime (naive = UTC) -> integer ns since the epoch, exactly."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _arrow_batch(batch: pl.DataFrame):
+    """The batch as the Arrow table DuckDB reads: timestamps as int64 ns, quality as text."""
+    frame = conform(batch).with_columns(
+        pl.col("ts").dt.epoch("ns"),
+        pl.col("server_ts").dt.epoch("ns"),
+        pl.col("quality").cast(pl.String),
+    )
+    return frame.to_arrow()
+
+
+class DuckDbHistorian:
+    """Historian in a DuckDB file. `path` is created (with its folders) when missing."""
+
+    name = "duckdb"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._write_lock = threading.Lock()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = duckdb.connect(str(self.path))
+            for statement in _SCHEMA_SQL:
+                self._con.execute(statement)
+        except (duckdb.Error, OSError) as exc:
+            hint = " (is another process using it?)" if "lock" in str(exc).lower() else ""
+            raise HistorianError(f"cannot open the DuckDB historian {self.path}{hint}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"DuckDbHistorian({str(self.path)!r})"
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def write(self, batch: pl.DataFrame) -> None:
+        """Insert a batch (sample schema) off the event loop."""
+        if batch.height:
+            await asyncio.to_thread(self.write_sync, batch)
+
+    def write_sync(self, batch: pl.DataFrame) -> None:
+        """Insert a batch from the calling thread (one transaction: all rows or none)."""
+        if not batch.height:
+            return
+        table = _arrow_batch(batch)
+        if table.column("ts").null_count:
+            raise HistorianError(f"{self.path}: {table.column('ts').null_count} sample(s) without ts")
+        with self._write_lock:
+            cur = self._cursor()
+            try:
+                cur.register("batch", table)
+                cur.execute("BEGIN TRANSACTION")
+                cur.execute(f"INSERT INTO samples ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM batch ORDER BY ts, tag_id")
+                cur.execute(_UPSERT_LATEST)
+                cur.execute("COMMIT")
+            except duckdb.Error as exc:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise HistorianError(f"cannot write to the DuckDB historian {self.path}: {exc}") from exc
+            finally:
+                cur.close()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def read(self, tag_ids: Sequence[str], start: datetime, end: datetime | None = None) -> pl.DataFrame:
+        """Samples of these tags with start <= ts < end (end None: no upper bound), sorted by
+        tag then time, in the sample schema."""
+        if not tag_ids:
+            return empty_samples()
+        sql = f"SELECT {_COLUMN_LIST} FROM samples WHERE tag_id IN (SELECT unnest($tags)) AND ts >= $start"
+        params: dict[str, object] = {"tags": list(tag_ids), "start": _ns(start)}
+        if end is not None:
+            sql += " AND ts < $end"
+            params["end"] = _ns(end)
+        return self._query(sql + " ORDER BY tag_id, ts", params)
+
+    def latest(self, tag_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        """The newest sample of each tag (all tags when None), sorted by tag."""
+        if tag_ids is None:
+            return self._query(f"SELECT {_COLUMN_LIST} FROM latest ORDER BY tag_id", {})
+        return self._query(
+            f"SELECT {_COLUMN_LIST} FROM latest WHERE tag_id IN (SELECT unnest($tags)) ORDER BY tag_id",
+            {"tags": list(tag_ids)},
+        )
+
+    def tags(self) -> list[str]:
+        """Every tag id with at least one sample, sorted."""
+        return self._query("SELECT tag_id FROM latest ORDER BY tag_id", {}, raw=True)["tag_id"].to_list()
+
+    def count(self) -> int:
+        cur = self._cursor()
+        try:
+            return cur.execute("SELECT count(*) FROM samples").fetchone()[0]
+        finally:
+            cur.close()
+
+    def _query(self, sql: str, params: dict[str, object], raw: bool = False) -> pl.DataFrame:
+        cur = self._cursor()
+        try:
+            frame = pl.from_arrow(cur.sql(sql, params=params).to_arrow_table())
+        except duckdb.Error as exc:
+            raise HistorianError(f"cannot read the DuckDB historian {self.path}: {exc}") from exc
+        finally:
+            cur.close()
+        return frame if raw else conform(frame)
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._closed:
+            raise HistorianError(f"the DuckDB historian {self.path} is closed")
+        # A cursor is a connection of its own to the same database: safe to use in this thread.
+        return self._con.cursor()
+
+    def close(self) -> None:
+        with self._write_lock:
+            if not self._closed:
+                self._closed = True
+                self._con.close()

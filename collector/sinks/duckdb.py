@@ -47,6 +47,8 @@ _SCHEMA_SQL = [
         ", ".join(f"{c} {t}" for c, t in _COLUMN_TYPES.items())
     ),
 ]
+# Sorted by time, so each row group covers a narrow time span (see the module docstring).
+_INSERT_SAMPLES = f"INSERT INTO samples ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM batch ORDER BY ts, tag_id"
 _NEWEST_PER_TAG = f"""
     SELECT {_COLUMN_LIST} FROM batch
     QUALIFY row_number() OVER (PARTITION BY tag_id ORDER BY ts DESC) = 1
@@ -116,7 +118,7 @@ class DuckDbHistorian:
             try:
                 cur.register("batch", table)
                 cur.execute("BEGIN TRANSACTION")
-                cur.execute(f"INSERT INTO samples ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM batch ORDER BY ts, tag_id")
+                cur.execute(_INSERT_SAMPLES)
                 cur.execute(_UPSERT_LATEST)
                 cur.execute("COMMIT")
             except duckdb.Error as exc:

@@ -99,7 +99,11 @@ def _ns(moment: datetime) -> int:
 
 
 def select_statement(
-    measurement: str, tag_ids: Sequence[str], start_ns: int, end_ns: int | None, retention_policy: str | None = None
+    measurement: str,
+    tag_ids: Sequence[str],
+    start_ns: int,
+    end_ns: int | None,
+    retention_policy: str | None = None,
 ) -> str:
     """`SELECT * FROM <measurement> WHERE tag_id in (...) AND start <= time < end` in InfluxQL."""
     source = quote_identifier(measurement)
@@ -177,7 +181,9 @@ class InfluxDbHistorian:
 
     def __repr__(self) -> str:
         auth = "token" if self.__token else "no token"
-        return self._scrub(f"InfluxDbHistorian(url={self.url!r}, api={self.api!r}, bucket={self.bucket!r}, {auth})")
+        return self._scrub(
+            f"InfluxDbHistorian(url={self.url!r}, api={self.api!r}, bucket={self.bucket!r}, {auth})"
+        )
 
     # --- secrets -------------------------------------------------------------------------------
 
@@ -194,7 +200,11 @@ class InfluxDbHistorian:
         token = self.__token
         if not token:
             return text
-        secrets = {token, base64.b64encode(token.encode()).decode(), *(p for p in token.split(":", 1) if len(p) >= 4)}
+        secrets = {
+            token,
+            base64.b64encode(token.encode()).decode(),
+            *(p for p in token.split(":", 1) if len(p) >= 4),
+        }
         for secret in sorted(secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
@@ -214,7 +224,9 @@ class InfluxDbHistorian:
             if attempt + 1 < self.max_attempts:
                 # Exponential backoff, half of it jittered, so restarting collectors do not retry in step.
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
-                log.warning("%s", self._scrub(f"InfluxDB {self.url}: {what} failed ({reason}); retry in {delay:.2f}s"))
+                log.warning(
+                    "%s", self._scrub(f"InfluxDB {self.url}: {what} failed ({reason}); retry in {delay:.2f}s")
+                )
                 time.sleep(delay)
         raise self._error(what, f"failed after {self.max_attempts} attempts: {reason}")
 
@@ -267,14 +279,18 @@ class InfluxDbHistorian:
             "Content-Encoding": "gzip",
             **self._auth_headers(),
         }
-        self._request("write", "POST", "/write?" + urlencode(params), body=gzip.compress(body, 5), headers=headers)
+        self._request(
+            "write", "POST", "/write?" + urlencode(params), body=gzip.compress(body, 5), headers=headers
+        )
 
     def _write_v2(self, body: bytes) -> None:
         from influxdb_client import WritePrecision
         from influxdb_client.rest import ApiException
 
         try:
-            self._write_api.write(bucket=self.bucket, org=self.org, record=body, write_precision=WritePrecision.NS)
+            self._write_api.write(
+                bucket=self.bucket, org=self.org, record=body, write_precision=WritePrecision.NS
+            )
         except ApiException as exc:
             self._check("write", exc.status or 0, exc.body)
             raise self._error("write", f"HTTP {exc.status}") from None
@@ -285,13 +301,21 @@ class InfluxDbHistorian:
 
     def query(self, statement: str) -> bytes:
         """Run one InfluxQL statement on `/query` (epoch=ns, chunked) and return the raw answer."""
-        fields = {"db": self.database, "q": statement, "epoch": "ns", "chunked": "true", "chunk_size": "10000"}
+        fields = {
+            "db": self.database,
+            "q": statement,
+            "epoch": "ns",
+            "chunked": "true",
+            "chunk_size": "10000",
+        }
         if self.retention_policy:
             fields["rp"] = self.retention_policy
         headers = {"Accept": "application/json", **self._auth_headers()}
 
         def call() -> bytes:
-            return self._request("query", "POST", "/query", fields=fields, encode_multipart=False, headers=headers).data
+            return self._request(
+                "query", "POST", "/query", fields=fields, encode_multipart=False, headers=headers
+            ).data
 
         return self._attempts("query", call)
 
@@ -302,7 +326,10 @@ class InfluxDbHistorian:
         tags = list(dict.fromkeys(tag_ids))
         for offset in range(0, len(tags), TAGS_PER_QUERY):
             statement = select_statement(
-                self.measurement, tags[offset : offset + TAGS_PER_QUERY], _ns(start), None if end is None else _ns(end)
+                self.measurement,
+                tags[offset : offset + TAGS_PER_QUERY],
+                _ns(start),
+                None if end is None else _ns(end),
             )
             body = self.query(statement)
             try:

@@ -52,12 +52,15 @@ DEFAULT_MAX_LINES = 5000
 
 
 def _no_newlines(expr: pl.Expr) -> pl.Expr:
-    return expr.str.replace_all(r"[\r\n]", " ")
+    return expr.str.replace_all("\n", " ", literal=True).str.replace_all("\r", " ", literal=True)
 
 
 def escape_tag(expr: pl.Expr) -> pl.Expr:
     """Tag key/value escaping: backslash before commas, spaces and equals signs."""
-    return _no_newlines(expr).str.replace_all(r"([,= ])", r"\$1")
+    escaped = _no_newlines(expr)
+    for char in (",", "=", " "):
+        escaped = escaped.str.replace_all(char, "\\" + char, literal=True)
+    return escaped
 
 
 def escape_measurement(name: str) -> str:
@@ -66,7 +69,11 @@ def escape_measurement(name: str) -> str:
 
 def string_field(expr: pl.Expr) -> pl.Expr:
     """A quoted string field value: backslashes and double quotes escaped."""
-    escaped = _no_newlines(expr).str.replace_all(r"([\\\"])", r"\$1")
+    escaped = (
+        _no_newlines(expr)
+        .str.replace_all("\\", "\\\\", literal=True)
+        .str.replace_all('"', '\\"', literal=True)
+    )
     return pl.concat_str(pl.lit('"'), escaped, pl.lit('"'))
 
 
@@ -76,7 +83,15 @@ def _tag_pair(column: str) -> pl.Expr:
     return pl.when(value.is_not_null() & (value != "")).then(pl.lit(f",{column}=") + escape_tag(value))
 
 
-def _field_set() -> pl.Expr:
+def series_key_expr(measurement: str = DEFAULT_MEASUREMENT) -> pl.Expr:
+    """Measurement and tag set: `process_values,area=...,unit=...`."""
+    return pl.concat_str(
+        pl.lit(escape_measurement(measurement)), *(_tag_pair(c) for c in TAG_COLUMNS), ignore_nulls=True
+    ).alias("series_key")
+
+
+def field_set_expr() -> pl.Expr:
+    """`value=...[,batch_id="..."][,server_ts=...i]` (or value_text for a non-finite value)."""
     value = pl.col("value")
     finite = value.is_finite().fill_null(False)
     value_text = (
@@ -93,38 +108,50 @@ def _field_set() -> pl.Expr:
         .then(pl.lit("value=") + value.cast(pl.String))
         .otherwise(pl.concat_str(pl.lit('value_text="'), value_text, pl.lit('"')))
     )
-    batch = pl.when(pl.col("batch_id").is_not_null()).then(pl.lit(",batch_id=") + string_field(pl.col("batch_id")))
-    server_ts = pl.when(pl.col("server_ts").is_not_null()).then(
-        pl.concat_str(pl.lit(",server_ts="), pl.col("server_ts").dt.epoch("ns").cast(pl.String), pl.lit("i"))
+    batch = pl.when(pl.col("batch_id").is_not_null()).then(
+        pl.lit(",batch_id=") + string_field(pl.col("batch_id"))
     )
-    return pl.concat_str(first, batch, server_ts, ignore_nulls=True)
+    server_ts = pl.concat_str(
+        pl.lit(",server_ts="), pl.col("server_ts").dt.epoch("ns").cast(pl.String), pl.lit("i")
+    )
+    return pl.concat_str(first, batch, server_ts, ignore_nulls=True).alias("field_set")
+
+
+def _line(series_key: pl.Expr) -> pl.Expr:
+    return pl.concat_str(
+        series_key, pl.lit(" "), field_set_expr(), pl.lit(" "), pl.col("ts").dt.epoch("ns").cast(pl.String)
+    ).alias("line")
 
 
 def line_expr(measurement: str = DEFAULT_MEASUREMENT) -> pl.Expr:
-    """One line-protocol line (without the newline) per sample row."""
-    return pl.concat_str(
-        pl.concat_str(pl.lit(escape_measurement(measurement)), *(_tag_pair(c) for c in TAG_COLUMNS), ignore_nulls=True),
-        pl.lit(" "),
-        _field_set(),
-        pl.lit(" "),
-        pl.col("ts").dt.epoch("ns").cast(pl.String),
-    ).alias("line")
+    """One line-protocol line (without the newline) per sample row, as a single expression."""
+    return _line(series_key_expr(measurement))
 
 
 def encode_lines(batch: pl.DataFrame, measurement: str = DEFAULT_MEASUREMENT) -> pl.Series:
     """Sample batch (sample schema) -> a String series of line-protocol lines, one per row.
 
+    Same result as `line_expr`, faster: a batch holds few distinct tag sets (tag x quality), so
+    each series key is built and escaped once and joined back to the rows.
     Raises ValueError when a row has no `ts`: InfluxDB would stamp it with its own clock.
     """
-    frame = conform(batch)
+    frame = conform(batch).with_columns(pl.col("quality").cast(pl.String))
     if frame["ts"].null_count():
         raise ValueError(f"{frame['ts'].null_count()} sample(s) without a source timestamp (ts)")
-    return frame.select(line_expr(measurement)).to_series()
+    tag_columns = list(TAG_COLUMNS)
+    keys = frame.select(tag_columns).unique().with_columns(series_key_expr(measurement))
+    frame = frame.join(keys, on=tag_columns, how="left", nulls_equal=True, maintain_order="left")
+    return frame.select(_line(pl.col("series_key"))).to_series()
 
 
 def encode(batch: pl.DataFrame, measurement: str = DEFAULT_MEASUREMENT) -> bytes:
     """Sample batch -> line-protocol bytes (UTF-8, lines separated by `\\n`)."""
-    return encode_lines(batch, measurement).str.join("\n").item().encode()
+    return _join(encode_lines(batch, measurement))
+
+
+def _join(lines: pl.Series) -> bytes:
+    # Joined and handed over as binary: no 10+ MB Python str to build and encode again.
+    return lines.str.join("\n").cast(pl.Binary).item()
 
 
 def encode_chunks(
@@ -133,7 +160,7 @@ def encode_chunks(
     """Sample batch -> line-protocol request bodies of at most `max_lines` lines each."""
     lines = encode_lines(batch, measurement)
     for offset in range(0, len(lines), max_lines):
-        yield lines.slice(offset, max_lines).str.join("\n").item().encode()
+        yield _join(lines.slice(offset, max_lines))
 
 
 # --- InfluxQL /query results -------------------------------------------------------------------
@@ -209,7 +236,9 @@ def parse_query_response(body: bytes | str | dict | list) -> pl.DataFrame:
     frame = pl.concat(frames, how="diagonal_relaxed")
     if "value_text" in frame.columns:
         special = pl.col("value_text").replace_strict(
-            {"NaN": float("nan"), "+Inf": float("inf"), "-Inf": float("-inf")}, default=None, return_dtype=pl.Float64
+            {"NaN": float("nan"), "+Inf": float("inf"), "-Inf": float("-inf")},
+            default=None,
+            return_dtype=pl.Float64,
         )
         value = pl.col("value") if "value" in frame.columns else pl.lit(None, pl.Float64)
         frame = frame.with_columns(value=pl.coalesce(value, special))

@@ -1,0 +1,8 @@
+"""Streaming detectors over columnar sample batches: each scores a micro-batch and decides a
+per-sample level (0 normal, 1 warning, 2 alarm). See `base.Detector` for the contract."""
+
+from analytics.detectors.base import SCORE_SCHEMA, Detector
+from analytics.detectors.limits import LimitDetector
+from analytics.detectors.zscore import RollingZScore
+
+__all__ = ["SCORE_SCHEMA", "Detector", "LimitDetector", "RollingZScore"]

@@ -1,0 +1,158 @@
+"""Limit detector: the tag's alarm and warning limits, with hysteresis.
+
+Catches: a value outside its configured operating window (the classic DCS high/low alarms).
+Each of the four limits is its own condition: it enters when the value crosses the limit
+(strictly above a high limit, strictly below a low limit) and leaves only once the value is
+back inside by the tag's `deadband`; in between the condition keeps its previous state, across
+micro-batch boundaries. Level 2 when an alarm limit is active, else 1 when a warning limit is.
+
+Score: how far the value is outside the nearest (innermost) limit on its side, divided by the
+tag's span (alarm_high - alarm_low, else warning_high - warning_low, else the gap between the
+warning and alarm limits of the one side configured, else 1.0); 0 inside the limits.
+
+Vectorised: per limit an enter/exit marker (True/False/null) is computed for every sample,
+forward-filled within the tag and seeded with the tag's state at the end of the previous batch.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import polars as pl
+
+from analytics.detectors.base import as_scores, carry_forward, last_of_tag, sorted_by_tag, usable
+from controltower.site import TagInfo
+
+# (limit, side, level): side +1 for a high limit, -1 for a low one.
+LIMITS: tuple[tuple[str, int, int], ...] = (
+    ("alarm_high", +1, 2),
+    ("alarm_low", -1, 2),
+    ("warning_high", +1, 1),
+    ("warning_low", -1, 1),
+)
+_STATE_SCHEMA = {"tag_id": pl.String(), **{f"{name}_was": pl.Boolean() for name, _, _ in LIMITS}}
+
+
+def limit_span(alarm_low: float | None, warning_low: float | None, warning_high: float | None,
+               alarm_high: float | None) -> float:
+    """The scale a limit excursion is measured against (see the module docstring)."""
+    for hi, lo in ((alarm_high, alarm_low), (warning_high, warning_low), (alarm_high, warning_high),
+                   (warning_low, alarm_low)):
+        if hi is not None and lo is not None and hi > lo:
+            return hi - lo
+    return 1.0
+
+
+def limit_marker(name: str, side: int) -> pl.Expr:
+    """True where the sample enters the condition of limit `name`, False where it is back inside
+    by the deadband, null where it keeps the previous state (inside the deadband, or skipped)."""
+    limit, value, deadband = pl.col(name), pl.col("value"), pl.col("deadband")
+    entered = value > limit if side > 0 else value < limit
+    left = value <= limit - deadband if side > 0 else value >= limit + deadband
+    return (
+        pl.when(~usable()).then(None)
+        .when(limit.is_null()).then(False)
+        .when(entered).then(True)
+        .when(left).then(False)
+        .otherwise(None)
+    )
+
+
+def limit_level() -> pl.Expr:
+    """2 while an alarm limit is active, 1 while only a warning limit is, else 0."""
+    return (
+        pl.when(pl.col("alarm_high_active") | pl.col("alarm_low_active")).then(2)
+        .when(pl.col("warning_high_active") | pl.col("warning_low_active")).then(1)
+        .otherwise(0)
+        .cast(pl.UInt8)
+    )
+
+
+def active_limit() -> tuple[pl.Expr, pl.Expr]:
+    """The limit value and reason of the most severe active condition (null when none).
+    Reasons are prepared per tag (`<limit>_reason` columns of `LimitDetector.params()`)."""
+    limit, reason = pl.when(False).then(None), pl.when(False).then(None)
+    for name, _, _ in LIMITS:
+        active = pl.col(f"{name}_active")
+        limit = limit.when(active).then(pl.col(name))
+        reason = reason.when(active).then(pl.col(f"{name}_reason"))
+    return limit.otherwise(None).cast(pl.Float64), reason.otherwise(None).cast(pl.String)
+
+
+def limit_reason(name: str, side: int, value: float | None) -> str | None:
+    """Reason text of an active limit, e.g. "above alarm high 39.0" (None without that limit)."""
+    if value is None:
+        return None
+    return ("above " if side > 0 else "below ") + name.replace("_", " ") + f" {value!r}"
+
+
+def limit_score() -> pl.Expr:
+    """Distance outside the innermost limit on the value's side, over the tag's span."""
+    value = pl.col("value")
+    upper = pl.coalesce(pl.col("warning_high"), pl.col("alarm_high"))
+    lower = pl.coalesce(pl.col("warning_low"), pl.col("alarm_low"))
+    excess = pl.max_horizontal(value - upper, lower - value, pl.lit(0.0))
+    return pl.when(usable()).then(excess / pl.col("span")).otherwise(None)
+
+
+class LimitDetector:
+    """Per-sample warning/alarm levels from each tag's `Limits`, with deadband hysteresis.
+
+    Tags not in `tags` score null at level 0. See `analytics.detectors.base` for the output.
+    """
+
+    name = "limits"
+
+    def __init__(self, tags: list[TagInfo]):
+        self.tags = tags
+        self._params: pl.DataFrame | None = None
+        self._state = pl.DataFrame(schema=_STATE_SCHEMA)
+
+    def fit(self, history: pl.DataFrame) -> Self:
+        """Nothing to learn: limits come from the site config. Returns self."""
+        return self
+
+    def reset(self) -> None:
+        self._state = pl.DataFrame(schema=_STATE_SCHEMA)
+
+    def params(self) -> pl.DataFrame:
+        """One row per tag: tag_id, its four limits, deadband, span and the four reason texts."""
+        if self._params is None:
+            rows = []
+            for info in self.tags:
+                lim = info.tag.limits
+                rows.append({
+                    "tag_id": info.tag_id,
+                    "alarm_low": lim.alarm_low, "warning_low": lim.warning_low,
+                    "warning_high": lim.warning_high, "alarm_high": lim.alarm_high,
+                    "deadband": float(lim.deadband),
+                    "span": limit_span(lim.alarm_low, lim.warning_low, lim.warning_high, lim.alarm_high),
+                    **{f"{name}_reason": limit_reason(name, side, getattr(lim, name)) for name, side, _ in LIMITS},
+                })
+            schema = {"tag_id": pl.String(), **{k: pl.Float64() for k in
+                      ("alarm_low", "warning_low", "warning_high", "alarm_high", "deadband", "span")},
+                      **{f"{name}_reason": pl.String() for name, _, _ in LIMITS}}
+            self._params = pl.DataFrame(rows, schema=schema)
+        return self._params
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+        frame = (
+            sorted_by_tag(batch.select("ts", "tag_id", "value", "quality"), self.params(), self._state)
+            .with_columns(
+                carry_forward(limit_marker(name, side), pl.col(f"{name}_was")).fill_null(False).alias(f"{name}_active")
+                for name, side, _ in LIMITS
+            )
+        )
+        limit, reason = active_limit()
+        frame = frame.with_columns(limit_level().alias("level"), limit_score().alias("score"),
+                                   limit.alias("limit"), reason.alias("reason"))
+        self._remember(frame)
+        return as_scores(frame)
+
+    def _remember(self, frame: pl.DataFrame) -> None:
+        """Keep each tag's condition states at the end of this batch, for the next one."""
+        last = frame.filter(last_of_tag()).select(
+            "tag_id", *(pl.col(f"{name}_active").alias(f"{name}_was") for name, _, _ in LIMITS)
+        )
+        self._state = pl.concat([self._state.join(last, on="tag_id", how="anti"), last])

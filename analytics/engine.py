@@ -1,0 +1,117 @@
+"""The detection engine: runs the enabled detectors on each micro-batch and feeds the alert book.
+
+Per (tag, detector) the engine compares each sample's level with the previous one (carried
+across batches) and keeps only the changes, plus one "peak" row per active condition and batch
+(its highest-scoring sample, for the alert's worst value). Only those events reach Python and
+the `AlertBook`; samples stay in Polars.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import polars as pl
+
+from analytics.alerts import EVENT_SCHEMA, Alert, AlertBook
+from analytics.detectors.base import TAG_KEY, Detector, per_tag
+from analytics.detectors.limits import LimitDetector
+from analytics.detectors.zscore import RollingZScore
+from controltower.site import DetectorsConfig, TagInfo
+
+_LEVEL_SCHEMA = {"tag_id": pl.String(), "level_was": pl.UInt8()}
+
+
+def build_detectors(tags: list[TagInfo], config: DetectorsConfig) -> list[Detector]:
+    """The detectors `config` enables, in a fixed order (limits, zscore)."""
+    detectors: list[Detector] = []
+    if config.limits.enabled:
+        detectors.append(LimitDetector(tags))
+    if config.zscore.enabled:
+        z = config.zscore
+        detectors.append(RollingZScore(tags, window=z.window, threshold=z.threshold,
+                                       min_std_fraction=z.min_std_fraction, warmup=min(30, z.window)))
+    return detectors
+
+
+def run_key() -> pl.Expr:
+    """A tag key for a frame already sorted by tag_id: numbers the runs of equal tag_id."""
+    return (pl.col("tag_id") != pl.col("tag_id").shift(1)).fill_null(True).cum_sum().alias(TAG_KEY)
+
+
+def is_last_of_run() -> pl.Expr:
+    """True on the last row of each tag, in a frame sorted by tag_id."""
+    return (pl.col("tag_id") != pl.col("tag_id").shift(-1)).fill_null(True)
+
+
+def previous_level() -> pl.Expr:
+    """The level of the tag's previous sample, or its last level of the previous batch, or 0."""
+    return pl.coalesce(per_tag(pl.col("level").shift(1)), pl.col("level_was"), pl.lit(0, pl.UInt8))
+
+
+def condition_events(scores: pl.DataFrame, levels: pl.DataFrame, detector: str) -> pl.DataFrame:
+    """Level changes and per-condition peaks of one detector's scores (sorted by tag_id, ts).
+
+    `levels` holds each tag's last level (tag_id, level_was). Returns `EVENT_SCHEMA` rows in
+    the order they must be applied (per tag: by sample, a change before a peak).
+    """
+    frame = (
+        scores.with_row_index("_pos")
+        .with_columns(run_key())
+        .join(levels, on="tag_id", how="left", maintain_order="left")
+        .with_columns((pl.col("level") != previous_level()).alias("_changed"))
+        .with_columns(per_tag(pl.col("_changed").cum_sum()).alias("_segment"))
+    )
+    changes = frame.filter(pl.col("_changed")).with_columns(pl.lit(0).alias("_kind"))
+    peaks = (
+        frame.filter((pl.col("level") > 0) & pl.col("score").is_not_null())
+        .sort("score", descending=True, maintain_order=True)
+        .unique([TAG_KEY, "_segment"], keep="first", maintain_order=True)
+        .with_columns(pl.lit(1).alias("_kind"))
+    )
+    return (
+        pl.concat([changes, peaks])
+        .sort("_pos", "_kind")
+        .with_columns(pl.lit(detector).alias("detector"))
+        .select(pl.col(c).cast(dt) for c, dt in EVENT_SCHEMA.items())
+    )
+
+
+class DetectionEngine:
+    """Enabled detectors + level tracking + an `AlertBook`.
+
+    `process(batch)` returns the alerts newly raised by that batch; `last_scores[name]` holds
+    each detector's scores of the last batch (SCORE_SCHEMA) for the screen.
+    """
+
+    def __init__(self, tags: list[TagInfo], config: DetectorsConfig, book: AlertBook | None = None):
+        self.tags = tags
+        self.config = config
+        self.book = book if book is not None else AlertBook()
+        self.book.add_tags(tags)
+        self.detectors = build_detectors(tags, config)
+        self._known = pl.Series("tag_id", [t.tag_id for t in tags], pl.String())
+        self._levels: dict[str, pl.DataFrame] = {d.name: pl.DataFrame(schema=_LEVEL_SCHEMA) for d in self.detectors}
+        self.last_scores: dict[str, pl.DataFrame] = {}
+        self.last_events = pl.DataFrame(schema=EVENT_SCHEMA)
+
+    def fit(self, history: pl.DataFrame) -> Self:
+        for detector in self.detectors:
+            detector.fit(history)
+        return self
+
+    def process(self, batch: pl.DataFrame) -> list[Alert]:
+        """Score one micro-batch (sample schema) with every detector; apply the condition changes
+        to the book; return the alerts it raised. Tags unknown to the config are ignored."""
+        batch = batch.filter(pl.col("tag_id").is_in(self._known.implode()))
+        if batch.is_empty():
+            return []
+        events = []
+        for detector in self.detectors:
+            scores = detector.score(batch)
+            self.last_scores[detector.name] = scores
+            events.append(condition_events(scores, self._levels[detector.name], detector.name))
+            last = scores.filter(is_last_of_run()).select("tag_id", pl.col("level").alias("level_was"))
+            levels = self._levels[detector.name]
+            self._levels[detector.name] = pl.concat([levels.join(last, on="tag_id", how="anti"), last])
+        self.last_events = pl.concat(events) if events else pl.DataFrame(schema=EVENT_SCHEMA)
+        return self.book.apply(self.last_events)

@@ -103,7 +103,7 @@ class OpcUaSource:
         buf.server_ts.append(dv.ServerTimestamp)
         buf.tag_id.append(tag_id)
         buf.value.append(value if isinstance(value, (int, float)) else None)
-        buf.status.append(dv.StatusCode_.value if dv.StatusCode_ is not None else 0)
+        buf.status.append(dv.StatusCode.value if dv.StatusCode is not None else 0)
         if len(buf) >= self.config.flush_max_samples:
             self._flush_now.set()
 

@@ -1,0 +1,233 @@
+"""A simulated site: every unit's process model, its batches and the sensor faults, stepped
+in simulated time, producing samples in the product's columnar schema.
+
+    plant = Plant(site, seed=7, start=datetime(2024, 5, 1, tzinfo=UTC))
+    frame = plant.step(0.5)          # one row per tag, ts = plant.now
+    plant.unit_state("lyon.usp.bio1.br101")  # ("BR101-0001", "inoculation")
+
+Deterministic per seed: each unit draws from its own generator (seeded from the plant seed
+and the unit's place in the site), so the same seed and the same steps give identical frames,
+and a fault injected on one unit does not change another's signals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from controltower.samples import samples_frame
+from controltower.site import SimulationConfig, SiteConfig, Unit
+from simulators.batches import BatchClock
+from simulators.clock import as_utc, utc_now
+from simulators.faults import Fault, FaultInjector, GroundTruthLog
+from simulators.units import UnitModel, build_unit_model
+
+# The models integrate with steps of at most this many simulated seconds; a longer plant
+# step (a fast-forwarded demo) is split, so the dynamics do not depend on the tick.
+MAX_SUBSTEP_S = 1.0
+# Simulated seconds the models run before `start`, so the first samples are not a start-up transient.
+SETTLE_S = 300.0
+
+
+@dataclass(frozen=True)
+class PlantUnit:
+    """A unit as the servers see it: its ISA-95 path and its full tag ids."""
+
+    path: str  # site.area.line.unit
+    site: str
+    area: str
+    line: str
+    unit: str
+    config: Unit
+    tag_ids: tuple[str, ...]
+
+
+class _UnitRun:
+    def __init__(self, info: PlantUnit, model: UnitModel, clock: BatchClock, first: int):
+        self.info, self.model, self.clock = info, model, clock
+        self.slice = slice(first, first + len(info.tag_ids))
+
+
+class Plant:
+    """The plant of `site`, from simulated time `start` (default: wall-clock now, UTC).
+
+    `ground_truth`: CSV path every fault (scheduled or injected) is appended to; None: not logged.
+    Scheduled faults come from `site.simulation.faults`.
+    """
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        seed: int,
+        start: datetime | None = None,
+        ground_truth: Path | None = None,
+    ):
+        self.site = site
+        self.seed = seed
+        self.start = as_utc(start) if start is not None else utc_now()
+        self.elapsed_s = 0.0
+        table = site.tag_table()
+        self.tag_ids: tuple[str, ...] = tuple(t.tag_id for t in table)
+        self._index = {t: i for i, t in enumerate(self.tag_ids)}
+        self.tag_paths = pl.DataFrame(
+            {
+                "tag_id": [t.tag_id for t in table],
+                "site": [t.site for t in table],
+                "area": [t.area for t in table],
+                "line": [t.line for t in table],
+                "unit": [t.unit for t in table],
+            }
+        )
+        self._units: list[_UnitRun] = []
+        position = 0
+        for s in site.sites:
+            for a in s.areas:
+                for ln in a.lines:
+                    for u in ln.units:
+                        path = f"{s.id}.{a.id}.{ln.id}.{u.id}"
+                        info = PlantUnit(
+                            path, s.id, a.id, ln.id, u.id, u, tuple(f"{path}.{t.id}" for t in u.tags)
+                        )
+                        rng = np.random.default_rng([seed, len(self._units)])
+                        model = build_unit_model(u, rng)
+                        self._units.append(_UnitRun(info, model, BatchClock(u.id, model.recipe), position))
+                        position += len(u.tags)
+        self._by_path = {r.info.path: r for r in self._units}
+        self._by_short: dict[str, _UnitRun | None] = {}
+        for r in self._units:
+            self._by_short[r.info.unit] = None if r.info.unit in self._by_short else r  # None: ambiguous
+
+        self._truth = GroundTruthLog(ground_truth) if ground_truth else None
+        self.faults = self._scheduled_faults()
+        self._last: np.ndarray | None = None
+        self._settle()
+
+    # --- time and state ---------------------------------------------------------------
+
+    @property
+    def now(self) -> datetime:
+        """Current simulated time (UTC)."""
+        return self.start + timedelta(microseconds=round(self.elapsed_s * 1e6))
+
+    @property
+    def units(self) -> list[PlantUnit]:
+        return [r.info for r in self._units]
+
+    def unit_state(self, unit_id: str) -> tuple[str, str]:
+        """(batch_id, phase) of a unit now; `unit_id` is its path `site.area.line.unit` or,
+        when unambiguous, its bare id."""
+        run = self._unit(unit_id)
+        state = run.clock.at(self.elapsed_s)
+        return state.batch_id, state.phase
+
+    def unit_states(self) -> dict[str, tuple[str, str]]:
+        """(batch_id, phase) now, per unit path."""
+        return {path: self.unit_state(path) for path in self._by_path}
+
+    @property
+    def last_values(self) -> dict[str, float]:
+        """The readings of the last step, by tag id (empty before the first step)."""
+        return {} if self._last is None else dict(zip(self.tag_ids, self._last.tolist(), strict=True))
+
+    # --- stepping ---------------------------------------------------------------------
+
+    def advance(self, dt_s: float) -> np.ndarray:
+        """Advance by `dt_s` simulated seconds; the readings (faults applied) in `tag_ids` order."""
+        if not (math.isfinite(dt_s) and dt_s > 0):
+            raise ValueError(f"dt_s must be a positive number of seconds, got {dt_s!r}")
+        n = max(1, math.ceil(dt_s / MAX_SUBSTEP_S - 1e-9))
+        sub = dt_s / n
+        clean = np.empty(len(self.tag_ids))
+        for _ in range(n):
+            self.elapsed_s += sub
+            for run in self._units:
+                clean[run.slice] = run.model.step(sub, run.clock.at(self.elapsed_s))
+        readings = self.faults.apply(self.now, clean, self._last)
+        self._last = readings
+        return readings
+
+    def step(self, dt_s: float) -> pl.DataFrame:
+        """Advance by `dt_s` simulated seconds; one sample per tag at the new `now`, in the
+        sample schema (quality good, batch_id of the tag's unit, ISA-95 path columns)."""
+        values = self.advance(dt_s)
+        return samples_frame(
+            ts=[self.now] * len(self.tag_ids),
+            tag_id=list(self.tag_ids),
+            value=values,
+            batch_id=self._batch_ids(),
+            tag_paths=self.tag_paths,
+        )
+
+    def run(self, duration_s: float, dt_s: float) -> pl.DataFrame:
+        """Step `round(duration_s / dt_s)` times; all samples in one frame, time-major (built once: fast)."""
+        steps = round(duration_s / dt_s)
+        n = len(self.tag_ids)
+        values = np.empty((steps, n))
+        ts = np.empty(steps, dtype=np.int64)
+        batches: list[str] = []
+        start_ns = int(self.start.timestamp()) * 1_000_000_000 + self.start.microsecond * 1000
+        for i in range(steps):
+            values[i] = self.advance(dt_s)
+            ts[i] = start_ns + round(self.elapsed_s * 1e6) * 1000
+            batches.extend(self._batch_ids())
+        return samples_frame(
+            ts=pl.Series("ts", np.repeat(ts, n)),
+            tag_id=pl.Series("tag_id", list(self.tag_ids) * steps),
+            value=pl.Series("value", values.reshape(-1)),
+            batch_id=batches,
+            tag_paths=self.tag_paths,
+        )
+
+    # --- faults -----------------------------------------------------------------------
+
+    def inject(self, tag_id: str, kind: str, duration_s: float, magnitude: float = 0.0) -> Fault:
+        """Start a fault on `tag_id` now, for `duration_s` simulated seconds; it is appended to
+        the ground truth at once. ValueError naming an unknown tag or kind, or a bad number."""
+        fault_kind = self.faults.validate(tag_id, kind, duration_s, magnitude)
+        begin = self.now
+        fault = Fault(tag_id, fault_kind, begin, begin + timedelta(seconds=duration_s), float(magnitude))
+        last = None if self._last is None else float(self._last[self._index[tag_id]])
+        self.faults.inject(fault, last)
+        return fault
+
+    def rebase(self, start: datetime) -> None:
+        """Move plant start (and the scheduled faults with it) to `start`; only before the
+        first step and injection, e.g. to start simulated time when a service starts ticking."""
+        if self.elapsed_s or self.faults.injected:
+            raise RuntimeError("the plant has already run; its start can no longer move")
+        self.start = as_utc(start)
+        self.faults = self._scheduled_faults()
+
+    # --- internals --------------------------------------------------------------------
+
+    def _scheduled_faults(self) -> FaultInjector:
+        faults = FaultInjector(self._index, self._truth)
+        for f in (self.site.simulation or SimulationConfig()).faults:
+            kind = faults.validate(f.tag, f.kind, f.duration_s, f.magnitude)
+            begin = self.start + timedelta(seconds=f.start_s)
+            faults.schedule(Fault(f.tag, kind, begin, begin + timedelta(seconds=f.duration_s), f.magnitude))
+        return faults
+
+    def _batch_ids(self) -> list[str]:
+        ids: list[str] = []
+        for run in self._units:
+            ids.extend([run.clock.at(self.elapsed_s).batch_id] * len(run.info.tag_ids))
+        return ids
+
+    def _unit(self, unit_id: str) -> _UnitRun:
+        run = self._by_path.get(unit_id) or self._by_short.get(unit_id)
+        if run is None:
+            raise ValueError(f"unknown or ambiguous unit {unit_id!r}; use its path site.area.line.unit")
+        return run
+
+    def _settle(self) -> None:
+        first = {id(r): r.clock.at(0.0) for r in self._units}
+        for _ in range(int(SETTLE_S / MAX_SUBSTEP_S)):
+            for run in self._units:
+                run.model.step(MAX_SUBSTEP_S, first[id(run)])

@@ -1,4 +1,4 @@
-"""The pipeline joins sources to what consumes their batches.
+r"""The pipeline joins sources to what consumes their batches.
 
     sources --emit--> [batch queue] --> consumers (live view, detectors)
                                     \-> [write queue] --> historian (retried with backoff)

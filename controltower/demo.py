@@ -1,4 +1,4 @@
-"""`controltower demo`: the whole product in one process on embedded defaults.
+r"""`controltower demo`: the whole product in one process on embedded defaults.
 
     simulated plant --OPC-UA--> OPC-UA source --\
                     --MQTT----> embedded broker --> MQTT source --> detectors --> alerts --> screen
@@ -66,7 +66,7 @@ async def run_demo(options: DemoOptions, *, on_ready=None) -> None:
         await simulator.start()
         tower = ControlTower(site, data_dir=options.data_dir)
         url = tower.start_screen(host=options.host, port=options.port)
-        print(f"Demo control tower: {url}  (API {url}api/health, metrics {url}metrics); Ctrl-C to stop", flush=True)
+        print(f"Demo control tower: {url}  (API {url}/api/health, metrics {url}/metrics); Ctrl-C to stop", flush=True)
         if on_ready is not None:
             on_ready(tower, simulator)
         sim_task = asyncio.create_task(simulator.run(None), name="simulator")

@@ -112,6 +112,11 @@ class PlantOpcUaServer:
         self._ns = ns
         self._server = server
         await self._build(server)
+        # Until the first tick the values are not measurements: say so, as a real server does,
+        # so a client never takes the placeholder 0.0 for a reading.
+        waiting = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
+        for node in self._tag_nodes.values():
+            await server.write_attribute_value(node, ua.DataValue(Value=ua.Variant(0.0, ua.VariantType.Double), StatusCode=waiting))
         await server.start()
         log.info("OPC-UA simulator listening at %s (%d tags)", self.url, len(self._tag_nodes))
 

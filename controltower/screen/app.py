@@ -1,0 +1,47 @@
+"""The app shell: one Flask server carrying the JSON API (`controltower.api`) and the Dash screen.
+
+    app = create_app(ctx)                       # dash.Dash; app.server is the Flask WSGI app
+    WebServer(app, host, port).start()          # controltower.webserver
+
+The layout is a function, so each page load renders the current state at once and the
+interval then keeps it fresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dash
+from flask import Flask
+
+from controltower.api import register_api
+from controltower.screen import overview
+
+if TYPE_CHECKING:
+    from controltower.context import TowerContext
+
+ASSETS = Path(__file__).with_name("assets")
+
+
+def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None, api: bool = True) -> dash.Dash:
+    """The Dash screen for `ctx`, with the JSON API and /metrics on the same Flask server
+    (`api=False` leaves them out). `clock` returns the aware "now" (default: the UTC wall clock)."""
+    now = clock or (lambda: datetime.now(UTC))
+    server = Flask("controltower.screen")
+    if api:
+        register_api(server, ctx, now=now)
+    app = dash.Dash(
+        "controltower.screen",
+        server=server,
+        assets_folder=str(ASSETS),
+        title=f"{ctx.site.enterprise} · control tower",
+        update_title=None,
+        serve_locally=True,
+        suppress_callback_exceptions=False,
+    )
+    app.layout = lambda: overview.layout(ctx, now())
+    overview.register_callbacks(app, ctx, now)
+    return app

@@ -1,0 +1,437 @@
+"""The screen's and the API's thin query layer: pure functions of a `TowerContext` and the time
+`now`, returning Polars frames (or small dataclasses of frames). No Dash here, so every number
+the screen shows can be tested without a browser.
+
+Line state, one word per line, in this precedence:
+
+    alarm    at least one active alert of severity "alarm" on the line
+    warning  else at least one active "warning" alert
+    stale    else no sample from the line for `screen.stale_after_s` seconds, or never
+    normal   else
+
+An active alarm outranks staleness because the alarm is the last thing known about the process
+and must stay in front of the operator; but an operator must also see that the data stopped, so
+the `stale` column is kept separately and `state_text` carries both ("alarm · stale").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from controltower.samples import TIMESTAMP_DTYPE
+from controltower.site import TagInfo
+
+if TYPE_CHECKING:
+    from controltower.context import TowerContext
+
+STATES = ("normal", "warning", "alarm", "stale")
+SEVERITIES = ("warning", "alarm")
+# The trend keeps about this many points per tag: that many time buckets, each contributing the
+# sample at its minimum and at its maximum, so a short spike survives the downsampling.
+DEFAULT_TREND_BUCKETS = 600
+
+LINE_STATE_SCHEMA: dict[str, pl.DataType] = {
+    "line_id": pl.String(),
+    "site": pl.String(),
+    "area": pl.String(),
+    "line": pl.String(),
+    "site_name": pl.String(),
+    "area_name": pl.String(),
+    "line_name": pl.String(),
+    "state": pl.String(),
+    "state_text": pl.String(),
+    "stale": pl.Boolean(),
+    "last_ts": TIMESTAMP_DTYPE,
+    "age_s": pl.Float64(),
+    "alerts_warning": pl.Int64(),
+    "alerts_alarm": pl.Int64(),
+    "batch_ids": pl.List(pl.String()),
+}
+
+ALERT_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "raised_at": TIMESTAMP_DTYPE,
+    "cleared_at": TIMESTAMP_DTYPE,
+    "active": pl.Boolean(),
+    "severity": pl.String(),
+    "detector": pl.String(),
+    "tag_id": pl.String(),
+    "line_id": pl.String(),
+    "unit_id": pl.String(),
+    "site": pl.String(),
+    "area": pl.String(),
+    "line": pl.String(),
+    "unit": pl.String(),
+    "description": pl.String(),
+    "eng_unit": pl.String(),
+    "value": pl.Float64(),
+    "message": pl.String(),
+}
+
+
+class UnknownTagError(KeyError):
+    """A tag id that is not in the site's tag table."""
+
+    def __init__(self, tag_id: str):
+        super().__init__(tag_id)
+        self.tag_id = tag_id
+
+    def __str__(self) -> str:
+        return f"unknown tag {self.tag_id!r}"
+
+
+class UnknownUnitError(KeyError):
+    def __init__(self, unit_id: str):
+        super().__init__(unit_id)
+        self.unit_id = unit_id
+
+    def __str__(self) -> str:
+        return f"unknown unit {self.unit_id!r}"
+
+
+# --- the site -----------------------------------------------------------------------------------
+
+
+def line_catalog(ctx: TowerContext) -> pl.DataFrame:
+    """One row per configured line, in site-file order: line_id, site, area, line and their names."""
+    rows = []
+    for site in ctx.site.sites:
+        for area in site.areas:
+            for line in area.lines:
+                rows.append(
+                    {
+                        "line_id": f"{site.id}.{area.id}.{line.id}",
+                        "site": site.id,
+                        "area": area.id,
+                        "line": line.id,
+                        "site_name": site.name or site.id,
+                        "area_name": area.name or area.id,
+                        "line_name": line.name or line.id,
+                    }
+                )
+    return pl.DataFrame(rows, schema={k: LINE_STATE_SCHEMA[k] for k in list(LINE_STATE_SCHEMA)[:7]})
+
+
+def unit_catalog(ctx: TowerContext) -> list[dict[str, str]]:
+    """Every unit, in site-file order: {unit_id, line_id, name, line_name} (for the unit selector)."""
+    out = []
+    for site in ctx.site.sites:
+        for area in site.areas:
+            for line in area.lines:
+                for unit in line.units:
+                    out.append(
+                        {
+                            "unit_id": f"{site.id}.{area.id}.{line.id}.{unit.id}",
+                            "line_id": f"{site.id}.{area.id}.{line.id}",
+                            "name": unit.name or unit.id,
+                            "line_name": line.name or line.id,
+                        }
+                    )
+    return out
+
+
+def find_tag(ctx: TowerContext, tag_id: str) -> TagInfo:
+    for tag in ctx.tags:
+        if tag.tag_id == tag_id:
+            return tag
+    raise UnknownTagError(tag_id)
+
+
+# --- line states --------------------------------------------------------------------------------
+
+
+def line_states(ctx: TowerContext, now: datetime) -> pl.DataFrame:
+    """One row per configured line (schema `LINE_STATE_SCHEMA`): its state (see the module doc),
+    `state_text` for display, the newest sample time `last_ts` and its age `age_s` (null if the
+    line never reported), active alert counts per severity and the current batch ids of its units
+    (from the newest sample of each tag)."""
+    stale_after = ctx.site.screen.stale_after_s
+    now_ns = _to_ns(now)
+    lines = line_catalog(ctx)
+
+    latest = ctx.live.latest()
+    fresh = (
+        latest.group_by("site", "area", "line")
+        .agg(
+            pl.col("ts").max().alias("last_ts"),
+            pl.col("batch_id").drop_nulls().unique().sort().alias("batch_ids"),
+        )
+    )
+    counts = alert_counts_by_line(_active_list(ctx))
+
+    out = (
+        lines.join(fresh, on=["site", "area", "line"], how="left")
+        .join(counts, on="line_id", how="left")
+        .with_columns(
+            ((pl.lit(now_ns) - pl.col("last_ts").dt.epoch("ns")) / 1e9).alias("age_s"),
+            pl.col("alerts_warning").fill_null(0),
+            pl.col("alerts_alarm").fill_null(0),
+            pl.col("batch_ids").fill_null(pl.lit([], pl.List(pl.String()))),
+        )
+        .with_columns(stale=pl.col("age_s").is_null() | (pl.col("age_s") > stale_after))
+        .with_columns(
+            state=pl.when(pl.col("alerts_alarm") > 0)
+            .then(pl.lit("alarm"))
+            .when(pl.col("alerts_warning") > 0)
+            .then(pl.lit("warning"))
+            .when(pl.col("stale"))
+            .then(pl.lit("stale"))
+            .otherwise(pl.lit("normal"))
+        )
+        .with_columns(
+            state_text=pl.when(pl.col("stale") & (pl.col("state") != "stale"))
+            .then(pl.col("state") + pl.lit(" · stale"))
+            .otherwise(pl.col("state"))
+        )
+    )
+    return out.select([pl.col(c).cast(dt) for c, dt in LINE_STATE_SCHEMA.items()])
+
+
+def alert_counts_by_line(alerts: Iterable[Any]) -> pl.DataFrame:
+    """Active alerts per line_id: columns line_id, alerts_warning, alerts_alarm."""
+    frame = alerts_frame(alerts)
+    return frame.group_by("line_id").agg(
+        (pl.col("severity") == "warning").sum().cast(pl.Int64).alias("alerts_warning"),
+        (pl.col("severity") == "alarm").sum().cast(pl.Int64).alias("alerts_alarm"),
+    )
+
+
+def freshness(ctx: TowerContext, now: datetime) -> dict[str, Any]:
+    """Data freshness over the whole site: {last_ts (datetime|None), age_s (float|None),
+    lines, lines_stale}."""
+    states = line_states(ctx, now)
+    last = states["last_ts"].max()
+    return {
+        "last_ts": last,
+        "age_s": (now - last).total_seconds() if last is not None else None,
+        "lines": states.height,
+        "lines_stale": int(states["stale"].sum()),
+    }
+
+
+# --- alerts -------------------------------------------------------------------------------------
+
+
+def _active_list(ctx: TowerContext) -> list[Any]:
+    return list(ctx.alerts.active())
+
+
+def alerts_frame(alerts: Iterable[Any]) -> pl.DataFrame:
+    """Alerts as a frame (`ALERT_SCHEMA`), from their attributes (see analytics.alerts.Alert)."""
+    rows = [_alert_row(a) for a in alerts]
+    return pl.DataFrame(rows, schema=ALERT_SCHEMA)
+
+
+def _alert_row(alert: Any) -> dict[str, Any]:
+    site, area, line, unit = (getattr(alert, k, None) for k in ("site", "area", "line", "unit"))
+    line_id = f"{site}.{area}.{line}" if site and area and line else None
+    unit_id = f"{line_id}.{unit}" if line_id and unit else None
+    value = getattr(alert, "value", None)
+    cleared_at = getattr(alert, "cleared_at", None)
+    return {
+        "id": str(alert.id),
+        "raised_at": _as_utc(alert.raised_at),
+        "cleared_at": _as_utc(cleared_at),
+        "active": cleared_at is None,
+        "severity": str(alert.severity),
+        "detector": str(getattr(alert, "detector", "") or ""),
+        "tag_id": alert.tag_id,
+        "line_id": line_id,
+        "unit_id": unit_id,
+        "site": site,
+        "area": area,
+        "line": line,
+        "unit": unit,
+        "description": getattr(alert, "description", None) or alert.tag_id,
+        "eng_unit": getattr(alert, "eng_unit", None),
+        "value": float(value) if value is not None else None,
+        "message": getattr(alert, "message", "") or "",
+    }
+
+
+def _filter_line(alerts: list[Any], line_id: str | None) -> list[Any]:
+    if line_id is None:
+        return alerts
+    return [a for a in alerts if f"{a.site}.{a.area}.{a.line}" == line_id]
+
+
+def active_alert_objects(ctx: TowerContext, line_id: str | None = None) -> list[Any]:
+    """The active Alert objects (alarms first, then newest first), optionally of one line."""
+    alerts = _filter_line(_active_list(ctx), line_id)
+    return sorted(alerts, key=lambda a: (a.severity != "alarm", -_as_utc(a.raised_at).timestamp()))
+
+
+def recent_alert_objects(ctx: TowerContext, limit: int = 50, line_id: str | None = None) -> list[Any]:
+    """The book's recent alerts (active or cleared), newest first, optionally of one line."""
+    # Ask for more when filtering, so a busy line elsewhere does not crowd this one out.
+    alerts = _filter_line(list(ctx.alerts.recent(limit if line_id is None else limit * 10)), line_id)
+    alerts.sort(key=lambda a: _as_utc(a.raised_at), reverse=True)
+    return alerts[:limit]
+
+
+def active_alerts(ctx: TowerContext, line_id: str | None = None) -> pl.DataFrame:
+    """Active alerts (`ALERT_SCHEMA`), alarms first, then newest first."""
+    return alerts_frame(active_alert_objects(ctx, line_id))
+
+
+def recent_alerts(ctx: TowerContext, limit: int = 50, line_id: str | None = None) -> pl.DataFrame:
+    """Recent alerts (`ALERT_SCHEMA`, active and cleared), newest first, at most `limit`."""
+    return alerts_frame(recent_alert_objects(ctx, limit, line_id))
+
+
+def cleared_alerts(ctx: TowerContext, limit: int = 20) -> pl.DataFrame:
+    """Recently cleared alerts, newest clearance first, at most `limit`."""
+    frame = recent_alerts(ctx, limit * 5).filter(pl.col("cleared_at").is_not_null())
+    return frame.sort("cleared_at", descending=True).head(limit)
+
+
+# --- history and trends -------------------------------------------------------------------------
+
+
+def tag_history(ctx: TowerContext, tag_id: str, since: datetime, until: datetime | None = None) -> pl.DataFrame:
+    """Samples of one tag with since <= ts < until (until None: up to now), oldest first:
+    columns ts, value, quality, batch_id. Raises UnknownTagError for a tag not in the site."""
+    find_tag(ctx, tag_id)
+    frame = ctx.historian.read([tag_id], since, until)
+    return frame.sort("ts").select("ts", "value", "quality", "batch_id")
+
+
+@dataclass(frozen=True)
+class UnitTrend:
+    """What the trend of one unit shows: its tags (in site-file order) with their limits, and
+    their samples over the window, downsampled."""
+
+    unit_id: str
+    unit_name: str
+    start: datetime
+    end: datetime
+    # tag_id, name (short tag id), description, eng_unit, alarm_low, warning_low, warning_high, alarm_high
+    tags: pl.DataFrame
+    # tag_id, ts, value (sorted by tag then time)
+    samples: pl.DataFrame
+
+
+def unit_tags(ctx: TowerContext, unit_id: str) -> list[TagInfo]:
+    tags = [t for t in ctx.tags if t.unit_id == unit_id]
+    if not tags:
+        raise UnknownUnitError(unit_id)
+    return tags
+
+
+def unit_trend(
+    ctx: TowerContext,
+    unit_id: str,
+    now: datetime,
+    window_s: float | None = None,
+    *,
+    buckets: int = DEFAULT_TREND_BUCKETS,
+    since: datetime | None = None,
+) -> UnitTrend:
+    """The unit's tags with their limits and their history over [now - window_s, now) from the
+    historian, downsampled to at most `2 * buckets` points per tag (see `downsample`). `since`
+    (later than the window start) reads only newer samples, for incremental screen updates;
+    buckets stay aligned to the same grid, so increments join up with the first read."""
+    window_s = window_s if window_s is not None else ctx.site.screen.trend_window_s
+    tags = unit_tags(ctx, unit_id)
+    start = now - timedelta(seconds=window_s)
+    read_from = max(start, since) if since is not None else start
+    raw = ctx.historian.read([t.tag_id for t in tags], read_from, now)
+    samples = downsample(raw.select("tag_id", "ts", "value"), bucket_width(window_s, buckets))
+    return UnitTrend(
+        unit_id=unit_id,
+        unit_name=_unit_name(ctx, unit_id),
+        start=start,
+        end=now,
+        tags=tag_limits(tags),
+        samples=samples,
+    )
+
+
+def tag_limits(tags: Sequence[TagInfo]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [
+            {
+                "tag_id": t.tag_id,
+                "name": t.tag.id,
+                "description": t.tag.description or t.tag.id,
+                "eng_unit": t.tag.unit,
+                "alarm_low": t.tag.limits.alarm_low,
+                "warning_low": t.tag.limits.warning_low,
+                "warning_high": t.tag.limits.warning_high,
+                "alarm_high": t.tag.limits.alarm_high,
+            }
+            for t in tags
+        ],
+        schema={
+            "tag_id": pl.String(),
+            "name": pl.String(),
+            "description": pl.String(),
+            "eng_unit": pl.String(),
+            "alarm_low": pl.Float64(),
+            "warning_low": pl.Float64(),
+            "warning_high": pl.Float64(),
+            "alarm_high": pl.Float64(),
+        },
+    )
+
+
+def bucket_width(window_s: float, buckets: int = DEFAULT_TREND_BUCKETS) -> timedelta:
+    """Width of one downsampling bucket: the window over `buckets`, rounded up to a whole ms."""
+    ms = max(1, -(-int(window_s * 1000) // max(1, buckets)))
+    return timedelta(milliseconds=ms)
+
+
+def downsample(samples: pl.DataFrame, width: timedelta) -> pl.DataFrame:
+    """Per tag, per time bucket of `width` (aligned to the epoch), keep the sample at the bucket's
+    minimum and the one at its maximum (one row when they coincide). Null values are dropped.
+    In: tag_id, ts, value. Out: the same columns, sorted by tag then time."""
+    frame = samples.drop_nulls("value").sort("tag_id", "ts")
+    if frame.is_empty():
+        return frame.select("tag_id", "ts", "value")
+    every = f"{int(width.total_seconds() * 1_000_000)}us"
+    buckets = frame.group_by_dynamic("ts", every=every, group_by="tag_id", start_by="window").agg(
+        pl.col("ts").get(pl.col("value").arg_min()).alias("ts_lo"),
+        pl.col("value").min().alias("v_lo"),
+        pl.col("ts").get(pl.col("value").arg_max()).alias("ts_hi"),
+        pl.col("value").max().alias("v_hi"),
+    )
+    lo = buckets.select("tag_id", pl.col("ts_lo").alias("ts"), pl.col("v_lo").alias("value"))
+    hi = buckets.select("tag_id", pl.col("ts_hi").alias("ts"), pl.col("v_hi").alias("value"))
+    return pl.concat([lo, hi]).unique(["tag_id", "ts"], keep="first").sort("tag_id", "ts")
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _unit_name(ctx: TowerContext, unit_id: str) -> str:
+    for u in unit_catalog(ctx):
+        if u["unit_id"] == unit_id:
+            return u["name"]
+    return unit_id
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, (int, float)):  # epoch seconds
+        return datetime.fromtimestamp(value, UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _to_ns(now: datetime) -> int:
+    now = _as_utc(now)
+    return int(now.timestamp()) * 1_000_000_000 + now.microsecond * 1000
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC with a `Z`, millisecond precision; None stays None."""
+    if value is None:
+        return None
+    return _as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")

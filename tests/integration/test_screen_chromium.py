@@ -1,0 +1,139 @@
+"""The control room screen in a real headless Chromium: the Dash app served by WebServer on a
+free port over a context built from real parts (demo site, LiveState, AlertBook, DuckDB
+historian). Checks the line tiles and their state texts, the active alert rows, the trend, and
+that the interval refresh shows a new alarm. Set CONTROLTOWER_SCREENSHOT=path to save a
+screenshot (docs/screenshot.png is made this way)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_binary
+
+pytestmark = pytest.mark.integration
+
+BIO, TAB, FILL = "lyon.usp.bio1", "lyon.osd.tab1", "lyon.ff.fill1"
+
+
+@pytest.fixture
+def screen(tmp_path: Path):
+    from controltower.screen import create_app
+    from controltower.webserver import WebServer
+    from tests.screen.demo_context import build_context, demo_scene
+
+    ctx = build_context(tmp_path)
+    demo_scene(ctx, datetime.now(UTC))
+    server = WebServer(create_app(ctx), host="127.0.0.1", port=0).start()
+    try:
+        yield ctx, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    chromium = require_binary("chromium", "chromium-browser", "/usr/bin/chromium")
+    chromedriver = require_binary("chromedriver", "/usr/bin/chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="controltower-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", "--hide-scrollbars", "--window-size=1600,1500", f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver, condition, timeout: float = 15.0, what: str = "condition"):
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(WebDriverException,)).until(
+            condition
+        )
+    except Exception as exc:  # a TimeoutException says nothing of what was awaited
+        logs = [e["message"] for e in driver.get_log("browser") if e.get("level") in ("SEVERE", "WARNING")]
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; browser console: {logs}") from exc
+
+
+def _tile_states(driver) -> dict[str, tuple[str, str]]:
+    from selenium.webdriver.common.by import By
+
+    out = {}
+    for tile in driver.find_elements(By.CSS_SELECTOR, ".tile"):
+        out[tile.get_attribute("data-line")] = (
+            tile.get_attribute("data-state"),
+            tile.find_element(By.CSS_SELECTOR, ".tile-state").text,
+        )
+    return out
+
+
+def test_screen_shows_lines_alerts_and_trend_in_chromium(screen, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    ctx, server = screen
+    driver = browser
+    started = time.monotonic()
+    driver.get(server.url + "/")
+
+    states = _wait(driver, lambda d: (s := _tile_states(d)) and len(s) == 3 and all(t for _, t in s.values()) and s,
+                   what="three line tiles with their state texts")
+    assert states == {BIO: ("normal", "NORMAL"), TAB: ("warning", "WARNING"), FILL: ("alarm", "ALARM")}
+
+    rows = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.alert-row.alert-active"),
+                 what="an active alert row")
+    assert len(rows) == 2
+    first = rows[0].text
+    assert "ALARM" in first and "Fill weight" in first and "2.078 g" in first and "limits: above alarm high" in first
+    cleared = driver.find_elements(By.CSS_SELECTOR, "tr.alert-row.alert-cleared")
+    assert len(cleared) == 1 and "Dissolved oxygen" in cleared[0].text
+
+    # The trend of the first unit (the bioreactor): one trace per tag, drawn.
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".trend-graph .scatterlayer .trace")) == 5,
+          what="five trend traces")
+    assert "Broth temperature" in driver.find_element(By.CSS_SELECTOR, ".trend-graph").text
+
+    # The interval refresh: a new alarm on the bioreactor line reaches its tile within a few seconds.
+    ctx.event(datetime.now(UTC) - timedelta(seconds=1), f"{BIO}.br101.temperature", 2, 39.4, 39.0,
+              reason="above alarm high 39")
+    raised = time.monotonic()
+    _wait(driver, lambda d: _tile_states(d).get(BIO, ("",))[0] == "alarm", timeout=10,
+          what="the bioreactor tile to turn to alarm")
+    assert time.monotonic() - raised < 2 * ctx.site.screen.refresh_ms / 1000 + 2
+
+    severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, f"browser console errors: {severe}"
+
+    shot = os.environ.get("CONTROLTOWER_SCREENSHOT")
+    if shot:
+        # Back to the demo scene for the picture: the bioreactor alarm cleared again.
+        ctx.event(datetime.now(UTC), f"{BIO}.br101.temperature", 0, 37.2)
+        _wait(driver, lambda d: _tile_states(d).get(BIO, ("",))[0] == "normal", what="the bioreactor back to normal")
+        time.sleep(1.0)
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1600, max(900, min(int(height) + 20, 2400)))
+        time.sleep(0.8)
+        assert driver.save_screenshot(str(shot)), f"could not save the screenshot to {shot}"
+    assert time.monotonic() - started < 60

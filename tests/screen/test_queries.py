@@ -1,0 +1,169 @@
+"""The query layer over a context of real parts: line states (normal, warning, alarm, stale and
+their combinations), alerts, tag history and the downsampled unit trend."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import polars as pl
+import pytest
+
+from controltower.screen import queries as q
+from tests.screen.conftest import NOW
+from tests.screen.demo_context import BATCHES, BIO, FILL, TAB, plant_history
+
+
+def _fresh_all(ctx, at=NOW, seconds=30):
+    ctx.feed(plant_history(ctx, at, seconds=seconds))
+
+
+def _states(ctx, now=NOW) -> dict[str, dict]:
+    return {r["line_id"]: r for r in q.line_states(ctx, now).iter_rows(named=True)}
+
+
+def test_every_line_is_normal_with_fresh_data_and_no_alerts(ctx) -> None:
+    _fresh_all(ctx)
+    frame = q.line_states(ctx, NOW)
+    assert frame.schema == pl.Schema(q.LINE_STATE_SCHEMA)
+    assert frame["line_id"].to_list() == [BIO, TAB, FILL]  # site-file order
+    states = _states(ctx)
+    for line_id, row in states.items():
+        assert (row["state"], row["state_text"], row["stale"]) == ("normal", "normal", False), line_id
+        assert row["age_s"] == pytest.approx(0.0)
+        assert (row["alerts_warning"], row["alerts_alarm"]) == (0, 0)
+    assert states[BIO]["line_name"] == "Bioreactor line 1"
+    assert states[BIO]["area_name"] == "Upstream processing"
+    assert states[BIO]["batch_ids"] == [BATCHES[f"{BIO}.br101"]]
+    assert states[FILL]["batch_ids"] == []
+
+
+def test_a_warning_alert_makes_its_line_warning(ctx) -> None:
+    _fresh_all(ctx)
+    ctx.event(NOW - timedelta(seconds=5), f"{TAB}.press1.tablet_weight", 1, 258.0, 257.5)
+    states = _states(ctx)
+    assert states[TAB]["state"] == "warning" and states[TAB]["alerts_warning"] == 1
+    assert states[BIO]["state"] == states[FILL]["state"] == "normal"
+
+
+def test_alarm_outranks_warning_and_clearing_returns_to_normal(ctx) -> None:
+    _fresh_all(ctx)
+    fw, dp = f"{FILL}.filler1.fill_weight", f"{FILL}.filler1.room_dp"
+    ctx.event(NOW - timedelta(seconds=9), dp, 1, 12.0, 12.5)
+    ctx.event(NOW - timedelta(seconds=8), fw, 1, 2.045, 2.04)
+    ctx.event(NOW - timedelta(seconds=7), fw, 2, 2.07, 2.06)  # escalation: same alert, now an alarm
+    row = _states(ctx)[FILL]
+    assert (row["state"], row["state_text"]) == ("alarm", "alarm")
+    assert (row["alerts_warning"], row["alerts_alarm"]) == (1, 1)
+
+    ctx.event(NOW - timedelta(seconds=2), fw, 0, 2.0)
+    ctx.event(NOW - timedelta(seconds=1), dp, 0, 18.0)
+    assert _states(ctx)[FILL]["state"] == "normal"
+
+
+def test_a_line_without_recent_samples_is_stale(ctx) -> None:
+    stale_after = ctx.site.screen.stale_after_s
+    _fresh_all(ctx, at=NOW - timedelta(seconds=stale_after + 5))
+    # Only the bioreactor keeps reporting.
+    ctx.feed(ctx.samples([(NOW - timedelta(seconds=1), f"{BIO}.br101.temperature", 37.0)]))
+    states = _states(ctx)
+    assert (states[BIO]["state"], states[BIO]["stale"]) == ("normal", False)
+    assert (states[TAB]["state"], states[TAB]["state_text"], states[TAB]["stale"]) == ("stale", "stale", True)
+    assert states[TAB]["age_s"] == pytest.approx(stale_after + 5)
+
+
+def test_a_line_that_never_reported_is_stale_with_no_sample_time(ctx) -> None:
+    ctx.feed(ctx.samples([(NOW, f"{BIO}.br101.temperature", 37.0)]))
+    row = _states(ctx)[FILL]
+    assert (row["state"], row["stale"], row["last_ts"], row["age_s"]) == ("stale", True, None, None)
+
+
+def test_an_alarm_on_a_stale_line_shows_both(ctx) -> None:
+    _fresh_all(ctx, at=NOW - timedelta(minutes=5))
+    ctx.event(NOW - timedelta(minutes=5), f"{FILL}.filler1.fill_weight", 2, 2.08, 2.06)
+    ctx.event(NOW - timedelta(minutes=5), f"{TAB}.press1.speed", 1, 72.0, 70.0)
+    states = _states(ctx)
+    assert (states[FILL]["state"], states[FILL]["state_text"], states[FILL]["stale"]) == ("alarm", "alarm · stale", True)
+    assert (states[TAB]["state"], states[TAB]["state_text"]) == ("warning", "warning · stale")
+    assert (states[BIO]["state"], states[BIO]["state_text"]) == ("stale", "stale")
+
+
+def test_active_recent_and_cleared_alerts(ctx) -> None:
+    fw, tw = f"{FILL}.filler1.fill_weight", f"{TAB}.press1.tablet_weight"
+    ctx.event(NOW - timedelta(seconds=60), tw, 1, 258.0, 257.5)
+    ctx.event(NOW - timedelta(seconds=50), tw, 0, 250.0)
+    ctx.event(NOW - timedelta(seconds=40), f"{TAB}.press1.speed", 1, 71.0, 70.0)
+    ctx.event(NOW - timedelta(seconds=30), fw, 2, 2.08, 2.06)
+
+    active = q.active_alerts(ctx)
+    assert active.schema == pl.Schema(q.ALERT_SCHEMA)
+    assert active["severity"].to_list() == ["alarm", "warning"]  # alarms first
+    first = active.row(0, named=True)
+    assert first["tag_id"] == fw and first["line_id"] == FILL and first["unit_id"] == f"{FILL}.filler1"
+    assert first["description"] == "Fill weight, check-weigher" and first["eng_unit"] == "g"
+    assert first["value"] == pytest.approx(2.08) and first["active"]
+
+    assert q.active_alerts(ctx, TAB)["tag_id"].to_list() == [f"{TAB}.press1.speed"]
+    recent = q.recent_alerts(ctx, limit=2)
+    assert recent.height == 2 and recent["tag_id"].to_list() == [fw, f"{TAB}.press1.speed"]
+    cleared = q.cleared_alerts(ctx)
+    assert cleared["tag_id"].to_list() == [tw]
+    assert cleared["cleared_at"][0] == NOW - timedelta(seconds=50)
+
+
+def test_tag_history_is_one_tag_in_its_window_oldest_first(ctx) -> None:
+    _fresh_all(ctx, seconds=120)
+    tag = f"{BIO}.br101.ph"
+    frame = q.tag_history(ctx, tag, NOW - timedelta(seconds=60), NOW)
+    assert frame.columns == ["ts", "value", "quality", "batch_id"]
+    assert frame.height == 60  # 1 Hz, until is exclusive (the sample at NOW is left out)
+    assert frame["ts"].is_sorted() and frame["ts"][0] == NOW - timedelta(seconds=60)
+    assert set(frame["batch_id"]) == {BATCHES[f"{BIO}.br101"]}
+    with pytest.raises(q.UnknownTagError, match="unknown tag 'lyon.usp.bio1.br101.nope'"):
+        q.tag_history(ctx, f"{BIO}.br101.nope", NOW - timedelta(seconds=60))
+
+
+def test_unit_trend_bounds_points_and_keeps_a_spike(ctx) -> None:
+    ctx.feed(plant_history(ctx, NOW, seconds=3600))
+    spike_at = NOW - timedelta(seconds=1234)
+    ctx.feed(ctx.samples([(spike_at, f"{FILL}.filler1.fill_weight", 2.5)]))
+    trend = q.unit_trend(ctx, f"{FILL}.filler1", NOW, 3600, buckets=100)
+    assert trend.unit_name == "Filler F-1 (8 needles)"
+    assert trend.tags["name"].to_list() == ["fill_weight", "speed", "room_dp"]
+    limits = trend.tags.row(0, named=True)
+    assert (limits["alarm_low"], limits["warning_low"], limits["warning_high"], limits["alarm_high"]) == (1.94, 1.96, 2.04, 2.06)
+    per_tag = trend.samples.group_by("tag_id").len()
+    assert per_tag["len"].max() <= 200  # two points (min and max) per bucket at most
+    assert per_tag.height == 3
+    fw = trend.samples.filter(pl.col("tag_id") == f"{FILL}.filler1.fill_weight")
+    assert fw["value"].max() == 2.5 and spike_at in fw["ts"].to_list()
+    assert trend.samples["ts"].min() >= NOW - timedelta(seconds=3600)
+
+    with pytest.raises(q.UnknownUnitError):
+        q.unit_trend(ctx, f"{FILL}.nope", NOW, 60)
+
+
+def test_unit_trend_since_reads_only_newer_samples_on_the_same_grid(ctx) -> None:
+    ctx.feed(plant_history(ctx, NOW, seconds=600))
+    full = q.unit_trend(ctx, f"{BIO}.br101", NOW, 600, buckets=60)
+    cut = NOW - timedelta(seconds=100)
+    head = q.unit_trend(ctx, f"{BIO}.br101", cut, 600, buckets=60)
+    tail = q.unit_trend(ctx, f"{BIO}.br101", NOW, 600, buckets=60, since=cut)
+    assert tail.samples["ts"].min() >= cut
+    joined = pl.concat([head.samples.filter(pl.col("ts") >= NOW - timedelta(seconds=600)), tail.samples])
+    assert joined.sort("tag_id", "ts").equals(full.samples)
+
+
+def test_downsample_keeps_raw_samples_when_there_are_few() -> None:
+    frame = pl.DataFrame(
+        {"tag_id": ["a", "a", "b"], "ts": [NOW, NOW + timedelta(seconds=5), NOW], "value": [1.0, None, 3.0]},
+        schema={"tag_id": pl.String, "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64},
+    )
+    out = q.downsample(frame, timedelta(seconds=1))
+    assert out.rows() == [("a", NOW, 1.0), ("b", NOW, 3.0)]  # nulls dropped, one row per single-sample bucket
+
+
+def test_freshness_over_the_site(ctx) -> None:
+    assert q.freshness(ctx, NOW) == {"last_ts": None, "age_s": None, "lines": 3, "lines_stale": 3}
+    ctx.feed(ctx.samples([(NOW - timedelta(seconds=2), f"{BIO}.br101.temperature", 37.0)]))
+    fresh = q.freshness(ctx, NOW)
+    assert fresh["age_s"] == pytest.approx(2.0) and fresh["lines_stale"] == 2

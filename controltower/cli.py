@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = sub.add_parser("history", help="export a tag's history from the historian")
     history.add_argument("tag", help="full tag id, e.g. lyon.usp.bio1.br101.temperature")
-    history.add_argument("--since", required=True, help="ISO-8601 time or a duration before now (-1h, 30m)")
-    history.add_argument("--until", help="ISO-8601 time or duration before now (default: now)")
+    history.add_argument("--since", required=True, help="ISO-8601 time, or a duration before now: 1h, 30m (or --since=-1h)")
+    history.add_argument("--until", help="ISO-8601 time or a duration before now (default: now)")
     history.add_argument("--format", choices=["csv", "parquet"], default="csv")
     history.add_argument("--out", type=Path, help="file to write (default: standard output for csv)")
     history.add_argument("--config", type=Path, help="site file naming the historian (default: the demo site)")
@@ -95,9 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Third-party chatter at INFO drowns our own lines.
-    for noisy in ("asyncua", "amqtt", "werkzeug", "transitions"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Third-party chatter drowns our own lines (asyncua warns about every unsecured test
+    # endpoint and negotiated timeout); --log-level DEBUG shows it all again.
+    if args.log_level != "DEBUG":
+        for noisy in ("asyncua", "amqtt", "transitions"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         return _dispatch(args)
     except SiteConfigError as exc:

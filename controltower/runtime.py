@@ -77,7 +77,7 @@ class ControlTower:
         self.metrics.detect_seconds.observe(time.perf_counter() - started)
         for alert in raised:
             self.metrics.alerts_raised.labels(alert.detector, alert.severity).inc()
-            log.info("alert %s: %s %s (%s)", alert.severity, alert.tag_id, alert.message, alert.detector)
+            log.info("alert raised: %s", alert.message)
         self.metrics.alerts_active.set(len(self.alerts.active()))
 
     def health(self) -> dict[str, Any]:

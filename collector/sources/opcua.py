@@ -99,7 +99,8 @@ class OpcUaSource:
         if tag_id is None:
             return
         buf = self._buffer
-        buf.ts.append(dv.SourceTimestamp or dv.ServerTimestamp)
+        # A value without timestamps (e.g. BadWaitingForInitialData) is dated when it arrived.
+        buf.ts.append(dv.SourceTimestamp or dv.ServerTimestamp or datetime.now(UTC))
         buf.server_ts.append(dv.ServerTimestamp)
         buf.tag_id.append(tag_id)
         buf.value.append(value if isinstance(value, (int, float)) else None)
@@ -112,9 +113,8 @@ class OpcUaSource:
         buf, self._buffer = self._buffer, _ColumnBuffer()
         if not buf:
             return None
-        now = datetime.now(UTC)
         frame = samples_frame(
-            ts=[t if t is not None else now for t in buf.ts],
+            ts=buf.ts,
             server_ts=buf.server_ts,
             tag_id=buf.tag_id,
             value=buf.value,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import statistics
 import sys
 import time
@@ -31,12 +30,12 @@ from analytics.engine import DetectionEngine  # noqa: E402
 from controltower.site import DetectorsConfig  # noqa: E402
 from tests.analytics.helpers import TEMPERATURE, make_tag, mixed_batches  # noqa: E402
 from tests.analytics.reference import ReferenceLimits, ReferenceZScore  # noqa: E402
+from benchdoc import DOC, write_section  # noqa: E402
 
 BATCHES = 8
 # Share of samples pushed 4 units off (13 sigma; past the alarm limits of the temperature-like tags).
 EXCURSION_RATE = 0.002
 CASES = ((50, 200), (500, 200))
-DOC = REPO / "docs" / "benchmarks.md"
 
 
 def make_tags(n: int):
@@ -100,18 +99,6 @@ events (level changes and per-condition peaks) reach Python, so its cost grows w
 """
 
 
-def write_doc(text: str) -> None:
-    """Replace (or append) the "## Detectors" section, leaving other sections untouched."""
-    old = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Detectors\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
@@ -123,7 +110,7 @@ def main() -> None:
     text = section(results)
     print(text)
     if not args.no_write:
-        write_doc(text)
+        write_section("Detectors", text)
         print(f"updated {DOC.relative_to(REPO)}")
 
 

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -35,8 +34,8 @@ from influxdb_client import Point, WritePrecision  # noqa: E402
 from collector.sinks.duckdb import DuckDbHistorian  # noqa: E402
 from collector.sinks.lineprotocol import encode  # noqa: E402
 from controltower.samples import samples_frame  # noqa: E402
+from benchdoc import DOC, write_section  # noqa: E402
 
-DOC = REPO / "docs" / "benchmarks.md"
 T0 = datetime(2024, 6, 10, tzinfo=UTC)
 T0_NS = 1_717_977_600_000_000_000
 
@@ -175,18 +174,6 @@ fresh file), then reads of one tag over 10 minutes from the stored samples:
 """
 
 
-def write_doc(text: str) -> None:
-    """Replace (or append) the "## Historian" section, leaving other sections untouched."""
-    old = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Historian\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -208,7 +195,7 @@ def main() -> None:
     text = section(enc, duck)
     print(text)
     if not args.no_write:
-        write_doc(text)
+        write_section("Historian", text)
         print(f"updated {DOC.relative_to(REPO)}")
 
 

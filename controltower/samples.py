@@ -14,11 +14,13 @@ Columns:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
 
 import polars as pl
+
+from controltower.site import TagInfo
 
 
 class Quality(StrEnum):
@@ -60,6 +62,15 @@ def quality_expr(status_code: pl.Expr) -> pl.Expr:
         .then(pl.lit("uncertain"))
         .otherwise(pl.lit("bad"))
         .cast(QUALITY_DTYPE)
+    )
+
+
+def tag_paths_frame(tags: Iterable[TagInfo]) -> pl.DataFrame:
+    """tag_id and its ISA-95 path columns, one row per tag: what `samples_frame` joins on."""
+    tags = list(tags)
+    return pl.DataFrame(
+        {"tag_id": [t.tag_id for t in tags], **{c: [getattr(t, c) for t in tags] for c in PATH_COLUMNS}},
+        schema={"tag_id": pl.String, **{c: pl.String for c in PATH_COLUMNS}},
     )
 
 

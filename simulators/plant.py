@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from controltower.samples import samples_frame
+from controltower.samples import samples_frame, tag_paths_frame
 from controltower.site import SimulationConfig, SiteConfig, Unit
 from simulators.batches import BatchClock
 from simulators.clock import as_utc, utc_now
@@ -75,15 +75,7 @@ class Plant:
         table = site.tag_table()
         self.tag_ids: tuple[str, ...] = tuple(t.tag_id for t in table)
         self._index = {t: i for i, t in enumerate(self.tag_ids)}
-        self.tag_paths = pl.DataFrame(
-            {
-                "tag_id": [t.tag_id for t in table],
-                "site": [t.site for t in table],
-                "area": [t.area for t in table],
-                "line": [t.line for t in table],
-                "unit": [t.unit for t in table],
-            }
-        )
+        self.tag_paths = tag_paths_frame(table)
         self._units: list[_UnitRun] = []
         position = 0
         for s in site.sites:

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,13 +30,12 @@ import polars as pl
 
 from collector.deadletter import DeadLetterFile
 from collector.sources import Emit, SourceHealth
-from controltower.samples import QUALITY_DTYPE, Quality, samples_frame
+from collector.sources.supervisor import supervise
+from controltower.samples import QUALITY_DTYPE, Quality, samples_frame, tag_paths_frame
 from controltower.site import MqttSourceConfig, TagInfo
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
 _QUALITIES = {q.value for q in Quality}
 
 
@@ -82,15 +80,7 @@ class MqttJsonDecoder:
                 self.bindings[t.tag.mqtt.topic].append(
                     _FieldBinding(tuple(t.tag.mqtt.field.split(".")), t.tag.mqtt.field, t.tag_id)
                 )
-        self.tag_paths = pl.DataFrame(
-            {
-                "tag_id": [t.tag_id for t in tags],
-                "site": [t.site for t in tags],
-                "area": [t.area for t in tags],
-                "line": [t.line for t in tags],
-                "unit": [t.unit for t in tags],
-            }
-        )
+        self.tag_paths = tag_paths_frame(tags)
         self.columns = _Columns()
         self.partial_errors: list[PayloadError] = []
 
@@ -220,16 +210,6 @@ class MqttSource:
         if len(self.decoder.columns) >= self.config.flush_max_samples:
             self._flush_now.set()
 
-    async def _flush_loop(self, emit: Emit) -> None:
-        interval = self.config.flush_interval_ms / 1000
-        while True:
-            try:
-                await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            self._flush_now.clear()
-            await self._flush(emit)
-
     async def _flush(self, emit: Emit) -> None:
         batch = self.decoder.take_batch()
         if batch is not None and batch.height:
@@ -239,28 +219,13 @@ class MqttSource:
             await emit(batch)
 
     async def run(self, emit: Emit) -> None:
-        flusher = asyncio.create_task(self._flush_loop(emit), name=f"{self.name}-flush")
-        backoff = BACKOFF_MIN_S
-        try:
-            while True:
-                try:
-                    await self._session()
-                except asyncio.CancelledError:
-                    raise
-                except aiomqtt.MqttError as exc:
-                    self.health.connected = False
-                    self.health.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                    log.warning("MQTT source %s: %s; reconnecting in %.1fs", self.name, self.health.last_error, backoff)
-                if self.health.connected:
-                    backoff = BACKOFF_MIN_S
-                await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                self.health.reconnects += 1
-        finally:
-            self.health.connected = False
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
-            await self._flush(emit)
+        await supervise(
+            self.health,
+            self._session,
+            flush_interval_s=self.config.flush_interval_ms / 1000,
+            wake=self._flush_now,
+            flush=lambda: self._flush(emit),
+        )
 
     async def _session(self) -> None:
         password = os.environ.get(self.config.password_env) if self.config.password_env else None

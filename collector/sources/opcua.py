@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,14 +18,11 @@ import polars as pl
 from asyncua import Client, ua
 
 from collector.sources import Emit, SourceHealth
-from controltower.samples import QUALITY_DTYPE, quality_expr, samples_frame
+from collector.sources.supervisor import supervise
+from controltower.samples import QUALITY_DTYPE, quality_expr, samples_frame, tag_paths_frame
 from controltower.site import OpcUaSourceConfig, TagInfo
 
 log = logging.getLogger(__name__)
-
-BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
-
 
 class _ColumnBuffer:
     """Column lists that subscription callbacks append to; swapped out whole at each flush."""
@@ -66,16 +62,7 @@ class OpcUaSource:
         self.health = SourceHealth(name=config.name, kind="opcua")
         self._tags = [t for t in tags if t.source == config.name and t.tag.opcua is not None]
         self._tag_by_node = {ua.NodeId.from_string(t.tag.opcua.node_id): t.tag_id for t in self._tags}
-        self._tag_paths = pl.DataFrame(
-            {
-                "tag_id": [t.tag_id for t in self._tags],
-                "site": [t.site for t in self._tags],
-                "area": [t.area for t in self._tags],
-                "line": [t.line for t in self._tags],
-                "unit": [t.unit for t in self._tags],
-                "unit_id": [t.unit_id for t in self._tags],
-            }
-        )
+        self._tag_paths = tag_paths_frame(self._tags)
         # Batch id nodes, per unit, from the site config's `batch_node_id`.
         self._unit_by_batch_node: dict[ua.NodeId, str] = {}
         self._batch_by_unit: dict[str, str | None] = {}
@@ -84,7 +71,7 @@ class OpcUaSource:
 
     def bind_batch_nodes(self, batch_nodes: dict[str, str]) -> None:
         """unit_id -> node id of the unit's batch id variable (only units this source collects)."""
-        units = set(self._tag_paths["unit_id"].to_list())
+        units = {t.unit_id for t in self._tags}
         for unit_id, node_id in batch_nodes.items():
             if unit_id in units:
                 self._unit_by_batch_node[ua.NodeId.from_string(node_id)] = unit_id
@@ -118,7 +105,7 @@ class OpcUaSource:
             server_ts=buf.server_ts,
             tag_id=buf.tag_id,
             value=buf.value,
-            tag_paths=self._tag_paths.drop("unit_id"),
+            tag_paths=self._tag_paths,
         )
         status = pl.Series("status", buf.status, pl.UInt32)
         batches = pl.DataFrame(
@@ -137,49 +124,24 @@ class OpcUaSource:
             .drop("unit_id", "current_batch")
         )
 
-    async def _flush_loop(self, emit: Emit) -> None:
-        interval = self.config.flush_interval_ms / 1000
-        while True:
-            try:
-                await asyncio.wait_for(self._flush_now.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            self._flush_now.clear()
-            batch = self._take_batch()
-            if batch is not None:
-                self.health.samples_in += batch.height
-                self.health.batches_out += 1
-                self.health.last_sample_at = datetime.now(UTC)
-                await emit(batch)
+    async def _flush(self, emit: Emit) -> None:
+        batch = self._take_batch()
+        if batch is not None:
+            self.health.samples_in += batch.height
+            self.health.batches_out += 1
+            self.health.last_sample_at = datetime.now(UTC)
+            await emit(batch)
 
-    # -- connection supervisor -------------------------------------------------------------
     async def run(self, emit: Emit) -> None:
         if not self._tags:
             log.warning("OPC-UA source %s has no tags bound to it; idle", self.name)
-        flusher = asyncio.create_task(self._flush_loop(emit), name=f"{self.name}-flush")
-        backoff = BACKOFF_MIN_S
-        try:
-            while True:
-                try:
-                    await self._session()
-                    backoff = BACKOFF_MIN_S
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # any failure of the session: record it, back off, reconnect
-                    self.health.connected = False
-                    self.health.last_error = _describe(exc)
-                    log.warning("OPC-UA source %s: %s; reconnecting in %.1fs", self.name, self.health.last_error, backoff)
-                await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                self.health.reconnects += 1
-        finally:
-            self.health.connected = False
-            flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
-            # Samples received before the stop still go out.
-            batch = self._take_batch()
-            if batch is not None:
-                await emit(batch)
+        await supervise(
+            self.health,
+            self._session,
+            flush_interval_s=self.config.flush_interval_ms / 1000,
+            wake=self._flush_now,
+            flush=lambda: self._flush(emit),
+        )
 
     async def _session(self) -> None:
         client = Client(self.config.url, timeout=4)
@@ -205,7 +167,3 @@ class OpcUaSource:
                 await asyncio.sleep(1.0)
                 await client.check_connection()
 
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]

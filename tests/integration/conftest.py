@@ -3,6 +3,7 @@ directory, and stop them after the test. No test relies on a system service."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -156,15 +157,20 @@ bind-address = "127.0.0.1:{bind_port}"
 
 
 def start_influxdb_v1(tmp: Path, database: str = "controltower") -> HttpServer:
-    """InfluxDB 1.x (`influxd`) on free ports, everything under `tmp`, with `database` created."""
+    """InfluxDB 1.x (`influxd`) on free ports, everything under `tmp`, with `database` created.
+    Calling it again with the same `tmp` restarts the server on its earlier ports and data."""
     binary = require_binary("influxd", "/usr/bin/influxd")
     root = tmp.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    http_port, bind_port = free_port(), free_port()
     conf = root / "influxdb.conf"
-    conf.write_text(INFLUXDB_CONF.format(root=root, http_port=http_port, bind_port=bind_port))
+    if conf.exists():
+        text = conf.read_text()
+        http_port = int(re.search(r'bind-address = "127\.0\.0\.1:(\d+)"\n  auth', text).group(1))
+    else:
+        http_port, bind_port = free_port(), free_port()
+        conf.write_text(INFLUXDB_CONF.format(root=root, http_port=http_port, bind_port=bind_port))
     log = root / "influxd.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         proc = subprocess.Popen([binary, "-config", str(conf)], stdout=out, stderr=subprocess.STDOUT)
     server = HttpServer(http_port, proc, root, log)
     try:

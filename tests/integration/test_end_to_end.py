@@ -46,33 +46,38 @@ async def test_faults_flow_from_simulator_to_api_alerts(mosquitto, tmp_path: Pat
     await simulator.start()
     tower = ControlTower(site, data_dir=tmp_path / "tower")
     base = tower.start_screen(port=0)
-    plant_start = datetime.now(UTC)
     sim_task = asyncio.create_task(simulator.run(None))
     tower_task = asyncio.create_task(tower.run(None))
     try:
-        fault_at = plant_start + timedelta(seconds=FAULT_AT_S)
-        alerts_before_fault = None
-        raised: dict[str, datetime] = {}
-        deadline = fault_at + timedelta(seconds=DETECTION_BUDGET_S + 5)
-        while datetime.now(UTC) < deadline and len(raised) < 2:
+        seen_at: dict[str, datetime] = {}
+        polls_before_fault = 0
+        deadline = datetime.now(UTC) + timedelta(seconds=FAULT_AT_S + DETECTION_BUDGET_S + 10)
+        while datetime.now(UTC) < deadline and len(seen_at) < 2:
             await asyncio.sleep(0.25)
             body = await asyncio.to_thread(get_json, base + "/api/alerts")
             now = datetime.now(UTC)
-            if now < fault_at - timedelta(seconds=0.5):
-                alerts_before_fault = body["active"] + body["recent"]
-                assert not alerts_before_fault, f"alert before any fault: {alerts_before_fault}"
+            if not simulator.ground_truth_path.exists():
+                polls_before_fault += 1
+                assert body == {"active": [], "recent": []}, f"alert before any fault: {body}"
             for alert in body["active"]:
-                if alert["tag_id"] in (OPCUA_TAG, MQTT_TAG) and alert["tag_id"] not in raised:
-                    raised[alert["tag_id"]] = now
-        assert alerts_before_fault == [], "the API was never read before the fault"
-        assert set(raised) == {OPCUA_TAG, MQTT_TAG}, f"alerts raised: {raised}; health: {tower.health()}"
-        for tag, when in raised.items():
-            delay = (when - fault_at).total_seconds()
-            assert delay <= DETECTION_BUDGET_S, f"{tag} alerted {delay:.1f}s after its fault"
+                if alert["tag_id"] in (OPCUA_TAG, MQTT_TAG):
+                    seen_at.setdefault(alert["tag_id"], now)
+        assert polls_before_fault > 10, "the API was hardly read before the first fault"
+        assert set(seen_at) == {OPCUA_TAG, MQTT_TAG}, f"alerts seen: {seen_at}; health: {tower.health()}"
 
-        # The ground truth logged both injections.
-        truth = pl.read_csv(simulator.ground_truth_path)
+        # Measured from the injection times the simulator logged as ground truth.
+        truth = pl.read_csv(simulator.ground_truth_path, try_parse_dates=True)
         assert set(truth["tag_id"].to_list()) == {OPCUA_TAG, MQTT_TAG}
+        injected = dict(zip(truth["tag_id"].to_list(), truth["start"].to_list()))
+        for tag, when in seen_at.items():
+            delay = (when - injected[tag]).total_seconds()
+            assert 0 <= delay <= DETECTION_BUDGET_S, f"{tag} alerted {delay:.1f}s after its fault"
+        # No alert anywhere dated before the first injection.
+        body = await asyncio.to_thread(get_json, base + "/api/alerts")
+        first_fault = min(injected.values())
+        for alert in body["active"] + body["recent"]:
+            raised = datetime.fromisoformat(alert["raised_at"])
+            assert raised >= first_fault, f"{alert['tag_id']} raised at {raised}, before the first fault"
 
         # Both paths reached the historian, read back through the API.
         for tag in (OPCUA_TAG, MQTT_TAG):

@@ -8,7 +8,7 @@ serves the Dash screen. Every route reads a `TowerContext` through `controltower
                                        alerts as `Alert.to_dict()`; `line` is a line id
                                        `site.area.line`; `limit` bounds `recent` (default 50)
     GET /api/tags/<tag_id>/history[?since=&until=]
-                                       [{"ts", "value", "quality", "batch_id"}, ...], oldest
+                                       [{"ts" (µs, Z), "value", "quality", "batch_id"}, ...], oldest
                                        first; since/until are ISO-8601 (naive = UTC) or
                                        relative to now (`-10m`, `-30s`, `-2h`, `-1d`, `now`);
                                        default since=-10m, until=now
@@ -113,7 +113,7 @@ def register_api(server: Flask, ctx: TowerContext, *, now=None) -> Blueprint:
         except q.UnknownTagError as exc:
             return _error(404, str(exc))
         rows = [
-            {"ts": q.iso_utc(r["ts"]), "value": _finite(r["value"]), "quality": r["quality"], "batch_id": r["batch_id"]}
+            {"ts": q.iso_utc(r["ts"], "microseconds"), "value": _finite(r["value"]), "quality": r["quality"], "batch_id": r["batch_id"]}
             for r in frame.iter_rows(named=True)
         ]
         return _json(rows)

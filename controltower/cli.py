@@ -20,9 +20,13 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
+from controltower.samples import PATH_COLUMNS
 from controltower.site import SiteConfigError, load_site_config, site_json_schema
 from controltower.timeparse import parse_time
 
@@ -89,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--out", type=Path, help="file to write (default: standard output for csv)")
     history.add_argument("--config", type=Path, help="site file naming the historian (default: the demo site)")
     history.add_argument("--data-dir", type=Path, help="data directory (default: data/demo for the demo site)")
+    history.add_argument(
+        "--url", help="read through a running control tower's API instead (e.g. http://127.0.0.1:8050): "
+        "the embedded historian's file is locked while the tower runs"
+    )
     return parser
 
 
@@ -101,8 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         for noisy in ("asyncua", "amqtt", "transitions"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    from collector.sinks import HistorianError
+
     try:
         return _dispatch(args)
+    except HistorianError as exc:
+        print(f"controltower: historian: {exc}", file=sys.stderr)
+        return 1
     except SiteConfigError as exc:
         print(f"controltower: invalid site config\n{exc}", file=sys.stderr)
         return 2
@@ -180,27 +193,14 @@ def _run_async(coro: Coroutine[Any, Any, Any]) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from collector.sinks import open_historian
-    from controltower.demo import DEMO_CONFIG
-
-    config_path = args.config or DEMO_CONFIG
-    site = load_site_config(config_path)
-    data_dir = args.data_dir or (Path("data/demo") if args.config is None else Path(site.data_dir))
-    known = {t.tag_id for t in site.tag_table()}
-    if args.tag not in known:
-        raise ValueError(f"unknown tag {args.tag!r} in {config_path}; known tags: {', '.join(sorted(known))}")
     since = parse_time(args.since)
     until = parse_time(args.until) if args.until else None
     if until is not None and until <= since:
         raise ValueError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
-    historian = open_historian(site.historian, data_dir)
-    try:
-        frame = historian.read([args.tag], since, until)
-    finally:
-        historian.close()
+    if args.format == "parquet" and args.out is None:
+        raise ValueError("--format parquet needs --out FILE")
+    frame = _history_from_api(args, since, until) if args.url else _history_from_historian(args, since, until)
     if args.format == "parquet":
-        if args.out is None:
-            raise ValueError("--format parquet needs --out FILE")
         frame.write_parquet(args.out)
     else:
         text = frame.with_columns(frame["quality"].cast(str)).write_csv()
@@ -211,6 +211,53 @@ def _history(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"{frame.height} samples of {args.tag} written to {args.out}", file=sys.stderr)
     return 0
+
+
+def _history_from_historian(args: argparse.Namespace, since: datetime, until: datetime | None) -> pl.DataFrame:
+    from collector.sinks import open_historian
+    from controltower.demo import DEMO_CONFIG
+
+    config_path = args.config or DEMO_CONFIG
+    site = load_site_config(config_path)
+    data_dir = args.data_dir or (Path("data/demo") if args.config is None else Path(site.data_dir))
+    known = {t.tag_id for t in site.tag_table()}
+    if args.tag not in known:
+        raise ValueError(f"unknown tag {args.tag!r} in {config_path}; known tags: {', '.join(sorted(known))}")
+    historian = open_historian(site.historian, data_dir)
+    try:
+        return historian.read([args.tag], since, until)
+    finally:
+        historian.close()
+
+
+def _history_from_api(args: argparse.Namespace, since: datetime, until: datetime | None) -> pl.DataFrame:
+    from urllib.error import HTTPError, URLError
+    from urllib.parse import quote, urlencode
+    from urllib.request import urlopen
+
+    from controltower.samples import samples_frame
+
+    query = {"since": since.isoformat()} | ({"until": until.isoformat()} if until else {})
+    url = f"{args.url.rstrip('/')}/api/tags/{quote(args.tag, safe='')}/history?{urlencode(query)}"
+    try:
+        with urlopen(url, timeout=30) as response:
+            rows = json.loads(response.read())
+    except HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        raise ValueError(f"{args.url}: {reason}") from None
+    except URLError as exc:
+        raise ValueError(f"cannot reach the control tower at {args.url}: {exc.reason}") from None
+    frame = samples_frame(
+        ts=pl.Series([r["ts"] for r in rows], dtype=pl.String).str.to_datetime(time_unit="ns", time_zone="UTC"),
+        tag_id=[args.tag] * len(rows),
+        value=[r["value"] for r in rows],
+        quality=[r["quality"] for r in rows],
+        batch_id=[r.get("batch_id") for r in rows],
+    )
+    return frame.drop("server_ts", *PATH_COLUMNS)
 
 
 if __name__ == "__main__":

@@ -430,8 +430,8 @@ def _to_ns(now: datetime) -> int:
     return int(now.timestamp()) * 1_000_000_000 + now.microsecond * 1000
 
 
-def iso_utc(value: datetime | None) -> str | None:
-    """ISO-8601 in UTC with a `Z`, millisecond precision; None stays None."""
+def iso_utc(value: datetime | None, timespec: str = "milliseconds") -> str | None:
+    """ISO-8601 in UTC with a `Z`, millisecond precision by default; None stays None."""
     if value is None:
         return None
-    return _as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _as_utc(value).isoformat(timespec=timespec).replace("+00:00", "Z")

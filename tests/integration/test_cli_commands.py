@@ -57,6 +57,17 @@ def test_demo_raises_its_scheduled_alert_then_history_exports_it(tmp_path: Path)
         )
         alert = next(a for a in body["active"] + body["recent"] if a["tag_id"] == "lyon.ff.fill1.filler1.fill_weight")
         assert alert["severity"] == "alarm" and alert["line"] == "fill1"
+
+        # While the demo holds the historian file, history goes through its API.
+        live = subprocess.run(
+            [*CONTROLTOWER, "history", "lyon.usp.bio1.br101.ph", "--since", "5m", "--until", "2099-01-01",
+             "--url", f"http://127.0.0.1:{port}"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+        assert live.returncode == 0, live.stderr
+        rows = pl.read_csv(live.stdout.encode())
+        assert rows.height >= 10 and rows["tag_id"].unique().to_list() == ["lyon.usp.bio1.br101.ph"]
+        assert 6.8 < rows["value"].drop_nulls().median() < 7.2
         out, err = proc.communicate(timeout=40)
     finally:
         if proc.poll() is None:
@@ -96,6 +107,9 @@ def test_history_names_an_unknown_tag_and_a_bad_time(tmp_path: Path) -> None:
     bad = subprocess.run([*CONTROLTOWER, "history", "lyon.usp.bio1.br101.ph", "--since", "last tuesday",
                           "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "'last tuesday' is not a time" in bad.stderr
+    unreachable = subprocess.run([*CONTROLTOWER, "history", "lyon.usp.bio1.br101.ph", "--since", "1h",
+                                  "--url", f"http://127.0.0.1:{free_port()}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 2 and "cannot reach the control tower at" in unreachable.stderr
 
 
 def test_simulate_and_run_on_the_mqtt_example(mosquitto, tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def test_tag_history_default_window_and_explicit_times(api) -> None:
     status, _, rows = get(f"{url}/api/tags/{tag}/history")
     assert status == 200 and len(rows) == 600  # the last 10 minutes at 1 Hz (until = now, exclusive)
     assert set(rows[0]) == {"ts", "value", "quality", "batch_id"}
-    assert rows[0]["ts"] == "2024-05-01T09:50:00.000Z" and rows[-1]["ts"] == "2024-05-01T09:59:59.000Z"
+    assert rows[0]["ts"] == "2024-05-01T09:50:00.000000Z" and rows[-1]["ts"] == "2024-05-01T09:59:59.000000Z"
     assert rows[0]["quality"] == "good" and rows[0]["batch_id"] == "B-BR101-2405-017"
     assert isinstance(rows[0]["value"], float)
 

@@ -105,7 +105,7 @@ def test_tag_history_default_window_and_explicit_times(api) -> None:
     _, _, rows = get(f"{url}/api/tags/{tag}/history?{q}")
     assert [r["ts"][11:19] for r in rows] == [f"09:58:0{i}" for i in range(10)]
     _, _, rows = get(f"{url}/api/tags/{tag}/history?since=-30s&until=-20s")
-    assert len(rows) == 10 and rows[0]["ts"] == "2024-05-01T09:59:30.000Z"
+    assert len(rows) == 10 and rows[0]["ts"] == "2024-05-01T09:59:30.000000Z"
     _, _, rows = get(f"{url}/api/tags/{tag}/history?since=2024-05-01T09:59:58")  # naive = UTC
     assert len(rows) == 2
 

@@ -3,6 +3,7 @@
     controltower demo [--port 8050] [--data-dir DIR] [--duration S] [--seed N]
     controltower run --config FILE [--data-dir DIR] [--port N] [--duration S]
     controltower simulate --config FILE [--speed X] [--seed N] [--duration S] [--opcua-url U] [--mqtt-url U]
+    controltower inject TAG --kind spike|drift|stuck [--duration S] [--magnitude X] [--mqtt-url U] [--prefix P]
     controltower config check FILE
     controltower config schema
     controltower history TAG --since T [--until T] [--format csv|parquet] [--out FILE] [--config FILE]
@@ -78,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=_positive_float)
     simulate.add_argument("--opcua-url", help="serve OPC-UA here instead of simulation.opcua_url ('none' disables)")
     simulate.add_argument("--mqtt-url", help="publish to this broker instead of simulation.mqtt_url ('none' disables)")
+
+    inject = sub.add_parser("inject", help="inject a fault into a running simulator (over its MQTT command topic)")
+    inject.add_argument("tag", help="full tag id, e.g. lyon.ff.fill1.filler1.fill_weight")
+    inject.add_argument("--kind", required=True, choices=["spike", "drift", "stuck"])
+    inject.add_argument("--duration", type=_positive_float, default=30.0, help="simulated seconds (default 30)")
+    inject.add_argument("--magnitude", type=float, default=0.0, help="spike: offset; drift: offset reached at the end")
+    inject.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="the simulator's broker")
+    inject.add_argument("--prefix", default="plant", help="the simulator's simulation.mqtt_topic_prefix (default plant)")
 
     config = sub.add_parser("config", help="validate a site file or print its JSON Schema")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -160,6 +169,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "history":
         return _history(args)
+    if args.command == "inject":
+        return _run_async(_inject(args))
     raise AssertionError(args.command)
 
 
@@ -173,6 +184,24 @@ async def _run_site(args: argparse.Namespace) -> None:
         await tower.run(args.duration)
     finally:
         tower.close()
+
+
+async def _inject(args: argparse.Namespace) -> None:
+    from urllib.parse import urlsplit
+
+    import aiomqtt
+
+    from simulators.mqtt_publisher import INJECT_TOPIC
+
+    url = urlsplit(args.mqtt_url)
+    command = {"tag_id": args.tag, "kind": args.kind, "duration_s": args.duration, "magnitude": args.magnitude}
+    try:
+        async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, timeout=10) as client:
+            await client.publish(f"{args.prefix}/{INJECT_TOPIC}", json.dumps(command).encode(), qos=1)
+    except aiomqtt.MqttError as exc:
+        raise ValueError(f"cannot reach the broker at {args.mqtt_url}: {exc}") from None
+    print(f"asked the simulator to inject a {args.kind} on {args.tag} for {args.duration:g}s "
+          f"(it logs the injection in its ground truth; an unknown tag is refused in its log)")
 
 
 def _run_async(coro: Coroutine[Any, Any, Any]) -> int:

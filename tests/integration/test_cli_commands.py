@@ -123,7 +123,7 @@ def test_simulate_and_run_on_the_mqtt_example(mosquitto, tmp_path: Path) -> None
 
     simulate = subprocess.Popen([*CONTROLTOWER, "simulate", "--config", str(config), "--duration", "30"],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run = subprocess.Popen([*CONTROLTOWER, "run", "--config", str(config), "--duration", "12"],
+    run = subprocess.Popen([*CONTROLTOWER, "run", "--config", str(config), "--duration", "20"],
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         body = poll(
@@ -136,6 +136,18 @@ def test_simulate_and_run_on_the_mqtt_example(mosquitto, tmp_path: Path) -> None
         assert line["batch_ids"] and line["batch_ids"][0].startswith("FILLER2-")
         history = get_json(f"http://127.0.0.1:{port}/api/tags/cork.ff.fill2.filler2.fill_weight/history?since=-1m")
         assert history and 0.98 < history[-1]["value"] < 1.02
+
+        # A fault injected at run time through the simulator's command topic comes back as an alert.
+        inject = subprocess.run(
+            [*CONTROLTOWER, "inject", "cork.ff.fill2.filler2.fill_weight", "--kind", "spike", "--magnitude", "0.05",
+             "--duration", "30", "--mqtt-url", mosquitto.url, "--prefix", "acme"],
+            cwd=REPO, capture_output=True, text=True, timeout=30,
+        )
+        assert inject.returncode == 0, inject.stderr
+        alerts = poll(f"http://127.0.0.1:{port}/api/alerts",
+                      lambda b: any(a["tag_id"] == "cork.ff.fill2.filler2.fill_weight" for a in b["active"]),
+                      timeout_s=10, proc=run)
+        assert any(a["severity"] == "alarm" for a in alerts["active"])
         _, err = run.communicate(timeout=40)
         assert run.returncode == 0, err[-2000:]
     finally:

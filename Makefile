@@ -46,6 +46,7 @@ test: system-deps $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python bench/detectors.py
 	$(BIN)/python bench/historian.py
+	$(BIN)/python bench/collector.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data *.egg-info

@@ -19,6 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 
 import polars as pl
+import pyarrow as pa
 
 from controltower.site import TagInfo
 
@@ -90,8 +91,8 @@ def samples_frame(
     """
     n = len(tag_id)
     cols: dict[str, pl.Series] = {
-        "ts": _as_timestamps("ts", ts),
-        "server_ts": _as_timestamps("server_ts", server_ts) if server_ts is not None else pl.Series("server_ts", [None] * n, TIMESTAMP_DTYPE),
+        "ts": timestamp_series("ts", ts),
+        "server_ts": timestamp_series("server_ts", server_ts) if server_ts is not None else pl.Series("server_ts", [None] * n, TIMESTAMP_DTYPE),
         "tag_id": pl.Series("tag_id", tag_id, pl.String()),
         "value": pl.Series("value", value, pl.Float64(), strict=False),
         "quality": pl.Series("quality", quality if quality is not None else ["good"] * n, pl.String()).cast(QUALITY_DTYPE),
@@ -124,9 +125,16 @@ def conform(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(out)
 
 
-def _as_timestamps(name: str, values: Sequence[datetime | int | None] | pl.Series) -> pl.Series:
-    series = values if isinstance(values, pl.Series) else pl.Series(name, values, strict=False)
-    series = series.alias(name)
+def timestamp_series(name: str, values: Sequence[datetime | int | None] | pl.Series) -> pl.Series:
+    """Datetimes (naive = UTC) or integer ns since the epoch as a Datetime(ns, UTC) series."""
+    if not isinstance(values, pl.Series):
+        first = next((v for v in values if v is not None), None)
+        if isinstance(first, datetime):
+            # Through Arrow with the type given: several times faster than letting Polars infer
+            # from timezone-aware datetimes; naive ones are taken as UTC.
+            return pl.Series(name, pa.array(values, type=pa.timestamp("us", tz="UTC"))).cast(TIMESTAMP_DTYPE)
+        values = pl.Series(name, values, dtype=pl.Int64 if first is not None else pl.Null, strict=False)
+    series = values.alias(name)
     if series.dtype == pl.Null:
         return series.cast(TIMESTAMP_DTYPE)
     if series.dtype.is_integer():

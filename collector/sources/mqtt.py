@@ -31,7 +31,7 @@ import polars as pl
 from collector.deadletter import DeadLetterFile
 from collector.sources import Emit, SourceHealth
 from collector.sources.supervisor import supervise
-from controltower.samples import QUALITY_DTYPE, Quality, samples_frame, tag_paths_frame
+from controltower.samples import QUALITY_DTYPE, Quality, samples_frame, tag_paths_frame, timestamp_series
 from controltower.site import MqttSourceConfig, TagInfo
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,19 @@ class PayloadError(ValueError):
 
 
 class _Columns:
-    __slots__ = ("ts", "received", "tag_id", "value", "quality", "batch_id")
+    """Per message: time, receive time, batch id. Per sample: its message's row, tag, value, quality.
+    A message's fields are stored once, not once per sample."""
+
+    __slots__ = ("ts", "received", "batch_id", "message", "tag_id", "value", "quality")
 
     def __init__(self) -> None:
         self.ts: list[datetime] = []
         self.received: list[datetime] = []
+        self.batch_id: list[str | None] = []
+        self.message: list[int] = []
         self.tag_id: list[str] = []
         self.value: list[float | None] = []
         self.quality: list[str] = []
-        self.batch_id: list[str | None] = []
 
     def __len__(self) -> int:
         return len(self.tag_id)
@@ -108,6 +112,7 @@ class MqttJsonDecoder:
             qualities = {}
 
         cols = self.columns
+        message = len(cols.ts)
         count = 0
         bad_values = []
         for b in bindings:
@@ -123,13 +128,15 @@ class MqttJsonDecoder:
                 continue
             if quality not in _QUALITIES:
                 quality = "uncertain"
-            cols.ts.append(ts)
-            cols.received.append(received)
+            cols.message.append(message)
             cols.tag_id.append(b.tag_id)
             cols.value.append(value)
             cols.quality.append(quality)
-            cols.batch_id.append(str(batch_id) if batch_id not in (None, _MISSING) else None)
             count += 1
+        if count:
+            cols.ts.append(ts)
+            cols.received.append(received)
+            cols.batch_id.append(str(batch_id) if batch_id not in (None, _MISSING) else None)
         if bad_values:
             error = PayloadError("non_numeric_value", f"field(s) {', '.join(bad_values)} hold no number")
             if count == 0:
@@ -143,13 +150,14 @@ class MqttJsonDecoder:
         cols, self.columns = self.columns, _Columns()
         if not cols:
             return None
+        row = pl.Series(cols.message, dtype=pl.UInt32)  # each sample's message
         return samples_frame(
-            ts=cols.ts,
-            server_ts=cols.received,
+            ts=timestamp_series("ts", cols.ts).gather(row),
+            server_ts=timestamp_series("server_ts", cols.received).gather(row),
             tag_id=cols.tag_id,
             value=cols.value,
             quality=pl.Series(cols.quality, dtype=pl.String).cast(QUALITY_DTYPE),
-            batch_id=cols.batch_id,
+            batch_id=pl.Series(cols.batch_id, dtype=pl.String).gather(row),
             tag_paths=self.tag_paths,
         )
 

@@ -20,7 +20,14 @@ from controltower.site import SiteConfig, load_site_config
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo-site.yaml"
+def _demo_config() -> Path:
+    """config/demo-site.yaml of the source tree (editable install), else of the working directory
+    (the Docker image's /app)."""
+    beside_package = Path(__file__).resolve().parents[1] / "config" / "demo-site.yaml"
+    return beside_package if beside_package.exists() else Path.cwd() / "config" / "demo-site.yaml"
+
+
+DEMO_CONFIG = _demo_config()
 
 
 @dataclass(frozen=True)

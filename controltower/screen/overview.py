@@ -271,7 +271,7 @@ def trend_update(
         return _empty_figure("no unit selected"), None, ""
     window_s = ctx.site.screen.trend_window_s
     width = q.bucket_width(window_s)
-    cut = _floor(now, width)
+    cut = _floor(q.data_clock(ctx, unit_id, now), width)
     full = (
         force_full
         or not state

@@ -323,6 +323,15 @@ def unit_tags(ctx: TowerContext, unit_id: str) -> list[TagInfo]:
     return tags
 
 
+def data_clock(ctx: TowerContext, unit_id: str, now: datetime) -> datetime:
+    """The time a unit's trend ends at: the wall clock, or the unit's newest sample time when the
+    plant's clock runs ahead of ours (an accelerated simulator, a skewed plant clock), so that
+    the newest data is always on screen."""
+    ids = [t.tag_id for t in unit_tags(ctx, unit_id)]
+    newest = ctx.live.latest().filter(pl.col("tag_id").is_in(ids))["ts"].max()
+    return max(now, newest) if newest is not None else now
+
+
 def unit_trend(
     ctx: TowerContext,
     unit_id: str,

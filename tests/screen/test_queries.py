@@ -167,3 +167,14 @@ def test_freshness_over_the_site(ctx) -> None:
     ctx.feed(ctx.samples([(NOW - timedelta(seconds=2), f"{BIO}.br101.temperature", 37.0)]))
     fresh = q.freshness(ctx, NOW)
     assert fresh["age_s"] == pytest.approx(2.0) and fresh["lines_stale"] == 2
+
+
+def test_trend_follows_a_plant_clock_that_runs_ahead(ctx) -> None:
+    """An accelerated simulator (or a plant clock ahead of ours) stamps samples after our 'now':
+    the unit's trend must end at its newest sample, not hide it."""
+    ahead = NOW + timedelta(minutes=3)
+    ctx.feed(plant_history(ctx, ahead, seconds=60))
+    assert q.data_clock(ctx, f"{BIO}.br101", NOW) == ctx.live.latest()["ts"].max()
+    assert q.data_clock(ctx, f"{BIO}.br101", ahead + timedelta(minutes=1)) == ahead + timedelta(minutes=1)
+    trend = q.unit_trend(ctx, f"{BIO}.br101", q.data_clock(ctx, f"{BIO}.br101", NOW) + timedelta(seconds=1), 600)
+    assert trend.samples["ts"].max() > NOW + timedelta(minutes=2)

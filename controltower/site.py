@@ -215,9 +215,17 @@ class LimitsDetectorConfig(Strict):
     enabled: bool = True
 
 
+class FlatlineConfig(Strict):
+    enabled: bool = True
+    # Consecutive samples holding the same value (within `tolerance`) before a sensor is called stuck.
+    min_run: int = Field(default=30, ge=2)
+    tolerance: float = Field(default=0.0, ge=0)
+
+
 class DetectorsConfig(Strict):
     limits: LimitsDetectorConfig = LimitsDetectorConfig()
     zscore: ZScoreConfig = ZScoreConfig()
+    flatline: FlatlineConfig = FlatlineConfig()
 
 
 class ScreenConfig(Strict):

@@ -2,7 +2,8 @@
 per-sample level (0 normal, 1 warning, 2 alarm). See `base.Detector` for the contract."""
 
 from analytics.detectors.base import SCORE_SCHEMA, Detector
+from analytics.detectors.flatline import FlatlineDetector
 from analytics.detectors.limits import LimitDetector
 from analytics.detectors.zscore import RollingZScore
 
-__all__ = ["SCORE_SCHEMA", "Detector", "LimitDetector", "RollingZScore"]
+__all__ = ["SCORE_SCHEMA", "Detector", "FlatlineDetector", "LimitDetector", "RollingZScore"]

@@ -8,7 +8,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import analytics.detectors as detectors
-from analytics.detectors import SCORE_SCHEMA, Detector, LimitDetector, RollingZScore
+from analytics.detectors import SCORE_SCHEMA, Detector, FlatlineDetector, LimitDetector, RollingZScore
 from controltower.samples import empty_samples
 from tests.analytics.helpers import TEMPERATURE, make_tag, mixed_batches
 
@@ -17,6 +17,7 @@ TAGS = [make_tag(**TEMPERATURE), make_tag("s.a.l.u.p", warning_high=1.0, alarm_h
 FACTORIES = {
     "limits": lambda: LimitDetector(TAGS),
     "zscore": lambda: RollingZScore(TAGS, window=30, threshold=4.0, warmup=10),
+    "flatline": lambda: FlatlineDetector(TAGS, min_run=3, tolerance=0.3),
 }
 
 

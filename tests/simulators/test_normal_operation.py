@@ -1,7 +1,7 @@
 """The simulator's promise to the detectors: in normal operation (no fault), for the demo site
 and any seed, no reading crosses a warning limit and the rolling z-score detector (window
 120, threshold 8, std floored at 1% of the alarm span) never fires, across batch and phase
-changes."""
+changes, and no sensor repeats one value long enough to look stuck."""
 
 from __future__ import annotations
 
@@ -73,3 +73,17 @@ def test_the_rolling_z_score_never_fires(normal_run):
         if z >= THRESHOLD:
             firing[info.tag_id] = z
     assert firing == {}
+
+
+def test_no_sensor_looks_stuck(normal_run):
+    """The flatline detector's premise: a healthy signal never repeats one value 30 times running."""
+    _, frame = normal_run
+    runs = (
+        frame.sort("tag_id", "ts")
+        .with_columns((pl.col("value") != pl.col("value").shift(1)).over("tag_id").fill_null(True).alias("moved"))
+        .with_columns(pl.col("moved").cum_sum().over("tag_id").alias("run"))
+        .group_by("tag_id", "run")
+        .len()
+    )
+    longest = runs.group_by("tag_id").agg(pl.col("len").max()).sort("len", descending=True)
+    assert longest["len"].max() < 30, longest.head(3)

@@ -4,6 +4,7 @@
     controltower run --config FILE [--data-dir DIR] [--port N] [--duration S]
     controltower simulate --config FILE [--speed X] [--seed N] [--duration S] [--opcua-url U] [--mqtt-url U]
     controltower inject TAG --kind spike|drift|stuck [--duration S] [--magnitude X] [--mqtt-url U] [--prefix P]
+    controltower browse URL [--root NODE] [--depth N] [--include GLOB] [--exclude GLOB] [--yaml]
     controltower config check FILE
     controltower config schema
     controltower history TAG --since T [--until T] [--format csv|parquet] [--out FILE] [--config FILE]
@@ -27,6 +28,7 @@ from typing import Any
 
 import polars as pl
 
+from collector.sources.opcua_browse import add_browse_arguments
 from controltower.samples import PATH_COLUMNS
 from controltower.site import SiteConfigError, load_site_config, site_json_schema
 from controltower.timeparse import parse_time
@@ -87,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("--magnitude", type=float, default=0.0, help="spike: offset; drift: offset reached at the end")
     inject.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="the simulator's broker")
     inject.add_argument("--prefix", default="plant", help="the simulator's simulation.mqtt_topic_prefix (default plant)")
+
+    browse = sub.add_parser("browse", help="list an OPC-UA server's variables (units, EURange); --yaml prints tag bindings")
+    add_browse_arguments(browse)
 
     config = sub.add_parser("config", help="validate a site file or print its JSON Schema")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -169,6 +174,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "history":
         return _history(args)
+    if args.command == "browse":
+        from collector.sources.opcua_browse import run_browse
+
+        return run_browse(args)
     if args.command == "inject":
         return _run_async(_inject(args))
     raise AssertionError(args.command)

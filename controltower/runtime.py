@@ -42,7 +42,7 @@ def build_sources(site: SiteConfig, data_dir: Path) -> list[Source]:
     sources: list[Source] = []
     for config in site.sources:
         if config.kind == "opcua":
-            source = OpcUaSource(config, tags)
+            source = OpcUaSource(config, tags, data_dir=data_dir)
             source.bind_batch_nodes(batch_nodes)
             sources.append(source)
         else:

@@ -156,8 +156,30 @@ class OpcUaSourceConfig(Strict):
     # Accumulate samples into one columnar batch for at most this long, or this many samples.
     flush_interval_ms: int = Field(default=500, ge=10, le=60_000)
     flush_max_samples: int = Field(default=10_000, ge=1)
+    # Message security. "None" sends in the clear; any other policy needs a mode. The collector's
+    # certificate is created on first run under `certificate_dir`; server certificates are
+    # accepted only from `trusted_server_certificates` (both relative to the data directory).
+    security_policy: Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"] = "None"
+    security_mode: Literal["Sign", "SignAndEncrypt"] | None = None
+    certificate_dir: str = "pki"
+    trusted_server_certificates: str = "pki/trusted"
     username: str | None = None
     password_env: str | None = None  # name of the environment variable holding the password
+
+    @field_validator("security_policy", mode="before")
+    @classmethod
+    def _null_is_none(cls, value: Any) -> Any:
+        return "None" if value is None else value  # YAML `null` reads as the policy None
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> OpcUaSourceConfig:
+        if self.security_policy != "None" and self.security_mode is None:
+            raise ValueError(f"security_policy {self.security_policy} needs security_mode: Sign or SignAndEncrypt")
+        if self.security_policy == "None" and self.security_mode is not None:
+            raise ValueError(f"security_mode {self.security_mode} needs a security_policy other than None")
+        if self.password_env is not None and not self.username:
+            raise ValueError("password_env is set but username is not")
+        return self
 
 
 class MqttSourceConfig(Strict):

@@ -8,15 +8,34 @@ Address space (namespace `urn:pharma-controltower:simulator`, always index 2):
         batch_id      String, ns=2;s=site.area.line.unit.batch_id
         phase         String, ns=2;s=site.area.line.unit.phase
 Every tick writes each value with SourceTimestamp = simulated time, ServerTimestamp = now.
+
+Security: NoSecurity and anonymous by default (fast, for local tests and the demo). Pass
+`security=["Basic256Sha256_SignAndEncrypt", ...]` (names of `asyncua.ua.SecurityPolicyType`)
+with `certificate`/`private_key` paths (created self-signed if absent, application URI
+`urn:pharma-controltower:simulator:server`), and `users={"name": "password"}` to require a
+username and password. Any client certificate is accepted: the simulator is a test peer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ipaddress
 import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import polars as pl
 from asyncua import Server, ua
+from asyncua.crypto import cert_gen
+from asyncua.crypto.permission_rules import User, UserRole
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controltower.site import Limits, SiteConfig, Tag
 from simulators.clock import utc_now
@@ -24,6 +43,8 @@ from simulators.clock import utc_now
 log = logging.getLogger(__name__)
 
 NAMESPACE_URI = "urn:pharma-controltower:simulator"
+# Not NAMESPACE_URI: the application URI becomes namespace 1 and the plant must stay index 2.
+SERVER_APPLICATION_URI = "urn:pharma-controltower:simulator:server"
 _UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
 # UN/CEFACT Rec. 20 codes of the engineering units pharma sites use most.
 _UNECE_CODES = {
@@ -80,15 +101,82 @@ def eu_range(limits: Limits) -> ua.Range:
     return ua.Range(Low=float(low), High=float(high))
 
 
+def _make_server_certificate(certificate: Path, private_key: Path, host: str) -> None:
+    """A self-signed server certificate (DER) for SERVER_APPLICATION_URI and its key (PEM, 0600)."""
+    key = cert_gen.generate_private_key()
+    names: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(SERVER_APPLICATION_URI),
+        x509.DNSName(socket.gethostname()),
+        x509.DNSName("localhost"),
+    ]
+    try:
+        names.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        names.append(x509.DNSName(host))
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        "pharma-controltower simulator",
+        {"organizationName": "pharma-controltower"},
+        names,
+        extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    private_key.parent.mkdir(parents=True, exist_ok=True)
+    certificate.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(cert_gen.dump_private_key_as_pem(key))
+    certificate.write_bytes(cert.public_bytes(Encoding.DER))
+
+
+class _PasswordUsers:
+    """asyncua user manager: a session is activated only with a known username and its password."""
+
+    def __init__(self, users: Mapping[str, str]):
+        self._users = dict(users)
+
+    def __repr__(self) -> str:
+        return f"_PasswordUsers({sorted(self._users)})"  # names only
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None):
+        expected = self._users.get(username or "")
+        if expected is None or password is None:
+            return None
+        if not hmac.compare_digest(expected.encode(), password.encode() if isinstance(password, str) else password):
+            return None
+        return User(role=UserRole.User, name=username)
+
+
 class PlantOpcUaServer:
     """Serves a site's tags at `url` (opc.tcp://host:port/path; binds to that host)."""
 
-    def __init__(self, site: SiteConfig, *, url: str):
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        url: str,
+        security: Sequence[str] = ("NoSecurity",),
+        certificate: Path | None = None,
+        private_key: Path | None = None,
+        users: Mapping[str, str] | None = None,
+    ):
         parsed = urlparse(url)
         if parsed.scheme != "opc.tcp" or not parsed.hostname or not parsed.port:
             raise ValueError(f"OPC-UA url must look like opc.tcp://host:port/path, got {url!r}")
+        try:
+            self._policies = [ua.SecurityPolicyType[name] for name in security]
+        except KeyError as exc:
+            names = ", ".join(p.name for p in ua.SecurityPolicyType)
+            raise ValueError(f"unknown OPC-UA security {exc.args[0]!r}; one of {names}") from None
+        if not self._policies:
+            raise ValueError("security needs at least one policy (NoSecurity for none)")
+        secure = any(p != ua.SecurityPolicyType.NoSecurity for p in self._policies)
+        if secure and (certificate is None or private_key is None):
+            raise ValueError("a security policy other than NoSecurity needs certificate and private_key paths")
         self.site = site
         self.url = url
+        self.certificate = Path(certificate) if secure and certificate is not None else None
+        self.private_key = Path(private_key) if secure and private_key is not None else None
+        self._users = _PasswordUsers(users) if users else None
         self._server: Server | None = None
         self._ns = 2
         self._tag_nodes: dict[str, ua.NodeId] = {}
@@ -100,12 +188,21 @@ class PlantOpcUaServer:
 
     async def start(self) -> None:
         """Build the address space and listen. RuntimeError if the namespace is not index 2."""
-        server = Server()
+        server = Server(user_manager=self._users)
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name("pharma-controltower simulator")
-        # No certificates to generate at start-up: the simulator is a local test fixture.
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        # By default no certificates to generate at start-up: the simulator is a local test fixture.
+        server.set_security_policy(self._policies)
+        if self.certificate is not None and self.private_key is not None:
+            if not (self.certificate.is_file() and self.private_key.is_file()):
+                host = urlparse(self.url).hostname or "localhost"
+                await asyncio.to_thread(_make_server_certificate, self.certificate, self.private_key, host)
+            await server.set_application_uri(SERVER_APPLICATION_URI)
+            await server.load_certificate(str(self.certificate))
+            await server.load_private_key(str(self.private_key))
+        if self._users is not None:
+            server.set_identity_tokens([ua.UserNameIdentityToken])
         ns = await server.register_namespace(NAMESPACE_URI)
         if ns != 2:
             raise RuntimeError(f"namespace {NAMESPACE_URI} got index {ns}, expected 2")
@@ -124,6 +221,16 @@ class PlantOpcUaServer:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop()
+
+    def channel_security(self) -> list[tuple[str, str]]:
+        """(security policy URI, message security mode) of each client connection now open."""
+        if self._server is None or self._server.bserver is None:
+            return []
+        return [
+            (proto.processor._connection.security_policy.URI, proto.processor._connection.security_policy.Mode.name)
+            for proto in self._server.bserver.clients
+            if proto.processor is not None
+        ]
 
     async def publish(self, frame: pl.DataFrame, unit_states: dict[str, tuple[str, str]]) -> None:
         """Write a step's samples (sample schema) and each unit's (batch_id, phase)."""

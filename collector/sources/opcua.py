@@ -4,6 +4,12 @@ The subscription callback only appends the notification's fields to column lists
 task turns them into one sample batch (`controltower.samples`) every `flush_interval_ms` or
 `flush_max_samples`. One supervisor loop owns the connection: it connects, subscribes, watches
 the session and reconnects with backoff when the server goes away.
+
+Security (see `collector.sources.opcua_security`): with a `security_policy` the collector
+creates its certificate on first run, refuses server certificates that are not in its trust
+list (saving them under `<certificate_dir>/rejected/` and saying how to trust them), and
+authenticates with `username` and the password from `password_env`. Why a connection failed
+is in `health.last_error`; the password never is.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import asyncio
 import logging
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
-from asyncua import Client, ua
+from asyncua import ua
 
 from collector.sources import Emit, SourceHealth
+from collector.sources.opcua_security import ClientSecurity, Pki, connect, negotiated_security, secure_client
 from collector.sources.supervisor import supervise
 from controltower.samples import QUALITY_DTYPE, quality_expr, samples_frame, tag_paths_frame
 from controltower.site import OpcUaSourceConfig, TagInfo
@@ -56,10 +64,15 @@ class _SubscriptionHandler:
 class OpcUaSource:
     """Collects the tags bound to one OPC-UA endpoint."""
 
-    def __init__(self, config: OpcUaSourceConfig, tags: list[TagInfo]):
+    def __init__(self, config: OpcUaSourceConfig, tags: list[TagInfo], *, data_dir: Path | None = None):
+        """`data_dir` anchors the relative `certificate_dir` and `trusted_server_certificates`
+        (default `data`, the site file's default). ValueError if `password_env` names an unset variable."""
         self.config = config
         self.name = config.name
         self.health = SourceHealth(name=config.name, kind="opcua")
+        self.security = _client_security(config, Path(data_dir) if data_dir is not None else Path("data"))
+        # (policy, mode) of the current session's secure channel, e.g. ("Basic256Sha256", "SignAndEncrypt").
+        self.session_security: tuple[str, str] | None = None
         self._tags = [t for t in tags if t.source == config.name and t.tag.opcua is not None]
         self._tag_by_node = {ua.NodeId.from_string(t.tag.opcua.node_id): t.tag_id for t in self._tags}
         self._tag_paths = tag_paths_frame(self._tags)
@@ -144,12 +157,12 @@ class OpcUaSource:
         )
 
     async def _session(self) -> None:
-        client = Client(self.config.url, timeout=4)
-        if self.config.username:
-            client.set_user(self.config.username)
-            if self.config.password_env:
-                client.set_password(os.environ.get(self.config.password_env, ""))
-        async with client:
+        self.session_security = None
+        client = await secure_client(self.config.url, self.security, timeout=4)
+        await connect(client, self.security)
+        try:
+            self.session_security = negotiated_security(client)
+            self.health.last_error = None  # the reason of an earlier failure no longer holds
             handler = _SubscriptionHandler(self)
             subscription = await client.create_subscription(self.config.publishing_interval_ms, handler)
             nodes = [client.get_node(n) for n in (*self._unit_by_batch_node, *self._tag_by_node)]
@@ -166,4 +179,29 @@ class OpcUaSource:
             while True:
                 await asyncio.sleep(1.0)
                 await client.check_connection()
+        finally:
+            self.session_security = None
+            await client.disconnect()
+
+
+def _client_security(config: OpcUaSourceConfig, data_dir: Path) -> ClientSecurity:
+    password = None
+    if config.password_env:
+        password = os.environ.get(config.password_env)
+        if password is None:
+            raise ValueError(
+                f"OPC-UA source {config.name}: password_env names the environment variable "
+                f"{config.password_env}, which is not set"
+            )
+    pki = None
+    if config.security_policy != "None":
+        pki = Pki.under(data_dir / config.certificate_dir, data_dir / config.trusted_server_certificates)
+    return ClientSecurity(
+        policy=config.security_policy,
+        mode=config.security_mode,
+        pki=pki,
+        username=config.username,
+        password=password,
+        password_source=f"the password in ${config.password_env}" if config.password_env else "the password (none set)",
+    )
 

@@ -167,8 +167,14 @@ class OpcUaSource:
             subscription = await client.create_subscription(self.config.publishing_interval_ms, handler)
             nodes = [client.get_node(n) for n in (*self._unit_by_batch_node, *self._tag_by_node)]
             if nodes:
-                results = await subscription.subscribe_data_change(
-                    nodes, sampling_interval=self.config.publishing_interval_ms / 2, queuesize=10
+                # Trigger on the timestamp too: a value repeated with a new source timestamp is a new
+                # sample (the historian keeps it, and a stuck sensor shows as a flatline, not silence).
+                # asyncua's public subscribe_data_change takes no filter, hence its _subscribe.
+                results = await subscription._subscribe(
+                    nodes,
+                    mfilter=ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp),
+                    sampling_interval=self.config.publishing_interval_ms / 2,
+                    queuesize=10,
                 )
                 failed = [str(n.nodeid) for n, r in zip(nodes, results) if isinstance(r, ua.StatusCode)]
                 if failed:

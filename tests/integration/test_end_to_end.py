@@ -1,8 +1,8 @@
 """End to end, with real parts only: the project's simulator serves the demo plant over OPC-UA
 and publishes it to a real Mosquitto; the control tower collects both, stores in DuckDB, runs
-the detectors and serves the API. One fault is injected on an OPC-UA tag and one on an MQTT
-tag: each must come back from /api/alerts within a bounded time of its injection, and nothing
-may be alerted before the first fault."""
+the detectors and serves the API. A spike is injected on an OPC-UA tag and one on an MQTT tag,
+and a stuck sensor on another OPC-UA tag: each must come back from /api/alerts within a bounded
+time of its injection, and nothing may be alerted before the first fault."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from tests.conftest import REPO, free_port
 
 OPCUA_TAG = "lyon.usp.bio1.br101.temperature"
 MQTT_TAG = "lyon.ff.fill1.filler1.fill_weight"
+STUCK_TAG = "lyon.osd.tab1.press1.compression_force"  # OPC-UA: a stuck sensor must still send samples
+FAULTY = (OPCUA_TAG, MQTT_TAG, STUCK_TAG)
 FAULT_AT_S = 12.0
 DETECTION_BUDGET_S = 8.0
 
@@ -37,10 +39,15 @@ async def test_faults_flow_from_simulator_to_api_alerts(mosquitto, tmp_path: Pat
     faults = [
         FaultConfig(tag=OPCUA_TAG, kind="spike", start_s=FAULT_AT_S, duration_s=30, magnitude=4.0),
         FaultConfig(tag=MQTT_TAG, kind="spike", start_s=FAULT_AT_S, duration_s=30, magnitude=0.12),
+        FaultConfig(tag=STUCK_TAG, kind="stuck", start_s=FAULT_AT_S, duration_s=30),
     ]
     opcua_url = f"opc.tcp://127.0.0.1:{free_port()}/sim"
     site = point_sources_at(site, opcua_url=opcua_url, mqtt_url=mosquitto.url)
-    site = site.model_copy(update={"simulation": site.simulation.model_copy(update={"faults": faults})})
+    site = site.model_copy(update={
+        "simulation": site.simulation.model_copy(update={"faults": faults}),
+        # 10 equal samples at the 0.5 s tick: a stuck sensor is called within 5 s.
+        "detectors": site.detectors.model_copy(update={"flatline": site.detectors.flatline.model_copy(update={"min_run": 10})}),
+    })
 
     simulator = SimulatorService(site, data_dir=tmp_path / "sim", opcua_url=opcua_url, mqtt_url=mosquitto.url, seed=3)
     await simulator.start()
@@ -52,7 +59,7 @@ async def test_faults_flow_from_simulator_to_api_alerts(mosquitto, tmp_path: Pat
         seen_at: dict[str, datetime] = {}
         polls_before_fault = 0
         deadline = datetime.now(UTC) + timedelta(seconds=FAULT_AT_S + DETECTION_BUDGET_S + 10)
-        while datetime.now(UTC) < deadline and len(seen_at) < 2:
+        while datetime.now(UTC) < deadline and len(seen_at) < len(FAULTY):
             await asyncio.sleep(0.25)
             body = await asyncio.to_thread(get_json, base + "/api/alerts")
             now = datetime.now(UTC)
@@ -60,14 +67,14 @@ async def test_faults_flow_from_simulator_to_api_alerts(mosquitto, tmp_path: Pat
                 polls_before_fault += 1
                 assert body == {"active": [], "recent": []}, f"alert before any fault: {body}"
             for alert in body["active"]:
-                if alert["tag_id"] in (OPCUA_TAG, MQTT_TAG):
+                if alert["tag_id"] in FAULTY:
                     seen_at.setdefault(alert["tag_id"], now)
         assert polls_before_fault > 10, "the API was hardly read before the first fault"
-        assert set(seen_at) == {OPCUA_TAG, MQTT_TAG}, f"alerts seen: {seen_at}; health: {tower.health()}"
+        assert set(seen_at) == set(FAULTY), f"alerts seen: {seen_at}; health: {tower.health()}"
 
         # Measured from the injection times the simulator logged as ground truth.
         truth = pl.read_csv(simulator.ground_truth_path, try_parse_dates=True)
-        assert set(truth["tag_id"].to_list()) == {OPCUA_TAG, MQTT_TAG}
+        assert set(truth["tag_id"].to_list()) == set(FAULTY)
         injected = dict(zip(truth["tag_id"].to_list(), truth["start"].to_list()))
         for tag, when in seen_at.items():
             delay = (when - injected[tag]).total_seconds()
@@ -85,7 +92,7 @@ async def test_faults_flow_from_simulator_to_api_alerts(mosquitto, tmp_path: Pat
             assert len(history) >= 10, f"{tag}: only {len(history)} samples stored"
         lines = {ln["line"]: ln for ln in (await asyncio.to_thread(get_json, base + "/api/lines"))["lines"]}
         assert lines["bio1"]["state"] == "alarm" and lines["fill1"]["state"] == "alarm"
-        assert lines["tab1"]["state"] == "normal"
+        assert lines["tab1"]["state"] == "warning"  # the stuck sensor
         health = await asyncio.to_thread(get_json, base + "/api/health")
         assert all(s["connected"] for s in health["sources"]), health
         metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(base + "/metrics", timeout=5).read().decode())

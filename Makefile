@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := mosquitto influxdb victoria-metrics chromium chromium-driver
 SYSTEM_BINARIES := mosquitto influxd victoria-metrics chromium chromedriver
 
-.PHONY: demo test install install-test system-deps bench clean
+.PHONY: demo test install install-test system-deps interop-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
-test: system-deps $(VENV)/.installed-test
+# node-opcua, an OPC-UA stack independent of ours, for the interoperability tests.
+interop-deps:
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js (Debian: apt-get install npm)"; exit 1; }
+	@[ -d tests/interop/node_modules/node-opcua ] || npm install --silent --no-package-lock --no-audit --no-fund --prefix tests/interop
+
+test: system-deps interop-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed

@@ -4,6 +4,7 @@
     controltower run --config FILE [--data-dir DIR] [--port N] [--duration S]
     controltower simulate --config FILE [--speed X] [--seed N] [--duration S] [--opcua-url U] [--mqtt-url U]
     controltower inject TAG --kind spike|drift|stuck [--duration S] [--magnitude X] [--mqtt-url U] [--prefix P]
+    controltower detect --train TRAIN --test TEST --out OUT [--method auto|pca|dpca|iforest] [--alpha 0.01] [--exclude COL ...]
     controltower browse URL [--root NODE] [--depth N] [--include GLOB] [--exclude GLOB] [--yaml]
     controltower config check FILE
     controltower config schema
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import signal
@@ -28,7 +30,6 @@ from typing import Any
 
 import polars as pl
 
-from collector.sources.opcua_browse import add_browse_arguments
 from controltower.samples import PATH_COLUMNS
 from controltower.site import SiteConfigError, load_site_config, site_json_schema
 from controltower.timeparse import parse_time
@@ -50,7 +51,28 @@ def _port(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands whose options come from heavy modules (scikit-learn/scipy, asyncua): their options
+# are only loaded when that subcommand is the one run, so `controltower config check` stays fast.
+LAZY_SUBCOMMANDS = {
+    "detect": ("analytics.offline", "add_detect_arguments",
+               "replay a recording through the multivariate models (CSV/Parquet in, CSV out)"),
+    "browse": ("collector.sources.opcua_browse", "add_browse_arguments",
+               "list an OPC-UA server's variables (units, EURange); --yaml prints tag bindings"),
+}
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand named in argv (the first word that is not an option or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controltower", description="Industrial IoT control tower for pharma sites.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     inject.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="the simulator's broker")
     inject.add_argument("--prefix", default="plant", help="the simulator's simulation.mqtt_topic_prefix (default plant)")
 
-    browse = sub.add_parser("browse", help="list an OPC-UA server's variables (units, EURange); --yaml prints tag bindings")
-    add_browse_arguments(browse)
+    command = _command_word(sys.argv[1:] if argv is None else argv)
+    for name, (module, add_arguments, help_text) in LAZY_SUBCOMMANDS.items():
+        lazy = sub.add_parser(name, help=help_text)
+        if command == name:
+            getattr(importlib.import_module(module), add_arguments)(lazy)
 
     config = sub.add_parser("config", help="validate a site file or print its JSON Schema")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -115,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Third-party chatter drowns our own lines (asyncua warns about every unsecured test
     # endpoint and negotiated timeout); --log-level DEBUG shows it all again.
@@ -174,6 +199,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "history":
         return _history(args)
+    if args.command == "detect":
+        from analytics.offline import run_detect
+
+        return run_detect(args)
     if args.command == "browse":
         from collector.sources.opcua_browse import run_browse
 

@@ -143,9 +143,11 @@ def test_controltower_detect_command(tmp_path: Path):
     import sys
 
     rng = np.random.default_rng(3)
+    load = rng.normal(0, 1, 600)  # one process state drives all three, as in a real unit
     train = pl.DataFrame({"time": pl.datetime_range(pl.datetime(2026, 1, 1), pl.datetime(2026, 1, 1, 0, 9, 59), "1s", eager=True),
-                          "a": rng.normal(0, 1, 600), "b": rng.normal(5, 1, 600), "note": ["x"] * 600})
-    test = train.head(100).with_columns(pl.when(pl.int_range(100) >= 50).then(pl.col("a") + 8).otherwise(pl.col("a")))
+                          "a": load + rng.normal(0, 0.2, 600), "b": 5 + load + rng.normal(0, 0.2, 600),
+                          "c": 2 - load + rng.normal(0, 0.2, 600), "note": ["x"] * 600})
+    test = train.head(100).with_columns(pl.when(pl.int_range(100) >= 50).then(pl.col("a") + 3).otherwise(pl.col("a")))
     train.write_csv(tmp_path / "train.csv")
     test.write_parquet(tmp_path / "test.parquet")
     out = tmp_path / "out.csv"

@@ -52,6 +52,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/detectors.py
 	$(BIN)/python bench/historian.py
 	$(BIN)/python bench/collector.py
+	$(BIN)/python bench/skab.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data *.egg-info

@@ -44,6 +44,10 @@ class Metrics:
         """Report the sources' own health counters at each scrape (no copy to keep in step)."""
         self.registry.register(_SourceHealthCollector(sources))
 
+    def watch_spool(self, spool_health: Callable[[], dict | None]) -> None:
+        """Report the store-and-forward spool (pending, dropped, age) at each scrape."""
+        self.registry.register(_SpoolCollector(spool_health))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -66,3 +70,21 @@ class _SourceHealthCollector:
             for reason, count in h.rejected.items():
                 rejected.add_metric([h.name, reason], count)
         yield from (connected, reconnects, rejected)
+
+
+class _SpoolCollector:
+    def __init__(self, spool_health: Callable[[], dict | None]):
+        self._spool_health = spool_health
+
+    def collect(self):
+        health = self._spool_health()
+        if health is None:
+            return
+        yield GaugeMetricFamily("controltower_spool_pending_batches", "Batches on disk not yet stored by the historian",
+                                value=health["pending_batches"])
+        yield GaugeMetricFamily("controltower_spool_pending_bytes", "Bytes on disk not yet stored by the historian",
+                                value=health["pending_bytes"])
+        yield GaugeMetricFamily("controltower_spool_oldest_pending_age_seconds", "Age of the oldest batch not yet stored",
+                                value=health["oldest_pending_age_s"] or 0.0)
+        yield CounterMetricFamily("controltower_spool_dropped_batches", "Batches dropped by the overflow policy",
+                                  value=health["dropped_batches"])

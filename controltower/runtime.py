@@ -24,6 +24,7 @@ from collector.sinks import Historian, open_historian
 from collector.sources import Source
 from collector.sources.mqtt import MqttSource
 from collector.sources.opcua import OpcUaSource
+from collector.spool import Spool
 from controltower.live import LiveState
 from controltower.metrics import Metrics
 from controltower.site import SiteConfig
@@ -46,7 +47,7 @@ def build_sources(site: SiteConfig, data_dir: Path) -> list[Source]:
             source.bind_batch_nodes(batch_nodes)
             sources.append(source)
         else:
-            sources.append(MqttSource(config, tags, dead_letter=dead_letter))
+            sources.append(MqttSource(config, tags, dead_letter=dead_letter, data_dir=data_dir))
     return sources
 
 
@@ -65,9 +66,12 @@ class ControlTower:
         self.historian = historian or open_historian(site.historian, self.data_dir)
         self.sources = build_sources(site, self.data_dir)
         self.metrics.watch_sources(lambda: [s.health for s in self.sources])
+        spool = Spool.from_config(site.spool, self.data_dir) if site.spool.enabled else None
         self.pipeline = Pipeline(
-            self.sources, self.historian, consumers=[self.live.update, self._detect], metrics=self.metrics
+            self.sources, self.historian, consumers=[self.live.update, self._detect], metrics=self.metrics,
+            spool=spool,
         )
+        self.metrics.watch_spool(self.pipeline.spool_health)
         self.started_at = datetime.now(UTC)
         self.web = None
 
@@ -97,7 +101,12 @@ class ControlTower:
                     "last_sample_at": h.last_sample_at.isoformat() if h.last_sample_at else None,
                 }
             )
-        ok = all(s["connected"] for s in sources) and self.pipeline.historian_ok
+        spool = self.pipeline.spool_health()
+        ok = (
+            all(s["connected"] for s in sources)
+            and self.pipeline.historian_ok
+            and not (spool and spool["last_error"])
+        )
         return {
             "status": "ok" if ok else "degraded",
             "enterprise": self.site.enterprise,
@@ -109,6 +118,7 @@ class ControlTower:
                 "last_error": self.pipeline.historian_error,
                 "samples_stored": self.pipeline.samples_stored,
             },
+            "spool": spool,
             "alerts_active": len(self.alerts.active()),
         }
 
@@ -149,4 +159,5 @@ class ControlTower:
 
     def close(self) -> None:
         self.stop_screen()
+        self.pipeline.close()
         self.historian.close()

@@ -64,18 +64,47 @@ class OpcUaBinding(Strict):
     node_id: str = Field(min_length=1)
 
 
-class MqttBinding(Strict):
-    """Where an MQTT source finds the tag: a topic and a field path in its JSON payload (dots go deeper)."""
+class SparkplugBinding(Strict):
+    """Where a Sparkplug B source finds the tag: a metric of an edge node, or of one of its devices.
+    Any part left out comes from the source's `sparkplug` templates (which are filled from the
+    tag's ISA-95 path)."""
 
-    topic: str = Field(min_length=1)
-    field: str = Field(min_length=1)
+    group: str | None = Field(default=None, min_length=1)
+    edge_node: str | None = Field(default=None, min_length=1)
+    # None: take the source's device template; "" (empty): the metric belongs to the edge node itself.
+    device: str | None = None
+    metric: str | None = Field(default=None, min_length=1)
+
+    @field_validator("group", "edge_node", "device")
+    @classmethod
+    def _one_topic_level(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in "/+#"):
+            raise ValueError("a Sparkplug group, edge node or device id is one topic level: no '/', '+' or '#'")
+        return value
+
+
+class MqttBinding(Strict):
+    """Where an MQTT source finds the tag. JSON payloads: a topic and a field path in the payload
+    (dots go deeper); the topic may come from the source's `topic_template` and the field defaults
+    to the source's `value_field`, else the tag id, so `mqtt: {}` is a complete binding under a
+    template. Sparkplug B: `sparkplug: {group, edge_node, device, metric}` (see SparkplugBinding)."""
+
+    topic: str | None = Field(default=None, min_length=1)
+    field: str | None = Field(default=None, min_length=1)
+    sparkplug: SparkplugBinding | None = None
 
     @field_validator("topic")
     @classmethod
-    def _no_wildcards(cls, topic: str) -> str:
-        if "+" in topic or "#" in topic:
+    def _no_wildcards(cls, topic: str | None) -> str | None:
+        if topic is not None and ("+" in topic or "#" in topic):
             raise ValueError("a tag binding names one topic; wildcards (+, #) are not allowed here")
         return topic
+
+    @model_validator(mode="after")
+    def _json_or_sparkplug(self) -> MqttBinding:
+        if self.sparkplug is not None and (self.topic is not None or self.field is not None):
+            raise ValueError("a binding is either JSON (topic, field) or sparkplug, not both")
+        return self
 
 
 class Tag(Strict):
@@ -182,12 +211,93 @@ class OpcUaSourceConfig(Strict):
         return self
 
 
+class MqttTlsConfig(Strict):
+    """TLS towards the broker. Paths are absolute or relative to the data directory. Without
+    `ca_file` the system's trusted CAs check the broker; `cert_file` + `key_file` give a client
+    certificate (mutual TLS)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    # Accept any broker certificate and host name: for a first test only, never in production.
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        return self
+
+
+class MqttBatchedJsonConfig(Strict):
+    """`payload: batched_json`: one message carries many samples in a list, e.g.
+    `{"samples": [{"tag": "fill_weight", "ts": 1764410400.5, "value": 2.001, "quality": "good"}, ...]}`.
+    Each item's `tag_field` names the tag as its binding's field does (by default the tag id)."""
+
+    samples_field: str = Field(default="samples", min_length=1)  # path to the list (dots go deeper)
+    tag_field: str = Field(default="tag", min_length=1)
+    value_field: str = Field(default="value", min_length=1)
+    timestamp_field: str | None = "ts"  # absent in an item: the message's timestamp_field, else receive time
+    quality_field: str | None = "quality"
+
+
+class MqttSparkplugConfig(Strict):
+    """`payload: sparkplug_b`: how a tag's ISA-95 path names its Sparkplug metric, for bindings that
+    leave parts out. Templates use {site}, {area}, {line}, {unit}, {tag}; `device: ""` puts metrics
+    on the edge node itself."""
+
+    group: str = "{site}"
+    edge_node: str = "{area}-{line}"
+    device: str = "{unit}"
+    metric: str = "{tag}"
+    # Request a rebirth (NCMD "Node Control/Rebirth") at most this often per edge node.
+    rebirth_min_interval_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("group", "edge_node", "device", "metric")
+    @classmethod
+    def _known_placeholders(cls, template: str) -> str:
+        return _check_template(template, {"site", "area", "line", "unit", "tag"})
+
+
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def _check_template(template: str, allowed: set[str]) -> str:
+    unknown = sorted({name for name in _TEMPLATE_FIELD.findall(template)} - allowed)
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; use {sorted(allowed)}")
+    if "+" in template or "#" in template:
+        raise ValueError("wildcards (+, #) are not allowed in a template")
+    return template
+
+
 class MqttSourceConfig(Strict):
     kind: Literal["mqtt"]
     name: Identifier
     url: str = Field(pattern=r"^mqtts?://")
-    client_id: str | None = None
+    # MQTT protocol version; "5" adds session expiry. YAML `5` (a number) is read as "5".
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
     qos: Literal[0, 1, 2] = 1
+    # Persistent session: with clean_start false the broker keeps the subscriptions and queues QoS 1/2
+    # messages while the collector is away. Default: persistent when client_id is set, clean otherwise.
+    clean_start: bool | None = None
+    # MQTT 5: how long the broker keeps the session after a disconnect (0: ends with the connection).
+    session_expiry_s: int = Field(default=3600, ge=0, le=4_294_967_295)
+    # Subscribe as $share/<group>/<topic>: the collectors of one group split the messages.
+    shared_group: Identifier | None = None
+    # TLS: on for mqtts:// URLs or when this block is given (default port 8883 then).
+    tls: MqttTlsConfig | None = None
+    # What a payload is: "json" (one object, tag values at field paths), "batched_json"
+    # (a list of samples, see `batched_json`) or "sparkplug_b" (see `sparkplug`).
+    payload: Literal["json", "batched_json", "sparkplug_b"] = "json"
+    # The topic of a tag whose binding names none, from {prefix} {site} {area} {line} {unit} {tag}.
+    topic_template: str | None = None
+    topic_prefix: str = ""
+    # The field of a tag whose binding names none (None: the tag id).
+    value_field: str | None = None
+    batched_json: MqttBatchedJsonConfig = MqttBatchedJsonConfig()
+    sparkplug: MqttSparkplugConfig = MqttSparkplugConfig()
     # Field paths in the JSON payload for the sample time and batch id (absent: receive time, no batch).
     timestamp_field: str | None = "ts"
     batch_field: str | None = "batch_id"
@@ -195,7 +305,33 @@ class MqttSourceConfig(Strict):
     flush_interval_ms: int = Field(default=500, ge=10, le=60_000)
     flush_max_samples: int = Field(default=10_000, ge=1)
     username: str | None = None
-    password_env: str | None = None
+    password_env: str | None = None  # name of the environment variable holding the password
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("topic_template")
+    @classmethod
+    def _template(cls, template: str | None) -> str | None:
+        return None if template is None else _check_template(template, {"prefix", "site", "area", "line", "unit", "tag"})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSourceConfig:
+        if self.clean_start is False and self.client_id is None:
+            raise ValueError("client_id: a persistent session (clean_start: false) needs a client_id the broker can find it by")
+        if self.password_env is not None and not self.username:
+            raise ValueError("password_env is set but username is not")
+        return self
+
+    @property
+    def persistent_session(self) -> bool:
+        return self.clean_start is False or (self.clean_start is None and self.client_id is not None)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("mqtts://") or self.tls is not None
 
 
 SourceConfig = Annotated[OpcUaSourceConfig | MqttSourceConfig, Field(discriminator="kind")]
@@ -222,6 +358,48 @@ class InfluxDbHistorianConfig(Strict):
 
 
 HistorianConfig = Annotated[DuckDbHistorianConfig | InfluxDbHistorianConfig, Field(discriminator="kind")]
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def _byte_size(value: Any) -> Any:
+    """`1073741824`, `"512MiB"`, `"2 GB"` -> bytes; anything else is left for pydantic to reject."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if match and match.group(2).lower() in _SIZE_UNITS:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        raise ValueError(f"not a size: {value!r} (write bytes, or a number with KiB, MiB, GiB, kB, MB or GB)")
+    return value
+
+
+class StoreAndForwardConfig(Strict):
+    """Store and forward (`collector.spool`): every batch is written and fsynced to an on-disk
+    queue before the pipeline takes it, and leaves it once the historian has stored it, so an
+    outage or a `kill -9` loses nothing. Sizes in bytes or with a unit ("1GiB", "16MiB")."""
+
+    enabled: bool = True
+    dir: str = "spool"  # relative paths are under the data directory
+    # Bound on the spool's files; when a batch does not fit, `overflow` decides: drop_oldest drops
+    # the oldest segment (counted and logged: recent data matters most in a control room), block
+    # makes the sources wait for the historian (their own buffers, then the server's, hold the rest).
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    segment_bytes: int = Field(default=16 << 20, ge=64 << 10)
+    overflow: Literal["drop_oldest", "block"] = "drop_oldest"
+
+    @field_validator("max_bytes", "segment_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        return _byte_size(value)
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> StoreAndForwardConfig:
+        if self.max_bytes < 4 * self.segment_bytes:
+            raise ValueError(
+                f"max_bytes ({self.max_bytes}) must be at least 4 x segment_bytes ({self.segment_bytes}), "
+                "so that dropping the oldest segment frees at most a quarter of the spool"
+            )
+        return self
 
 
 class ZScoreConfig(Strict):
@@ -263,11 +441,14 @@ class FaultConfig(Strict):
     """A fault the simulator injects: `start_s`/`duration_s` in simulated seconds from plant start."""
 
     tag: str
-    kind: Literal["spike", "drift", "stuck"]
+    kind: Literal["spike", "drift", "stuck", "bias", "noise", "dropout", "oscillation"]
     start_s: float = Field(ge=0)
     duration_s: float = Field(gt=0)
-    # spike: offset added; drift: offset reached at the end (linear); stuck: ignored.
+    # spike, bias: offset added; drift: offset reached at the end (linear); noise: standard
+    # deviation added; oscillation: amplitude; stuck, dropout: ignored.
     magnitude: float = 0.0
+    # oscillation: period in simulated seconds.
+    period_s: float = Field(default=60.0, gt=0)
 
 
 class SimulationConfig(Strict):
@@ -293,6 +474,7 @@ class SiteConfig(Strict):
     detectors: DetectorsConfig = DetectorsConfig()
     screen: ScreenConfig = ScreenConfig()
     simulation: SimulationConfig | None = None
+    spool: StoreAndForwardConfig = StoreAndForwardConfig()
     data_dir: str = "data"
 
     @model_validator(mode="after")

@@ -1,11 +1,31 @@
-"""MQTT source: JSON payloads from an MQTT broker (aiomqtt, i.e. paho-mqtt inside asyncio).
+"""MQTT source: JSON or Sparkplug B payloads from an MQTT broker (aiomqtt, i.e. paho-mqtt inside asyncio).
 
-A payload is one JSON object per message, carrying one or more tags' values at field paths
-named by the tag bindings (`mqtt: {topic, field}`), plus optional fields for the sample time,
-the batch id and a per-field quality map:
+`payload: json` (the default): one JSON object per message, carrying one or more tags' values at
+field paths named by the tag bindings (`mqtt: {topic, field}`), plus optional fields for the
+sample time, the batch id and a per-field quality map:
 
     {"ts": "2026-11-29T10:00:00.500Z", "batch_id": "F1-0007",
      "fill_weight": 2.003, "speed": 301.2, "quality": {"speed": "uncertain"}}
+
+A binding may leave its topic to the source's `topic_template` (placeholders {prefix} {site}
+{area} {line} {unit} {tag}, e.g. `{prefix}/{site}/{area}/{line}/{unit}` with `topic_prefix:
+plant`) and its field to the source's `value_field`, else the tag id: `mqtt: {}` is enough.
+
+`payload: batched_json`: one message carries a list of samples (keys in `batched_json`:
+samples_field, tag_field, value_field, timestamp_field, quality_field), each item naming its tag
+as a binding's field does:
+
+    {"batch_id": "F1-0007", "samples": [{"tag": "fill_weight", "ts": 1795946400.5, "value": 2.003},
+                                        {"tag": "speed", "ts": 1795946400.5, "value": 301.2}]}
+
+`payload: sparkplug_b`: see `collector.sources.sparkplug`.
+
+Connection: MQTT 5 (default) or 3.1.1; a persistent session (a `client_id`, clean start off,
+MQTT 5 session expiry `session_expiry_s`) keeps the subscriptions and the QoS 1/2 messages
+published while the collector is away; `shared_group` subscribes as `$share/<group>/<topic>` so
+several collectors split one stream; TLS for mqtts:// URLs or a `tls` block (CA, client
+certificate for mutual TLS); username and a password read from the environment variable named by
+`password_env` (never logged).
 
 Decoding appends to column lists; a flush turns them into one sample batch. A malformed payload
 is counted per reason, written to the dead-letter file with its topic and error, and skipped;
@@ -15,9 +35,12 @@ it never stops the source.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import ssl
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,12 +50,14 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import polars as pl
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from collector.deadletter import DeadLetterFile
 from collector.sources import Emit, SourceHealth
 from collector.sources.supervisor import supervise
 from controltower.samples import QUALITY_DTYPE, Quality, samples_frame, tag_paths_frame, timestamp_series
-from controltower.site import MqttSourceConfig, TagInfo
+from controltower.site import MqttSourceConfig, MqttTlsConfig, TagInfo
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +104,27 @@ class MqttJsonDecoder:
     def __init__(self, config: MqttSourceConfig, tags: list[TagInfo]):
         self.config = config
         self.bindings: dict[str, list[_FieldBinding]] = defaultdict(list)
+        # batched_json: (topic, the name an item gives its tag) -> tag id
+        self.by_name: dict[tuple[str, str], str] = {}
         for t in tags:
-            if t.tag.mqtt is not None:
-                self.bindings[t.tag.mqtt.topic].append(
-                    _FieldBinding(tuple(t.tag.mqtt.field.split(".")), t.tag.mqtt.field, t.tag_id)
+            topic, field = json_binding(config, t)
+            if (topic, field) in self.by_name:
+                raise MqttBindingError(
+                    f"MQTT source {config.name}: tags {self.by_name[(topic, field)]} and {t.tag_id} "
+                    f"both read field {field!r} of topic {topic!r}"
                 )
+            self.by_name[(topic, field)] = t.tag_id
+            self.bindings[topic].append(_FieldBinding(tuple(field.split(".")), field, t.tag_id))
         self.tag_paths = tag_paths_frame(tags)
         self.columns = _Columns()
         self.partial_errors: list[PayloadError] = []
+        self.commands: list[tuple[str, bytes]] = []  # nothing to send back for JSON
+        if config.payload == "batched_json":
+            self.decode = self.decode_batched  # type: ignore[method-assign]
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters to subscribe to (before any $share prefix)."""
+        return list(self.bindings)
 
     def decode(self, topic: str, payload: bytes, received: datetime) -> int:
         """Append the samples of one message; return how many. Raise PayloadError when the whole
@@ -145,21 +183,122 @@ class MqttJsonDecoder:
             self.partial_errors.append(error)
         return count
 
+    def decode_batched(self, topic: str, payload: bytes, received: datetime) -> int:
+        """`payload: batched_json`: append every item of the message's sample list; return how many.
+        Items naming an unbound tag or holding no number are set aside (counted), the rest kept."""
+        if topic not in self.bindings:
+            raise PayloadError("unbound_topic", f"no tag is bound to topic {topic!r}")
+        spec = self.config.batched_json
+        try:
+            doc = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PayloadError("invalid_json", f"payload is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
+        items = _lookup(doc, spec.samples_field.split("."))
+        if not isinstance(items, list):
+            raise PayloadError("no_sample_list", f"{spec.samples_field!r} is not a list of samples")
+        message_ts = received
+        if self.config.timestamp_field:
+            raw_ts = _lookup(doc, self.config.timestamp_field.split("."))
+            if raw_ts is not _MISSING and raw_ts is not None:
+                message_ts = _parse_time(raw_ts, self.config.timestamp_field)
+        raw_batch = _lookup(doc, self.config.batch_field.split(".")) if self.config.batch_field else None
+        batch_id = str(raw_batch) if raw_batch not in (None, _MISSING) else None
+
+        by_name, cols = self.by_name, self.columns
+        tag_key, value_key = spec.tag_field, spec.value_field
+        ts_key, quality_key = spec.timestamp_field, spec.quality_field
+        count = 0
+        problems: dict[str, int] = {}
+        for item in items:
+            if not isinstance(item, dict):
+                problems["bad_sample_item"] = problems.get("bad_sample_item", 0) + 1
+                continue
+            tag_id = by_name.get((topic, str(item.get(tag_key))))
+            if tag_id is None:
+                problems["unbound_tag"] = problems.get("unbound_tag", 0) + 1
+                continue
+            raw = item.get(value_key)
+            if raw is None:
+                value, quality = None, "bad"
+            elif isinstance(raw, (int, float)):
+                value = float(raw)
+                quality = str(item.get(quality_key, "good")) if quality_key else "good"
+                if quality not in _QUALITIES:
+                    quality = "uncertain"
+            else:
+                problems["non_numeric_value"] = problems.get("non_numeric_value", 0) + 1
+                continue
+            ts = message_ts
+            if ts_key is not None:
+                raw_ts = item.get(ts_key)
+                if raw_ts is not None:
+                    try:
+                        ts = _parse_time(raw_ts, ts_key)
+                    except PayloadError:
+                        problems["bad_timestamp"] = problems.get("bad_timestamp", 0) + 1
+                        continue
+            cols.message.append(len(cols.ts))
+            cols.ts.append(ts)
+            cols.received.append(received)
+            cols.batch_id.append(batch_id)
+            cols.tag_id.append(tag_id)
+            cols.value.append(value)
+            cols.quality.append(quality)
+            count += 1
+        for reason, n in problems.items():
+            error = PayloadError(reason, f"{n} of {len(items)} sample(s) set aside: {reason.replace('_', ' ')}")
+            if count == 0 and len(problems) == 1:
+                raise error
+            self.partial_errors.append(error)
+        return count
+
     def take_batch(self) -> pl.DataFrame | None:
         """The samples decoded since the last call, as one batch."""
         cols, self.columns = self.columns, _Columns()
-        if not cols:
-            return None
-        row = pl.Series(cols.message, dtype=pl.UInt32)  # each sample's message
-        return samples_frame(
-            ts=timestamp_series("ts", cols.ts).gather(row),
-            server_ts=timestamp_series("server_ts", cols.received).gather(row),
-            tag_id=cols.tag_id,
-            value=cols.value,
-            quality=pl.Series(cols.quality, dtype=pl.String).cast(QUALITY_DTYPE),
-            batch_id=pl.Series(cols.batch_id, dtype=pl.String).gather(row),
-            tag_paths=self.tag_paths,
-        )
+        return columns_frame(cols, self.tag_paths)
+
+
+def columns_frame(cols: _Columns, tag_paths: pl.DataFrame) -> pl.DataFrame | None:
+    """One sample batch from decoded columns (None when there are none)."""
+    if not cols:
+        return None
+    row = pl.Series(cols.message, dtype=pl.UInt32)  # each sample's message
+    return samples_frame(
+        ts=timestamp_series("ts", cols.ts).gather(row),
+        server_ts=timestamp_series("server_ts", cols.received).gather(row),
+        tag_id=cols.tag_id,
+        value=cols.value,
+        quality=pl.Series(cols.quality, dtype=pl.String).cast(QUALITY_DTYPE),
+        batch_id=pl.Series(cols.batch_id, dtype=pl.String).gather(row),
+        tag_paths=tag_paths,
+    )
+
+
+class MqttBindingError(ValueError):
+    """A tag binding that an MQTT source cannot use (raised at start-up, naming source and tag)."""
+
+
+def _render(template: str, t: TagInfo, **extra: str) -> str:
+    return template.format(site=t.site, area=t.area, line=t.line, unit=t.unit, tag=t.tag.id, **extra)
+
+
+def json_binding(config: MqttSourceConfig, t: TagInfo) -> tuple[str, str]:
+    """(topic, field path) of a tag on a JSON source: its binding's, else the source's template,
+    value_field or the tag id."""
+    b = t.tag.mqtt
+    where = f"MQTT source {config.name}: tag {t.tag_id}"
+    if b is None or b.sparkplug is not None:
+        raise MqttBindingError(f"{where}: a sparkplug binding on a source whose payload is {config.payload}")
+    topic = b.topic
+    if topic is None:
+        if config.topic_template is None:
+            raise MqttBindingError(f"{where}: its mqtt binding names no topic and the source has no topic_template")
+        topic = _render(config.topic_template, t, prefix=config.topic_prefix)
+    if "+" in topic or "#" in topic or not topic:
+        raise MqttBindingError(f"{where}: topic {topic!r} is empty or holds a wildcard")
+    return topic, b.field or config.value_field or t.tag.id
 
 
 def _parse_time(raw: Any, field: str) -> datetime:
@@ -191,17 +330,36 @@ def _lookup(doc: Any, path: tuple[str, ...] | list[str]) -> Any:
 class MqttSource:
     """Collects the tags bound to one MQTT broker."""
 
-    def __init__(self, config: MqttSourceConfig, tags: list[TagInfo], *, dead_letter: DeadLetterFile | None = None):
+    def __init__(
+        self,
+        config: MqttSourceConfig,
+        tags: list[TagInfo],
+        *,
+        dead_letter: DeadLetterFile | None = None,
+        data_dir: Path | None = None,
+    ):
+        """Raises MqttBindingError (a ValueError) at start-up for a binding, TLS file or password
+        variable that cannot be used, naming the source and the key."""
         self.config = config
         self.name = config.name
         self.health = SourceHealth(name=config.name, kind="mqtt")
-        self.decoder = MqttJsonDecoder(config, [t for t in tags if t.source == config.name and t.tag.mqtt is not None])
+        mine = [t for t in tags if t.source == config.name and t.tag.mqtt is not None]
+        if config.payload == "sparkplug_b":
+            from collector.sources.sparkplug import SparkplugDecoder  # protobuf is needed only here
+
+            self.decoder: MqttJsonDecoder | SparkplugDecoder = SparkplugDecoder(config, mine)
+        else:
+            self.decoder = MqttJsonDecoder(config, mine)
         self.dead_letter = dead_letter
         self._flush_now = asyncio.Event()
         url = urlsplit(config.url)
         self._host = url.hostname or "127.0.0.1"
-        self._port = url.port or (8883 if url.scheme == "mqtts" else 1883)
-        self._tls = url.scheme == "mqtts"
+        self._port = url.port or (8883 if config.uses_tls else 1883)
+        self._tls_context = tls_context(config, data_dir) if config.uses_tls else None
+        if config.password_env and config.password_env not in os.environ:
+            raise MqttBindingError(
+                f"MQTT source {config.name}: password_env: environment variable {config.password_env} is not set"
+            )
 
     def _set_aside(self, topic: str, payload: bytes, error: PayloadError) -> None:
         self.health.reject(error.reason)
@@ -235,28 +393,95 @@ class MqttSource:
             flush=lambda: self._flush(emit),
         )
 
-    async def _session(self) -> None:
-        password = os.environ.get(self.config.password_env) if self.config.password_env else None
-        client = aiomqtt.Client(
+    def _client(self) -> aiomqtt.Client:
+        config = self.config
+        password = os.environ.get(config.password_env) if config.password_env else None
+        persistent = config.persistent_session
+        options: dict[str, Any] = {}
+        if config.protocol == "5":
+            options["protocol"] = aiomqtt.ProtocolVersion.V5
+            options["clean_start"] = not persistent
+            connect = Properties(PacketTypes.CONNECT)
+            connect.SessionExpiryInterval = config.session_expiry_s if persistent else 0
+            options["properties"] = connect
+        else:
+            options["protocol"] = aiomqtt.ProtocolVersion.V311
+            options["clean_session"] = not persistent
+        return aiomqtt.Client(
             self._host,
             self._port,
-            identifier=self.config.client_id,
-            username=self.config.username,
+            identifier=config.client_id,
+            username=config.username,
             password=password,
-            tls_params=aiomqtt.TLSParameters() if self._tls else None,
+            tls_context=self._tls_context,
             keepalive=30,
             timeout=10,
+            **options,
         )
-        async with client:
-            for topic in self.decoder.bindings:
-                await client.subscribe(topic, qos=self.config.qos)
+
+    def subscriptions(self) -> list[str]:
+        filters = self.decoder.subscriptions()
+        if self.config.shared_group:
+            return [f"$share/{self.config.shared_group}/{f}" for f in filters]
+        return filters
+
+    async def _session(self) -> None:
+        client = self._client()
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttCodeError as exc:
+            # The broker answered and refused: say which settings to check (never their values).
+            hint = f"check username and {self.config.password_env or 'password_env'}" if self.config.username else (
+                "the broker may require a username and password, or a client certificate")
+            raise ConnectionRefusedError(f"broker {self._host}:{self._port} refused the connection: {exc} ({hint})") from None
+        try:
+            filters = self.subscriptions()
+            if filters:
+                await client.subscribe([(f, self.config.qos) for f in filters])
             self.health.connected = True
             self.health.last_error = None
-            log.info("MQTT source %s connected to %s:%s, %d topics", self.name, self._host, self._port, len(self.decoder.bindings))
+            log.info("MQTT source %s connected to %s:%s (MQTT %s, %s session), %d subscriptions", self.name, self._host,
+                     self._port, self.config.protocol, "persistent" if self.config.persistent_session else "clean", len(filters))
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
                 self.handle_message(message.topic.value, payload, datetime.now(UTC))
-        self.health.connected = False
+                while self.decoder.commands:  # e.g. a Sparkplug rebirth request
+                    topic, command = self.decoder.commands.pop(0)
+                    await client.publish(topic, command, qos=0)
+        finally:
+            self.health.connected = False
+            with contextlib.suppress(Exception):  # a lost connection has already said why
+                await client.__aexit__(*sys.exc_info())
+
+
+def tls_context(config: MqttSourceConfig, data_dir: Path | None = None) -> ssl.SSLContext:
+    """The TLS context of a source, its files read now so that a missing or bad file fails at start-up."""
+    tls = config.tls or MqttTlsConfig()
+
+    def path(key: str) -> str | None:
+        value = getattr(tls, key)
+        if value is None:
+            return None
+        p = Path(value)
+        if not p.is_absolute() and data_dir is not None:
+            p = data_dir / p
+        if not p.is_file():
+            raise MqttBindingError(f"MQTT source {config.name}: tls.{key}: {p} is not a readable file")
+        return str(p)
+
+    try:
+        key = "ca_file"
+        context = ssl.create_default_context(cafile=path("ca_file"))
+        key = "cert_file"
+        cert_file, key_file = path("cert_file"), path("key_file")
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        raise MqttBindingError(f"MQTT source {config.name}: tls.{key}: not usable: {exc.reason or exc}") from None
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def open_dead_letter(data_dir: Path) -> DeadLetterFile:

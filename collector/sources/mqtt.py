@@ -352,6 +352,8 @@ class MqttSource:
             self.decoder = MqttJsonDecoder(config, mine)
         self.dead_letter = dead_letter
         self._flush_now = asyncio.Event()
+        # (paho client, mid, qos) of QoS 1/2 messages received but not yet in an emitted batch.
+        self._unacked: list[tuple[Any, int, int]] = []
         url = urlsplit(config.url)
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port or (8883 if config.uses_tls else 1883)
@@ -378,11 +380,17 @@ class MqttSource:
 
     async def _flush(self, emit: Emit) -> None:
         batch = self.decoder.take_batch()
+        acks, self._unacked = self._unacked, []
         if batch is not None and batch.height:
             self.health.samples_in += batch.height
             self.health.batches_out += 1
             self.health.last_sample_at = datetime.now(UTC)
             await emit(batch)
+        # Only now, with the batch taken by the pipeline (on disk when the spool is on), does the
+        # broker hear that these messages were received: a crash before this point makes it
+        # deliver them again to the persistent session, instead of losing them.
+        for paho_client, mid, qos in acks:
+            paho_client.ack(mid, qos)
 
     async def run(self, emit: Emit) -> None:
         await supervise(
@@ -407,7 +415,7 @@ class MqttSource:
         else:
             options["protocol"] = aiomqtt.ProtocolVersion.V311
             options["clean_session"] = not persistent
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._host,
             self._port,
             identifier=config.client_id,
@@ -418,6 +426,10 @@ class MqttSource:
             timeout=10,
             **options,
         )
+        # Acknowledge QoS 1/2 messages after they are stored, not on receipt (see `_flush`).
+        # aiomqtt does not expose paho's manual acknowledgement, hence its `_client`.
+        client._client.manual_ack_set(True)  # noqa: SLF001
+        return client
 
     def subscriptions(self) -> list[str]:
         filters = self.decoder.subscriptions()
@@ -445,6 +457,8 @@ class MqttSource:
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
                 self.handle_message(message.topic.value, payload, datetime.now(UTC))
+                if message.qos > 0:
+                    self._unacked.append((client._client, message.mid, message.qos))  # noqa: SLF001
                 while self.decoder.commands:  # e.g. a Sparkplug rebirth request
                     topic, command = self.decoder.commands.pop(0)
                     await client.publish(topic, command, qos=0)

@@ -2,7 +2,8 @@
 
     controltower demo [--port 8050] [--data-dir DIR] [--duration S] [--seed N]
     controltower run --config FILE [--data-dir DIR] [--port N] [--duration S]
-    controltower simulate --config FILE [--speed X] [--seed N] [--duration S] [--opcua-url U] [--mqtt-url U]
+    controltower simulate (--config FILE | --sites N [--lines M]) [--speed X] [--seed N] [--duration S] [--opcua-url U] [--mqtt-url U]
+    controltower evaluate --scenario FILE [--json]
     controltower inject TAG --kind spike|drift|stuck [--duration S] [--magnitude X] [--mqtt-url U] [--prefix P]
     controltower detect --train TRAIN --test TEST --out OUT [--method auto|pca|dpca|iforest] [--alpha 0.01] [--exclude COL ...]
     controltower browse URL [--root NODE] [--depth N] [--include GLOB] [--exclude GLOB] [--yaml]
@@ -44,6 +45,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -58,6 +66,8 @@ LAZY_SUBCOMMANDS = {
                "replay a recording through the multivariate models (CSV/Parquet in, CSV out)"),
     "browse": ("collector.sources.opcua_browse", "add_browse_arguments",
                "list an OPC-UA server's variables (units, EURange); --yaml prints tag bindings"),
+    "evaluate": ("simulators.evaluate", "add_evaluate_arguments",
+                 "run a fault scenario offline through the detectors and print the scorecard"),
 }
 
 
@@ -96,7 +106,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
 
     simulate = sub.add_parser("simulate", help="run a simulated plant alone (OPC-UA server + MQTT publisher)")
-    simulate.add_argument("--config", type=Path, required=True)
+    plant = simulate.add_mutually_exclusive_group(required=True)
+    plant.add_argument("--config", type=Path, help="the site file to simulate")
+    plant.add_argument("--sites", type=_positive_int, help="generate an enterprise of this many sites instead")
+    simulate.add_argument("--lines", type=_positive_int, default=22, help="lines per generated site (default 22)")
     simulate.add_argument("--data-dir", type=Path, help="where the ground-truth log goes (default: data_dir of the config)")
     simulate.add_argument("--speed", type=_positive_float)
     simulate.add_argument("--seed", type=int)
@@ -106,9 +119,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     inject = sub.add_parser("inject", help="inject a fault into a running simulator (over its MQTT command topic)")
     inject.add_argument("tag", help="full tag id, e.g. lyon.ff.fill1.filler1.fill_weight")
-    inject.add_argument("--kind", required=True, choices=["spike", "drift", "stuck"])
+    inject.add_argument("--kind", required=True, choices=["spike", "drift", "stuck", "bias", "noise", "dropout", "oscillation"])
     inject.add_argument("--duration", type=_positive_float, default=30.0, help="simulated seconds (default 30)")
-    inject.add_argument("--magnitude", type=float, default=0.0, help="spike: offset; drift: offset reached at the end")
+    inject.add_argument("--magnitude", type=float, default=0.0,
+                        help="spike/bias: offset; drift: offset reached at the end; noise: std; oscillation: amplitude")
+    inject.add_argument("--period", type=_positive_float, default=60.0, help="oscillation period, seconds (default 60)")
     inject.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="the simulator's broker")
     inject.add_argument("--prefix", default="plant", help="the simulator's simulation.mqtt_topic_prefix (default plant)")
 
@@ -184,7 +199,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         from simulators.service import simulate
 
-        site = load_site_config(args.config)
+        if args.sites is not None:
+            from simulators.enterprise import build_enterprise
+
+            site = build_enterprise(args.sites, args.lines, seed=args.seed if args.seed is not None else 42)
+        else:
+            site = load_site_config(args.config)
         overrides: dict[str, Any] = {}
         for name in ("opcua_url", "mqtt_url"):
             value = getattr(args, name)
@@ -203,6 +223,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from analytics.offline import run_detect
 
         return run_detect(args)
+    if args.command == "evaluate":
+        from simulators.evaluate import run_evaluate
+
+        return run_evaluate(args)
     if args.command == "browse":
         from collector.sources.opcua_browse import run_browse
 
@@ -232,7 +256,8 @@ async def _inject(args: argparse.Namespace) -> None:
     from simulators.mqtt_publisher import INJECT_TOPIC
 
     url = urlsplit(args.mqtt_url)
-    command = {"tag_id": args.tag, "kind": args.kind, "duration_s": args.duration, "magnitude": args.magnitude}
+    command = {"tag_id": args.tag, "kind": args.kind, "duration_s": args.duration, "magnitude": args.magnitude,
+               "period_s": args.period}
     try:
         async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, timeout=10) as client:
             await client.publish(f"{args.prefix}/{INJECT_TOPIC}", json.dumps(command).encode(), qos=1)

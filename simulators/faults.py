@@ -1,10 +1,17 @@
 """Sensor faults the simulator injects, and the ground-truth log that records each one.
 
 Kinds, applied to the sensor reading (the process itself is not disturbed):
-  spike  `magnitude` is added for the whole duration;
-  drift  an offset ramps linearly from 0 at the start to `magnitude` at the end;
-  stuck  the reading holds the value last reported before the fault started.
-A fault is active on [start, end). Every fault is appended to the ground-truth CSV
+  spike        `magnitude` is added for the whole duration (a short excursion);
+  bias         `magnitude` is added from the start to the end: a calibration shift, a step;
+  drift        an offset ramps linearly from 0 at the start to `magnitude` at the end;
+  stuck        the reading holds the value last reported before the fault started;
+  noise        Gaussian noise of standard deviation `magnitude` is added (a loose connection,
+               a failing transmitter); its draws come from a generator seeded by the tag's place
+               and the fault's start, so a replay gives the same noise;
+  dropout      no reading: the value is null (NaN in the array) and the sample's quality bad;
+  oscillation  `magnitude` * sin(2 pi (t - start) / `period_s`) is added (a hunting valve or loop).
+spike and bias add the same offset; they differ in intent (a spike is short, a bias lasts), and
+the scorecard reports them apart. A fault is active on [start, end). Every fault is appended to the ground-truth CSV
 (tag_id, kind, start, end, magnitude; ISO-8601 UTC in simulated time) when it is injected,
 and flushed at once, so a benchmark reading the file sees it while the run goes on.
 """
@@ -30,6 +37,13 @@ class FaultKind(StrEnum):
     SPIKE = "spike"
     DRIFT = "drift"
     STUCK = "stuck"
+    BIAS = "bias"
+    NOISE = "noise"
+    DROPOUT = "dropout"
+    OSCILLATION = "oscillation"
+
+
+DEFAULT_PERIOD_S = 60.0  # oscillation period when none is given
 
 
 def parse_kind(kind: str | FaultKind) -> FaultKind:
@@ -51,16 +65,19 @@ class Fault:
     start: datetime
     end: datetime
     magnitude: float = 0.0
+    period_s: float = DEFAULT_PERIOD_S  # oscillation only
 
     def active(self, at: datetime) -> bool:
         return self.start <= at < self.end
 
     def offset(self, at: datetime) -> float:
-        """The additive offset at `at` (spike, drift); 0 for stuck."""
-        if self.kind is FaultKind.SPIKE:
+        """The deterministic additive offset at `at` (spike, bias, drift, oscillation); 0 for the others."""
+        if self.kind in (FaultKind.SPIKE, FaultKind.BIAS):
             return self.magnitude
         if self.kind is FaultKind.DRIFT:
             return self.magnitude * (at - self.start) / (self.end - self.start)
+        if self.kind is FaultKind.OSCILLATION:
+            return self.magnitude * math.sin(2.0 * math.pi * (at - self.start).total_seconds() / self.period_s)
         return 0.0
 
     def row(self) -> list[str]:
@@ -97,6 +114,7 @@ class _Running:
     index: int  # the tag's position in the plant's value array
     logged: bool
     held: float | None = None
+    rng: np.random.Generator | None = None  # noise faults: their own stream
 
 
 @dataclass
@@ -109,7 +127,14 @@ class FaultInjector:
     _faults: list[_Running] = field(default_factory=list)
     injected: int = 0  # faults injected at run time so far
 
-    def validate(self, tag_id: str, kind: str | FaultKind, duration_s: float, magnitude: float) -> FaultKind:
+    def validate(
+        self,
+        tag_id: str,
+        kind: str | FaultKind,
+        duration_s: float,
+        magnitude: float,
+        period_s: float = DEFAULT_PERIOD_S,
+    ) -> FaultKind:
         """Checks a fault request; ValueError naming what is wrong."""
         if tag_id not in self.tag_index:
             raise ValueError(f"unknown tag {tag_id!r}")
@@ -118,6 +143,10 @@ class FaultInjector:
             raise ValueError(f"fault duration_s must be a positive number of seconds, got {duration_s!r}")
         if not (isinstance(magnitude, int | float) and math.isfinite(magnitude)):
             raise ValueError(f"fault magnitude must be a finite number, got {magnitude!r}")
+        if not (isinstance(period_s, int | float) and math.isfinite(period_s) and period_s > 0):
+            raise ValueError(f"fault period_s must be a positive number of seconds, got {period_s!r}")
+        if fault_kind is FaultKind.NOISE and magnitude < 0:
+            raise ValueError(f"a noise fault's magnitude is a standard deviation, >= 0; got {magnitude!r}")
         return fault_kind
 
     def schedule(self, fault: Fault) -> None:
@@ -146,9 +175,17 @@ class FaultInjector:
                 continue
             self._log(run)
             if fault.kind is FaultKind.STUCK:
-                if run.held is None:
-                    run.held = float(previous[run.index]) if previous is not None else float(clean[run.index])
+                if run.held is None or not math.isfinite(run.held):
+                    held = float(previous[run.index]) if previous is not None else math.nan
+                    run.held = held if math.isfinite(held) else float(clean[run.index])
                 out[run.index] = run.held
+            elif fault.kind is FaultKind.DROPOUT:
+                out[run.index] = math.nan
+            elif fault.kind is FaultKind.NOISE:
+                if run.rng is None:
+                    start_us = round(fault.start.timestamp() * 1e6)
+                    run.rng = np.random.default_rng([run.index, start_us & 0xFFFFFFFFFFFF])
+                out[run.index] += fault.magnitude * float(run.rng.standard_normal())
             else:
                 out[run.index] += fault.offset(at)
         self._faults = keep

@@ -9,6 +9,7 @@ is not finite is sent as null, with quality bad).
 
 Commands: `{prefix}/_simulator/inject` with
     {"tag_id": "lyon.ff.fill1.filler1.fill_weight", "kind": "spike", "duration_s": 30, "magnitude": 0.1}
+(kinds and magnitudes: simulators/faults.py; an oscillation may add "period_s").
 A malformed or refused command is logged and counted, never fatal.
 
 One supervisor task owns the connection and reconnects with backoff; ticks wait on a bounded
@@ -48,6 +49,7 @@ class InjectCommand(BaseModel):
     kind: str
     duration_s: float = Field(gt=0, allow_inf_nan=False)
     magnitude: float = Field(default=0.0, allow_inf_nan=False)
+    period_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)  # oscillation only
 
 
 @dataclass

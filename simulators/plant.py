@@ -5,6 +5,9 @@ in simulated time, producing samples in the product's columnar schema.
     frame = plant.step(0.5)          # one row per tag, ts = plant.now
     plant.unit_state("lyon.usp.bio1.br101")  # ("BR101-0001", "inoculation")
 
+A reading a fault took away (dropout) is NaN in `advance`'s array and, in the frames of
+`step` and `run`, a null value with quality bad.
+
 Deterministic per seed: each unit draws from its own generator (seeded from the plant seed
 and the unit's place in the site), so the same seed and the same steps give identical frames,
 and a fault injected on one unit does not change another's signals.
@@ -24,7 +27,7 @@ from controltower.samples import samples_frame, tag_paths_frame
 from controltower.site import SimulationConfig, SiteConfig, Unit
 from simulators.batches import BatchClock
 from simulators.clock import as_utc, utc_now
-from simulators.faults import Fault, FaultInjector, GroundTruthLog
+from simulators.faults import DEFAULT_PERIOD_S, Fault, FaultInjector, GroundTruthLog
 from simulators.units import UnitModel, build_unit_model
 
 # The models integrate with steps of at most this many simulated seconds; a longer plant
@@ -90,6 +93,7 @@ class Plant:
                         model = build_unit_model(u, rng)
                         self._units.append(_UnitRun(info, model, BatchClock(u.id, model.recipe), position))
                         position += len(u.tags)
+        self._tags_per_unit = np.array([len(r.info.tag_ids) for r in self._units], dtype=np.int64)
         self._by_path = {r.info.path: r for r in self._units}
         self._by_short: dict[str, _UnitRun | None] = {}
         for r in self._units:
@@ -148,10 +152,12 @@ class Plant:
         """Advance by `dt_s` simulated seconds; one sample per tag at the new `now`, in the
         sample schema (quality good, batch_id of the tag's unit, ISA-95 path columns)."""
         values = self.advance(dt_s)
+        value, quality = _value_and_quality(values)
         return samples_frame(
             ts=[self.now] * len(self.tag_ids),
             tag_id=list(self.tag_ids),
-            value=values,
+            value=value,
+            quality=quality,
             batch_id=self._batch_ids(),
             tag_paths=self.tag_paths,
         )
@@ -168,22 +174,35 @@ class Plant:
             values[i] = self.advance(dt_s)
             ts[i] = start_ns + round(self.elapsed_s * 1e6) * 1000
             batches.extend(self._batch_ids())
+        value, quality = _value_and_quality(values.reshape(-1))
         return samples_frame(
             ts=pl.Series("ts", np.repeat(ts, n)),
             tag_id=pl.Series("tag_id", list(self.tag_ids) * steps),
-            value=pl.Series("value", values.reshape(-1)),
+            value=value,
+            quality=quality,
             batch_id=batches,
             tag_paths=self.tag_paths,
         )
 
     # --- faults -----------------------------------------------------------------------
 
-    def inject(self, tag_id: str, kind: str, duration_s: float, magnitude: float = 0.0) -> Fault:
+    def inject(
+        self,
+        tag_id: str,
+        kind: str,
+        duration_s: float,
+        magnitude: float = 0.0,
+        *,
+        period_s: float = DEFAULT_PERIOD_S,
+    ) -> Fault:
         """Start a fault on `tag_id` now, for `duration_s` simulated seconds; it is appended to
-        the ground truth at once. ValueError naming an unknown tag or kind, or a bad number."""
-        fault_kind = self.faults.validate(tag_id, kind, duration_s, magnitude)
+        the ground truth at once. `period_s`: of an oscillation. ValueError naming an unknown tag
+        or kind, or a bad number."""
+        fault_kind = self.faults.validate(tag_id, kind, duration_s, magnitude, period_s)
         begin = self.now
-        fault = Fault(tag_id, fault_kind, begin, begin + timedelta(seconds=duration_s), float(magnitude))
+        fault = Fault(
+            tag_id, fault_kind, begin, begin + timedelta(seconds=duration_s), float(magnitude), float(period_s)
+        )
         last = None if self._last is None else float(self._last[self._index[tag_id]])
         self.faults.inject(fault, last)
         return fault
@@ -201,16 +220,15 @@ class Plant:
     def _scheduled_faults(self) -> FaultInjector:
         faults = FaultInjector(self._index, self._truth)
         for f in (self.site.simulation or SimulationConfig()).faults:
-            kind = faults.validate(f.tag, f.kind, f.duration_s, f.magnitude)
+            kind = faults.validate(f.tag, f.kind, f.duration_s, f.magnitude, f.period_s)
             begin = self.start + timedelta(seconds=f.start_s)
-            faults.schedule(Fault(f.tag, kind, begin, begin + timedelta(seconds=f.duration_s), f.magnitude))
+            end = begin + timedelta(seconds=f.duration_s)
+            faults.schedule(Fault(f.tag, kind, begin, end, f.magnitude, f.period_s))
         return faults
 
     def _batch_ids(self) -> list[str]:
-        ids: list[str] = []
-        for run in self._units:
-            ids.extend([run.clock.at(self.elapsed_s).batch_id] * len(run.info.tag_ids))
-        return ids
+        per_unit = np.array([run.clock.at(self.elapsed_s).batch_id for run in self._units], dtype=object)
+        return np.repeat(per_unit, self._tags_per_unit).tolist()
 
     def _unit(self, unit_id: str) -> _UnitRun:
         run = self._by_path.get(unit_id) or self._by_short.get(unit_id)
@@ -223,3 +241,13 @@ class Plant:
         for _ in range(int(SETTLE_S / MAX_SUBSTEP_S)):
             for run in self._units:
                 run.model.step(MAX_SUBSTEP_S, first[id(run)])
+
+
+def _value_and_quality(values: np.ndarray) -> tuple[pl.Series, pl.Series]:
+    """Readings as sample columns: a NaN reading (dropout) is a null value with quality bad."""
+    missing = np.isnan(values)
+    value = pl.Series("value", values, pl.Float64)
+    if not missing.any():
+        return value, pl.Series("quality", ["good"] * len(values), pl.String)
+    quality = pl.Series("quality", np.where(missing, "bad", "good"), pl.String)
+    return value.fill_nan(None), quality

@@ -168,12 +168,16 @@ class SimulatorService:
         if deadline is not None:
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
-    def inject(self, tag_id: str, kind: str, duration_s: float, magnitude: float = 0.0) -> Fault:
+    def inject(
+        self, tag_id: str, kind: str, duration_s: float, magnitude: float = 0.0, *, period_s: float = 60.0
+    ) -> Fault:
         """Start a fault now (simulated time); see Plant.inject."""
-        return self.plant.inject(tag_id, kind, duration_s, magnitude)
+        return self.plant.inject(tag_id, kind, duration_s, magnitude, period_s=period_s)
 
     def _inject_command(self, command: InjectCommand) -> Fault:
-        return self.inject(command.tag_id, command.kind, command.duration_s, command.magnitude)
+        return self.inject(
+            command.tag_id, command.kind, command.duration_s, command.magnitude, period_s=command.period_s
+        )
 
 
 async def simulate(site: SiteConfig, *, data_dir: Path, duration_s: float | None, **overrides: Any) -> None:

@@ -14,13 +14,18 @@ import numpy as np
 from controltower.site import Limits, Unit
 from simulators.units.base import BatchState, KnownProcess, Recipe, UnitModel
 from simulators.units.bioreactor import Bioreactor
+from simulators.units.cleanroom_hvac import CleanroomHvac
 from simulators.units.filling_line import FillingLine
+from simulators.units.freeze_dryer import FreezeDryer
 from simulators.units.generic import GenericUnit
 from simulators.units.tablet_press import TabletPress
+from simulators.units.wfi_loop import WfiLoop
 
 log = logging.getLogger(__name__)
 
-MODELS: dict[str, type[KnownProcess]] = {m.KIND: m for m in (Bioreactor, TabletPress, FillingLine)}
+MODELS: dict[str, type[KnownProcess]] = {
+    m.KIND: m for m in (Bioreactor, TabletPress, FillingLine, FreezeDryer, WfiLoop, CleanroomHvac)
+}
 
 __all__ = ["MODELS", "BatchState", "Recipe", "UnitModel", "build_unit_model", "envelope_fits"]
 

@@ -16,6 +16,7 @@ from analytics.alerts import EVENT_SCHEMA, Alert, AlertBook
 from analytics.detectors.base import TAG_KEY, Detector, per_tag
 from analytics.detectors.flatline import FlatlineDetector
 from analytics.detectors.limits import LimitDetector
+from analytics.detectors.quality import BadQualityDetector
 from analytics.detectors.zscore import RollingZScore
 from controltower.site import DetectorsConfig, TagInfo
 
@@ -23,7 +24,7 @@ _LEVEL_SCHEMA = {"tag_id": pl.String(), "level_was": pl.UInt8()}
 
 
 def build_detectors(tags: list[TagInfo], config: DetectorsConfig) -> list[Detector]:
-    """The detectors `config` enables, in a fixed order (limits, zscore, flatline)."""
+    """The detectors `config` enables, in a fixed order (limits, zscore, flatline, quality)."""
     detectors: list[Detector] = []
     if config.limits.enabled:
         detectors.append(LimitDetector(tags))
@@ -33,6 +34,8 @@ def build_detectors(tags: list[TagInfo], config: DetectorsConfig) -> list[Detect
                                        min_std_fraction=z.min_std_fraction, warmup=min(30, z.window)))
     if config.flatline.enabled:
         detectors.append(FlatlineDetector(tags, min_run=config.flatline.min_run, tolerance=config.flatline.tolerance))
+    if config.quality.enabled:
+        detectors.append(BadQualityDetector(tags, min_run=config.quality.min_run))
     return detectors
 
 

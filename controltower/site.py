@@ -422,10 +422,17 @@ class FlatlineConfig(Strict):
     tolerance: float = Field(default=0.0, ge=0)
 
 
+class QualityDetectorConfig(Strict):
+    enabled: bool = True
+    # Consecutive bad-quality or null samples before a dropout is reported.
+    min_run: int = Field(default=10, ge=1)
+
+
 class DetectorsConfig(Strict):
     limits: LimitsDetectorConfig = LimitsDetectorConfig()
     zscore: ZScoreConfig = ZScoreConfig()
     flatline: FlatlineConfig = FlatlineConfig()
+    quality: QualityDetectorConfig = QualityDetectorConfig()
 
 
 class ScreenConfig(Strict):

@@ -593,7 +593,7 @@ def score(scenario: Scenario, run: RunResult) -> Scorecard:
         batch_s=cfg.batch_s,
         grace_s=grace,
         detector_names=tuple(
-            n for n in ("limits", "zscore", "flatline") if getattr(site.detectors, n).enabled
+            n for n in type(site.detectors).model_fields if getattr(site.detectors, n).enabled
         ),
         run=run,
         events=events,

@@ -4,6 +4,7 @@ per-sample level (0 normal, 1 warning, 2 alarm). See `base.Detector` for the con
 from analytics.detectors.base import SCORE_SCHEMA, Detector
 from analytics.detectors.flatline import FlatlineDetector
 from analytics.detectors.limits import LimitDetector
+from analytics.detectors.quality import BadQualityDetector
 from analytics.detectors.zscore import RollingZScore
 
-__all__ = ["SCORE_SCHEMA", "Detector", "FlatlineDetector", "LimitDetector", "RollingZScore"]
+__all__ = ["SCORE_SCHEMA", "BadQualityDetector", "Detector", "FlatlineDetector", "LimitDetector", "RollingZScore"]

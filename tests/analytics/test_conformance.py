@@ -8,7 +8,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import analytics.detectors as detectors
-from analytics.detectors import SCORE_SCHEMA, Detector, FlatlineDetector, LimitDetector, RollingZScore
+from analytics.detectors import SCORE_SCHEMA, BadQualityDetector, Detector, FlatlineDetector, LimitDetector, RollingZScore
 from controltower.samples import empty_samples
 from tests.analytics.helpers import TEMPERATURE, make_tag, mixed_batches
 
@@ -18,6 +18,7 @@ FACTORIES = {
     "limits": lambda: LimitDetector(TAGS),
     "zscore": lambda: RollingZScore(TAGS, window=30, threshold=4.0, warmup=10),
     "flatline": lambda: FlatlineDetector(TAGS, min_run=3, tolerance=0.3),
+    "quality": lambda: BadQualityDetector(TAGS, min_run=1),
 }
 
 

@@ -53,6 +53,9 @@ from controltower.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# On stop, how long a failing historian may keep failing before the drain leaves the rest on disk.
+DRAIN_GIVE_UP_AFTER_FAILING_S = 3.0
+
 Consumer = Callable[[pl.DataFrame], object]
 
 # Historians where writing the same samples again changes nothing (a point is its series and time).
@@ -312,8 +315,14 @@ class Pipeline:
         except TimeoutError:
             pass
         if self.spool is not None:
-            # They are safe on disk: wait for the historian only while it answers.
-            while self.spool.pending_batches and self.historian_ok and time.monotonic() < deadline:
+            # They are safe on disk: wait for the historian while it answers. One failed write
+            # (a server that just came back) does not end the wait; failing for a while does.
+            failing_since: float | None = None
+            while self.spool.pending_batches and time.monotonic() < deadline:
+                now = time.monotonic()
+                failing_since = None if self.historian_ok else (failing_since or now)
+                if failing_since is not None and now - failing_since > DRAIN_GIVE_UP_AFTER_FAILING_S:
+                    break
                 await asyncio.sleep(0.05)
             if self.spool.pending_batches:
                 log.warning(

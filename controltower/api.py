@@ -12,10 +12,41 @@ serves the Dash screen. Every route reads a `TowerContext` through `controltower
                                        first; since/until are ISO-8601 (naive = UTC) or
                                        relative to now (`-10m`, `-30s`, `-2h`, `-1d`, `now`);
                                        default since=-10m, until=now
+    GET /api/alarms[?view=&line=&limit=]
+                                       {"view", "alarms": [alert, ...]}, most urgent first
+                                       (priority, unacknowledged, newest); view is `alarms` (the
+                                       operator's alarm summary: active and cleared-unacknowledged,
+                                       without shelved, out-of-service or flood-grouped ones;
+                                       the default), `shelved`, `suppressed` or `recent`
+    GET /api/alerts/<id>               {"alert": alert}
+    POST /api/alerts/<id>/ack          body {"user", "comment"?}: acknowledge -> {"alert": alert}
+    POST /api/alerts/<id>/shelve       body {"user", "minutes", "reason"}: shelve the alarm point
+                                       (tag, detector) for 0 < minutes <= 720 -> {"alert": alert}
+    POST /api/alerts/<id>/unshelve     body {"user", "comment"?} -> {"alert": alert}
+    POST /api/tags/<tag_id>/suppress   body {"user", "reason"}: take the tag out of service
+                                       -> {"tag_id", "suppressed": true, "reason"}
+    POST /api/tags/<tag_id>/unsuppress body {"user", "comment"?} -> {"tag_id", "suppressed": false}
+    GET /api/journal[?tag=&q=&user=&event=&since=&until=&limit=]
+                                       {"entries": [entry, ...]} newest first (see
+                                       `analytics.journal`); `tag` is a tag id or a path prefix,
+                                       `q` free text, since/until as for history; limit default 200
     GET /metrics                       Prometheus text exposition
 
-Errors are JSON `{"error": "..."}` naming what was wrong: 400 for a bad parameter, 404 for an
-unknown tag, line or route under /api.
+Alerts (`Alert.to_dict()`) carry `state` (active-unacknowledged, active-acknowledged,
+cleared-unacknowledged, normal), `priority` (low, medium, high, critical), `acknowledged_by/at`,
+`ack_comment`, `shelved`, `shelved_until`, `shelve_reason`, `suppressed`, `grouped_under` and
+`group_count` (flood grouping), besides the condition fields. `/api/alerts` `active` lists the
+annunciated alerts whose condition is active (what the line states count); a cleared alarm that
+waits for an acknowledgement is in `/api/alarms`.
+
+The `user` of an action is taken as given: authentication and roles are another piece of work
+(issue 6, "Users"); until then anyone who reaches the API can act under any name. The journal
+records the name given.
+
+Errors are JSON `{"error": "..."}` naming what was wrong: 400 for a bad or missing parameter or
+body field, 404 for an unknown alert, tag, line or route under /api, 409 for an action the
+alarm's state does not allow (acknowledging an acknowledged alarm...), 500 when the journal
+cannot record an action (which is then not done), 503 for the journal when the tower keeps none.
 """
 
 from __future__ import annotations
@@ -27,6 +58,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from analytics.alerts import AlarmJournalError, AlarmNotFound, AlarmTransitionError
+from analytics.journal import EVENTS, entries_json
 from controltower import timeparse
 from controltower.screen import queries as q
 
@@ -36,6 +69,9 @@ if TYPE_CHECKING:
 DEFAULT_HISTORY_SINCE = "-10m"
 DEFAULT_RECENT_LIMIT = 50
 MAX_RECENT_LIMIT = 10_000
+DEFAULT_ALARMS_LIMIT = 500
+DEFAULT_JOURNAL_LIMIT = 200
+MAX_JOURNAL_LIMIT = 10_000
 
 
 class BadParameter(ValueError):
@@ -101,6 +137,77 @@ def register_api(server: Flask, ctx: TowerContext, *, now=None) -> Blueprint:
             }
         )
 
+    @bp.get("/api/alarms")
+    def alarms() -> Response:
+        line_id = request.args.get("line") or None
+        if line_id is not None and line_id not in set(q.line_catalog(ctx)["line_id"]):
+            return _error(404, f"unknown line {line_id!r} (give a line id site.area.line)")
+        view = request.args.get("view") or "alarms"
+        if view not in q.CONSOLE_VIEWS:
+            raise BadParameter(f"view: {view!r} is not one of {', '.join(q.CONSOLE_VIEWS)}")
+        limit = _int_param("limit", DEFAULT_ALARMS_LIMIT, 1, MAX_RECENT_LIMIT)
+        found = q.alarm_list_objects(ctx, line_id, view, limit)
+        return _json({"view": view, "alarms": [a.to_dict() for a in found]})
+
+    @bp.get("/api/alerts/<alert_id>")
+    def alert(alert_id: str) -> Response:
+        found = ctx.alerts.get(alert_id)
+        if found is None:
+            return _error(404, f"unknown alert {alert_id!r}")
+        return _json({"alert": found.to_dict()})
+
+    @bp.post("/api/alerts/<alert_id>/ack")
+    def acknowledge(alert_id: str) -> Response:
+        body = _body()
+        return _act(lambda: ctx.alerts.acknowledge(alert_id, body.get("user"), body.get("comment")))
+
+    @bp.post("/api/alerts/<alert_id>/shelve")
+    def shelve(alert_id: str) -> Response:
+        body = _body()
+        if "minutes" not in body:
+            raise BadParameter("minutes: required, the shelving time in minutes")
+        return _act(lambda: ctx.alerts.shelve(alert_id, body.get("user"), body["minutes"], body.get("reason")))
+
+    @bp.post("/api/alerts/<alert_id>/unshelve")
+    def unshelve(alert_id: str) -> Response:
+        body = _body()
+        return _act(lambda: ctx.alerts.unshelve(alert_id, body.get("user"), body.get("comment")))
+
+    @bp.post("/api/tags/<tag_id>/suppress")
+    def suppress(tag_id: str) -> Response:
+        body = _body()
+        _known_tag(ctx, tag_id)
+        _act(lambda: ctx.alerts.suppress(tag_id, body.get("user"), body.get("reason")))
+        return _json({"tag_id": tag_id, "suppressed": True, "reason": ctx.alerts.suppressed_tags().get(tag_id)})
+
+    @bp.post("/api/tags/<tag_id>/unsuppress")
+    def unsuppress(tag_id: str) -> Response:
+        body = _body()
+        _known_tag(ctx, tag_id)
+        _act(lambda: ctx.alerts.unsuppress(tag_id, body.get("user"), body.get("comment")))
+        return _json({"tag_id": tag_id, "suppressed": False})
+
+    @bp.get("/api/journal")
+    def journal() -> Response:
+        if ctx.alerts.journal is None:
+            return _error(503, "this control tower keeps no alarm journal (no journal file configured)")
+        at = clock()
+        since = request.args.get("since") or None
+        until = request.args.get("until") or None
+        since_t = parse_time(since, at, name="since") if since else None
+        until_t = parse_time(until, at, name="until") if until else None
+        if since_t is not None and until_t is not None and since_t >= until_t:
+            raise BadParameter(f"since ({q.iso_utc(since_t)}) must be before until ({q.iso_utc(until_t)})")
+        event = request.args.get("event") or None
+        if event is not None and event not in EVENTS:
+            raise BadParameter(f"event: {event!r} is not one of {', '.join(EVENTS)}")
+        frame = ctx.alerts.journal.search(
+            tag=request.args.get("tag") or None, text=request.args.get("q") or None, since=since_t,
+            until=until_t, user=request.args.get("user") or None, event=event,
+            limit=_int_param("limit", DEFAULT_JOURNAL_LIMIT, 1, MAX_JOURNAL_LIMIT),
+        )
+        return _json({"entries": entries_json(frame)})
+
     @bp.get("/api/tags/<tag_id>/history")
     def tag_history(tag_id: str) -> Response:
         at = clock()
@@ -132,6 +239,18 @@ def register_api(server: Flask, ctx: TowerContext, *, now=None) -> Blueprint:
     def bad_parameter(exc: BadParameter) -> Response:
         return _error(400, str(exc))
 
+    @bp.errorhandler(AlarmNotFound)
+    def not_found(exc: AlarmNotFound) -> Response:
+        return _error(404, str(exc.args[0] if exc.args else exc))
+
+    @bp.errorhandler(AlarmTransitionError)
+    def conflict(exc: AlarmTransitionError) -> Response:
+        return _error(409, str(exc))
+
+    @bp.errorhandler(AlarmJournalError)
+    def journal_failed(exc: AlarmJournalError) -> Response:
+        return _error(500, str(exc))
+
     server.register_blueprint(bp)
 
     # JSON errors for unknown routes and methods under /api; every other path keeps the
@@ -144,6 +263,35 @@ def register_api(server: Flask, ctx: TowerContext, *, now=None) -> Blueprint:
     server.register_error_handler(404, api_http_error)
     server.register_error_handler(405, api_http_error)
     return bp
+
+
+def _body() -> dict[str, Any]:
+    """The request's JSON object body ({} when there is none)."""
+    if not request.get_data(cache=True):
+        return {}
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise BadParameter("body: not valid JSON (send a JSON object, Content-Type: application/json)")
+    if not isinstance(body, dict):
+        raise BadParameter(f"body: expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _act(action) -> Response:
+    """Run an AlertBook action: its ValueError (a bad field, named first in the message) is a 400;
+    AlarmNotFound and AlarmTransitionError reach the blueprint's 404 and 409 handlers."""
+    try:
+        result = action()
+    except ValueError as exc:
+        raise BadParameter(str(exc)) from None
+    return _json({"alert": result.to_dict()}) if result is not None else _json({})
+
+
+def _known_tag(ctx: TowerContext, tag_id: str) -> None:
+    try:
+        q.find_tag(ctx, tag_id)
+    except q.UnknownTagError as exc:
+        raise AlarmNotFound(str(exc)) from None
 
 
 def _int_param(name: str, default: int, lo: int, hi: int) -> int:

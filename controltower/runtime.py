@@ -18,6 +18,7 @@ import polars as pl
 
 from analytics.alerts import AlertBook
 from analytics.engine import DetectionEngine
+from analytics.journal import AlarmJournal
 from collector.deadletter import DeadLetterFile
 from collector.pipeline import Pipeline
 from collector.sinks import Historian, open_historian
@@ -61,7 +62,8 @@ class ControlTower:
         self.tags = site.tag_table()
         self.metrics = Metrics()
         self.live = LiveState(self.tags)
-        self.alerts = AlertBook()
+        self.journal = AlarmJournal(self.data_dir / "alarm_journal.jsonl")
+        self.alerts = AlertBook(journal=self.journal)
         self.engine = DetectionEngine(self.tags, site.detectors, self.alerts)
         self.historian = historian or open_historian(site.historian, self.data_dir)
         self.sources = build_sources(site, self.data_dir)
@@ -161,3 +163,4 @@ class ControlTower:
         self.stop_screen()
         self.pipeline.close()
         self.historian.close()
+        self.journal.close()

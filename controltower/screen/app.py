@@ -3,7 +3,8 @@
     app = create_app(ctx)                       # dash.Dash; app.server is the Flask WSGI app
     WebServer(app, host, port).start()          # controltower.webserver
 
-The layout is a function, so each page load renders the current state at once and the
+The overview is at `/`, the alarm console (`console`, its own Dash app on the same server) at
+`/alarms/`. The layout is a function, so each page load renders the current state at once and the
 interval then keeps it fresh.
 """
 
@@ -18,7 +19,7 @@ import dash
 from flask import Flask
 
 from controltower.api import register_api
-from controltower.screen import overview
+from controltower.screen import console, overview
 
 if TYPE_CHECKING:
     from controltower.context import TowerContext
@@ -44,4 +45,7 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
     )
     app.layout = lambda: overview.layout(ctx, now())
     overview.register_callbacks(app, ctx, now)
+    # The alarm console: a second Dash app on the same server, under console.PATH.
+    console.create_console(server, ctx, now, assets_folder=str(ASSETS),
+                           title=f"Alarms · {ctx.site.enterprise} · control tower")
     return app

@@ -74,6 +74,13 @@ def layout(ctx: TowerContext, now: datetime) -> html.Div:
                         ],
                     ),
                     html.Div(status["summary"], id=ids.SUMMARY, className="summary"),
+                    html.Nav(
+                        className="nav",
+                        children=[
+                            html.A("◧ Overview", href="/", className="nav-link nav-current", id="nav-overview"),
+                            html.A("⚠ Alarms", href="/alarms/", className="nav-link", id="nav-alarms"),
+                        ],
+                    ),
                     html.Div(
                         className="topbar-right",
                         children=[

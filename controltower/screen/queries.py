@@ -290,6 +290,81 @@ def cleared_alerts(ctx: TowerContext, limit: int = 20) -> pl.DataFrame:
     return frame.sort("cleared_at", descending=True).head(limit)
 
 
+# --- the alarm console ---------------------------------------------------------------------------
+
+CONSOLE_VIEWS = ("alarms", "shelved", "suppressed", "recent")
+PRIORITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+CONSOLE_SCHEMA: dict[str, pl.DataType] = {
+    **ALERT_SCHEMA,
+    "priority": pl.String(),
+    "state": pl.String(),
+    "display_state": pl.String(),
+    "acknowledged_at": TIMESTAMP_DTYPE,
+    "acknowledged_by": pl.String(),
+    "ack_comment": pl.String(),
+    "shelved_until": TIMESTAMP_DTYPE,
+    "shelve_reason": pl.String(),
+    "suppressed": pl.Boolean(),
+    "grouped_under": pl.String(),
+    "group_count": pl.Int64(),
+}
+
+
+def alarm_list_objects(ctx: TowerContext, line_id: str | None = None, view: str = "alarms",
+                       limit: int = 500) -> list[Any]:
+    """Alert objects of one console view, most urgent first (priority, then unacknowledged,
+    then newest):
+
+        alarms      the alarm summary: active and cleared-unacknowledged, not shelved,
+                    out of service or grouped under a listed flood parent
+        shelved     shelved alarms
+        suppressed  alarms of tags out of service
+        recent      the `limit` most recently raised alerts, whatever their state
+    """
+    book = ctx.alerts
+    if view == "alarms":
+        alerts = book.alarm_list()
+    elif view == "shelved":
+        alerts = book.shelved()
+    elif view == "suppressed":
+        alerts = [a for a in book.alarm_list(suppressed=True, shelved=True, grouped=True) if a.suppressed]
+    elif view == "recent":
+        alerts = list(book.recent(limit))
+    else:
+        raise ValueError(f"view: {view!r} is not one of {', '.join(CONSOLE_VIEWS)}")
+    alerts = _filter_line(alerts, line_id)
+    if view == "recent":
+        return sorted(alerts, key=lambda a: _as_utc(a.raised_at), reverse=True)[:limit]
+    return sorted(alerts, key=lambda a: (PRIORITY_RANK.get(a.priority, 9), a.acknowledged_at is not None,
+                                         -_as_utc(a.raised_at).timestamp()))[:limit]
+
+
+def console_alarms(ctx: TowerContext, view: str = "alarms", line_id: str | None = None,
+                   limit: int = 500) -> pl.DataFrame:
+    """One console view (see `alarm_list_objects`) as a frame (`CONSOLE_SCHEMA`)."""
+    alerts = alarm_list_objects(ctx, line_id, view, limit)
+    rows = []
+    for a in alerts:
+        row = _alert_row(a)
+        row.update(
+            priority=a.priority, state=a.state, display_state=a.display_state,
+            acknowledged_at=_as_utc(a.acknowledged_at), acknowledged_by=a.acknowledged_by,
+            ack_comment=a.ack_comment, shelved_until=_as_utc(a.shelved_until), shelve_reason=a.shelve_reason,
+            suppressed=a.suppressed, grouped_under=a.grouped_under, group_count=a.group_count,
+        )
+        rows.append(row)
+    return pl.DataFrame(rows, schema=CONSOLE_SCHEMA)
+
+
+def journal_entries(ctx: TowerContext, *, text: str | None = None, limit: int = 100, **filters: Any) -> pl.DataFrame | None:
+    """The alarm journal's newest entries matching `text` (and `AlarmJournal.search` filters);
+    None when the tower keeps no journal."""
+    journal = ctx.alerts.journal
+    if journal is None:
+        return None
+    return journal.search(text=text or None, limit=limit, **filters)
+
+
 # --- history and trends -------------------------------------------------------------------------
 
 

@@ -137,3 +137,105 @@ def test_screen_shows_lines_alerts_and_trend_in_chromium(screen, browser) -> Non
         time.sleep(0.8)
         assert driver.save_screenshot(str(shot)), f"could not save the screenshot to {shot}"
     assert time.monotonic() - started < 60
+
+
+# --- the alarm console ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def console_screen(tmp_path: Path):
+    from analytics.alerts import AlertBook, PriorityMap
+    from analytics.journal import AlarmJournal
+    from controltower.screen import create_app
+    from controltower.webserver import WebServer
+    from tests.screen.demo_context import build_context, demo_scene
+
+    ctx = build_context(tmp_path)
+    journal = AlarmJournal(tmp_path / "alarm_journal.jsonl")
+    critical = {f"{FILL}.filler1.fill_weight": {"alarm": "critical"}, f"{BIO}.br101.temperature": {"alarm": "critical"}}
+    ctx.alerts = AlertBook(ctx.tags, journal=journal, priority=PriorityMap(critical))
+    demo_scene(ctx, datetime.now(UTC))
+    server = WebServer(create_app(ctx), host="127.0.0.1", port=0).start()
+    try:
+        yield ctx, server
+    finally:
+        server.stop()
+        journal.close()
+
+
+def _grid_cell(driver, alert_id: str, column: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    cells = driver.find_elements(
+        By.CSS_SELECTOR, f'#console-grid .ag-center-cols-container .ag-row[row-id="{alert_id}"] [col-id="{column}"]')
+    return cells[0].text if cells else ""
+
+
+def test_alarm_console_acknowledges_an_alarm_in_chromium(console_screen, browser) -> None:
+    """Open /alarms/ from the overview, select the critical alarm, acknowledge it with a comment:
+    its state text changes in the grid and the journal shows the entry. Set
+    CONTROLTOWER_CONSOLE_SCREENSHOT=path to save a screenshot (docs/alarm-console.png)."""
+    from selenium.webdriver.common.by import By
+
+    ctx, server = console_screen
+    driver = browser
+    started = time.monotonic()
+    fill_weight = next(a for a in ctx.alerts.alarm_list() if a.tag_id == f"{FILL}.filler1.fill_weight")
+
+    driver.get(server.url + "/")
+    link = _wait(driver, lambda d: d.find_elements(By.ID, "nav-alarms"), what="the overview's link to the alarm console")
+    link[0].click()
+    _wait(driver, lambda d: _grid_cell(d, fill_weight.id, "state_label") == "● ACTIVE · UNACK",
+          what="the critical alarm's row, active and unacknowledged")
+    assert driver.current_url.endswith("/alarms/")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#console-grid .ag-center-cols-container .ag-row")
+    assert len(rows) == 3
+    assert _grid_cell(driver, fill_weight.id, "priority_label") == "1 ◆ CRITICAL"
+    cue = driver.find_element(By.ID, "console-critical-cue")
+    assert "1 unacknowledged CRITICAL alarm" in cue.text and "critical-cue-on" in cue.get_attribute("class")
+
+    # Select it, say who we are and why, acknowledge.
+    driver.find_element(
+        By.CSS_SELECTOR, f'#console-grid .ag-row[row-id="{fill_weight.id}"] [col-id="tag_id"]').click()
+    _wait(driver, lambda d: "Fill weight" in d.find_element(By.ID, "console-selected").text,
+          what="the selected alarm's details")
+    driver.find_element(By.ID, "console-user").send_keys("ana.operator")
+    driver.find_element(By.ID, "console-ack-comment").send_keys("Check-weigher drift, QA informed")
+    driver.find_element(By.ID, "console-ack").click()
+
+    _wait(driver, lambda d: _grid_cell(d, fill_weight.id, "state_label") == "◉ ACTIVE · ACK",
+          what="the row's state text to turn to ACTIVE · ACK")
+    assert "Acknowledged" in driver.find_element(By.ID, "console-result").text
+    assert _grid_cell(driver, fill_weight.id, "ack").startswith("ana.operator")
+    _wait(driver, lambda d: "critical-cue-on" not in d.find_element(By.ID, "console-critical-cue").get_attribute("class"),
+          what="the critical cue to go once acknowledged")
+    first = _wait(driver, lambda d: (r := d.find_elements(By.CSS_SELECTOR, "#console-journal tr.journal-row"))
+                  and "acknowledged" in r[0].text and r[0], what="the journal entry of the acknowledgement")
+    assert "ana.operator" in first.text and "Check-weigher drift, QA informed" in first.text
+    assert "ACTIVE · UNACK → ACTIVE · ACK" in first.text
+    assert ctx.alerts.get(fill_weight.id).acknowledged_by == "ana.operator"
+
+    # The journal's search box.
+    search = driver.find_element(By.ID, "console-journal-search")
+    search.send_keys("qa informed\n")
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#console-journal tr.journal-row")) == 1,
+          what="the journal filtered to the one matching entry")
+
+    # A new critical alarm brings the cue back, pulsing.
+    ctx.event(datetime.now(UTC), f"{BIO}.br101.temperature", 2, 39.4, 39.0, reason="above alarm high 39")
+    _wait(driver, lambda d: "critical-cue-new" in d.find_element(By.ID, "console-critical-cue").get_attribute("class"),
+          timeout=10, what="the cue for a new critical alarm")
+
+    severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, f"browser console errors: {severe}"
+
+    shot = os.environ.get("CONTROLTOWER_CONSOLE_SCREENSHOT")
+    if shot:
+        search.clear()
+        search.send_keys("\n")
+        time.sleep(1.5)
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        driver.set_window_size(1600, 1150)
+        time.sleep(0.8)
+        assert driver.save_screenshot(str(shot)), f"could not save the screenshot to {shot}"
+    assert time.monotonic() - started < 60

@@ -31,6 +31,7 @@ from flask import Flask, redirect
 
 from analytics.alerts import MAX_SHELVE_MINUTES, PRIORITIES, AlarmNotFound, AlarmTransitionError
 from controltower.screen import ids
+from controltower.screen.chrome import brand, nav
 from controltower.screen import queries as q
 
 if TYPE_CHECKING:
@@ -149,20 +150,8 @@ def layout(ctx: TowerContext, now: datetime) -> html.Div:
             html.Header(
                 className="topbar",
                 children=[
-                    html.Div(
-                        className="brand",
-                        children=[
-                            html.Div(ctx.site.enterprise, className="brand-enterprise"),
-                            html.Div("Alarm console", className="brand-site"),
-                        ],
-                    ),
-                    html.Nav(
-                        className="nav",
-                        children=[
-                            html.A("◧ Overview", href="/", className="nav-link", id="nav-overview"),
-                            html.A("⚠ Alarms", href=PATH, className="nav-link nav-current", id="nav-alarms"),
-                        ],
-                    ),
+                    brand(ctx.site.enterprise, "Alarm console"),
+                    nav("alarms"),
                     html.Div(grid["summary"], id=ids.CONSOLE_SUMMARY, className="summary"),
                     html.Div(grid["cue"], id=ids.CONSOLE_CUE, className=grid["cue_class"], role="alert"),
                     html.Div(

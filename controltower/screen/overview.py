@@ -18,6 +18,7 @@ import polars as pl
 from dash import Dash, Input, Output, Patch, State, ctx as callback_ctx, dcc, html, no_update
 
 from controltower.screen import ids
+from controltower.screen.chrome import brand, nav
 from controltower.screen import queries as q
 
 if TYPE_CHECKING:
@@ -66,21 +67,9 @@ def layout(ctx: TowerContext, now: datetime) -> html.Div:
             html.Header(
                 className="topbar",
                 children=[
-                    html.Div(
-                        className="brand",
-                        children=[
-                            html.Div(ctx.site.enterprise, className="brand-enterprise"),
-                            html.Div(f"{sites} · control tower", className="brand-site"),
-                        ],
-                    ),
+                    brand(ctx.site.enterprise, f"{sites} · control tower"),
                     html.Div(status["summary"], id=ids.SUMMARY, className="summary"),
-                    html.Nav(
-                        className="nav",
-                        children=[
-                            html.A("◧ Overview", href="/", className="nav-link nav-current", id="nav-overview"),
-                            html.A("⚠ Alarms", href="/alarms/", className="nav-link", id="nav-alarms"),
-                        ],
-                    ),
+                    nav("overview"),
                     html.Div(
                         className="topbar-right",
                         children=[

@@ -3,6 +3,7 @@ directory, and stop them after the test. No test relies on a system service."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import subprocess
@@ -26,6 +27,16 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+async def wait_until(condition, timeout_s: float, what: str) -> None:
+    """Poll `condition()` on the event loop until true; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:

@@ -12,15 +12,7 @@ from controltower.demo import point_sources_at
 from controltower.runtime import ControlTower
 from controltower.site import InfluxDbHistorianConfig, load_site_config
 from tests.conftest import REPO, free_port
-from tests.integration.conftest import start_influxdb_v1, stop_process
-
-
-async def wait_until(condition, timeout_s: float, what: str) -> None:
-    for _ in range(int(timeout_s / 0.1)):
-        if condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.integration.conftest import start_influxdb_v1, stop_process, wait_until
 
 
 async def test_no_sample_lost_while_influxdb_is_down(mosquitto, tmp_path: Path) -> None:

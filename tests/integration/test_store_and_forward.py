@@ -25,19 +25,10 @@ from controltower.demo import point_sources_at
 from controltower.runtime import ControlTower
 from controltower.site import InfluxDbHistorianConfig, StoreAndForwardConfig, load_site_config
 from tests.conftest import REPO, free_port
-from tests.integration.conftest import start_influxdb_v1, stop_process
+from tests.integration.conftest import start_influxdb_v1, stop_process, wait_until
 
 CONTROLTOWER = [sys.executable, "-m", "controltower.cli", "--log-level", "INFO"]
 MQTT_SITE = REPO / "config" / "mqtt-site.yaml"
-
-
-async def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_outage_spools_to_disk_then_forwards_each_batch_once(mosquitto, tmp_path: Path) -> None:

@@ -47,3 +47,11 @@ def repo_root() -> Path:
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ starts real servers: mark it, so a quick local loop
+    can leave them out with `-m "not integration"` (CI never does)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)

@@ -16,13 +16,13 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     text = text.strip()
     if text.lower() == "now":
         return now
-    match = _RELATIVE.match(text)
-    if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
     try:
+        match = _RELATIVE.match(text)
+        if match:
+            return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: a duration or time beyond years 1..9999
         raise ValueError(
             f"{text!r} is not a time: use ISO-8601 (2026-11-29T10:00:00Z) or a duration before now (-10m, 2h, 1d)"
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -82,13 +82,13 @@ def resolve_token(token_env: str | None, token_file: str | Path | None) -> str |
 
 
 def quote_identifier(name: str) -> str:
-    """An InfluxQL identifier in double quotes."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """An InfluxQL identifier in double quotes (a newline as \\n: InfluxQL ends a quoted name at a raw one)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def quote_string(value: str) -> str:
-    """An InfluxQL string literal in single quotes."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """An InfluxQL string literal in single quotes (a newline as \\n: InfluxQL ends a string at a raw one)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
 def _ns(moment: datetime) -> int:

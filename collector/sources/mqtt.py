@@ -83,7 +83,7 @@ class _Columns:
     """Per message: time, receive time, batch id. Per sample: its message's row, tag, value, quality.
     A message's fields are stored once, not once per sample."""
 
-    __slots__ = ("ts", "received", "batch_id", "message", "tag_id", "value", "quality")
+    __slots__ = ("batch_id", "message", "quality", "received", "tag_id", "ts", "value")
 
     def __init__(self) -> None:
         self.ts: list[datetime] = []
@@ -134,8 +134,8 @@ class MqttJsonDecoder:
             raise PayloadError("unbound_topic", f"no tag is bound to topic {topic!r}")
         try:
             doc = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PayloadError("invalid_json", f"payload is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # also: nested too deep, an int of > 4300 digits
+            raise PayloadError("invalid_json", f"payload is not JSON: {str(exc)[:200]}") from None
         if not isinstance(doc, dict):
             raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
 
@@ -159,8 +159,8 @@ class MqttJsonDecoder:
                 continue
             if raw is None:
                 value, quality = None, "bad"
-            elif isinstance(raw, (int, float)):
-                value, quality = float(raw), str(qualities.get(b.field, "good"))
+            elif (number := _number(raw)) is not None:
+                value, quality = number, str(qualities.get(b.field, "good"))
             else:
                 bad_values.append(b.field)
                 continue
@@ -181,6 +181,10 @@ class MqttJsonDecoder:
                 raise error
             # The good fields of the message are kept; the bad ones are still set aside and counted.
             self.partial_errors.append(error)
+        elif count == 0:
+            # An object on a bound topic with none of its fields (a renamed field, a wrong
+            # publisher): counted, or it would vanish without a trace.
+            raise PayloadError("no_bound_field", f"none of the field(s) {', '.join(b.field for b in bindings)} is present")
         return count
 
     def decode_batched(self, topic: str, payload: bytes, received: datetime) -> int:
@@ -191,8 +195,8 @@ class MqttJsonDecoder:
         spec = self.config.batched_json
         try:
             doc = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PayloadError("invalid_json", f"payload is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # also: nested too deep, an int of > 4300 digits
+            raise PayloadError("invalid_json", f"payload is not JSON: {str(exc)[:200]}") from None
         if not isinstance(doc, dict):
             raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
         items = _lookup(doc, spec.samples_field.split("."))
@@ -222,8 +226,8 @@ class MqttJsonDecoder:
             raw = item.get(value_key)
             if raw is None:
                 value, quality = None, "bad"
-            elif isinstance(raw, (int, float)):
-                value = float(raw)
+            elif (number := _number(raw)) is not None:
+                value = number
                 quality = str(item.get(quality_key, "good")) if quality_key else "good"
                 if quality not in _QUALITIES:
                     quality = "uncertain"
@@ -304,15 +308,34 @@ def json_binding(config: MqttSourceConfig, t: TagInfo) -> tuple[str, str]:
 def _parse_time(raw: Any, field: str) -> datetime:
     """ISO-8601 text (naive means UTC) or a number of epoch seconds; numbers above 1e11 cannot be
     seconds (year 5138), so they are read as milliseconds."""
+    parsed = None
     try:
         if isinstance(raw, str):
             parsed = datetime.fromisoformat(raw)
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return datetime.fromtimestamp(raw / 1000 if abs(raw) > 1e11 else raw, UTC)
+            parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            parsed = datetime.fromtimestamp(raw / 1000 if abs(raw) > 1e11 else raw, UTC)
     except (ValueError, OverflowError, OSError):
         pass
+    if parsed is not None and SAMPLE_TIME_MIN <= parsed <= SAMPLE_TIME_MAX:
+        return parsed
     raise PayloadError("bad_timestamp", f"{field!r} is {str(raw)[:60]!r}, not an ISO-8601 time or epoch number")
+
+
+# Sample times are nanoseconds since 1970 in an int64 (Datetime(ns)): a time outside these
+# bounds would make the whole batch fail to build, so it is set aside as a bad timestamp.
+SAMPLE_TIME_MIN = datetime(1677, 9, 22, tzinfo=UTC)
+SAMPLE_TIME_MAX = datetime(2262, 4, 11, tzinfo=UTC)
+
+
+def _number(raw: Any) -> float | None:
+    """A JSON number (or boolean) as a float; None for anything else or an integer beyond float64."""
+    if isinstance(raw, (int, float)):
+        try:
+            return float(raw)
+        except OverflowError:
+            return None
+    return None
 
 
 _MISSING: Any = object()
@@ -428,7 +451,7 @@ class MqttSource:
         )
         # Acknowledge QoS 1/2 messages after they are stored, not on receipt (see `_flush`).
         # aiomqtt does not expose paho's manual acknowledgement, hence its `_client`.
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        client._client.manual_ack_set(True)
         return client
 
     def subscriptions(self) -> list[str]:
@@ -458,7 +481,7 @@ class MqttSource:
                 payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
                 self.handle_message(message.topic.value, payload, datetime.now(UTC))
                 if message.qos > 0:
-                    self._unacked.append((client._client, message.mid, message.qos))  # noqa: SLF001
+                    self._unacked.append((client._client, message.mid, message.qos))
                 while self.decoder.commands:  # e.g. a Sparkplug rebirth request
                     topic, command = self.decoder.commands.pop(0)
                     await client.publish(topic, command, qos=0)

@@ -48,7 +48,15 @@ from datetime import UTC, datetime
 import polars as pl
 from google.protobuf.message import DecodeError
 
-from collector.sources.mqtt import MqttBindingError, PayloadError, _Columns, _render, columns_frame
+from collector.sources.mqtt import (
+    SAMPLE_TIME_MAX,
+    SAMPLE_TIME_MIN,
+    MqttBindingError,
+    PayloadError,
+    _Columns,
+    _render,
+    columns_frame,
+)
 from collector.sources.sparkplug_b_proto import DataType, Metric, Payload
 from controltower.samples import tag_paths_frame
 from controltower.site import MqttSourceConfig, TagInfo
@@ -317,9 +325,11 @@ def rebirth_request(now: datetime | None = None) -> bytes:
 
 def _from_ms(ms: int, fallback: datetime) -> datetime:
     try:
-        return datetime.fromtimestamp(ms / 1000, UTC)
+        moment = datetime.fromtimestamp(ms / 1000, UTC)
     except (OverflowError, OSError, ValueError):
         return fallback
+    # Beyond what a Datetime(ns) holds, the whole batch could not be built.
+    return moment if SAMPLE_TIME_MIN <= moment <= SAMPLE_TIME_MAX else fallback
 
 
 def _signed(value: float, datatype: int) -> float:

@@ -1,0 +1,91 @@
+"""`parse_site_config` on random trees and on mutations of the demo config: a SiteConfig or a
+SiteConfigError whose message starts with the file name, never any other exception."""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controltower.site import SiteConfig, SiteConfigError, parse_site_config
+from tests.conftest import REPO
+from tests.fuzz.strategies import FUZZ
+
+PATH = "fuzz-site.yaml"
+DEMO = yaml.safe_load((REPO / "config" / "demo-site.yaml").read_text(encoding="utf-8"))
+
+# What YAML can produce: scalars (with dates and keys that are not strings), lists and mappings.
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12), st.dates(), st.datetimes(),
+    st.sampled_from(["opcua", "mqtt", "json", "sparkplug_b", "batched_json", "{site}", "mqtt://h:1", "0", ""]),
+)
+trees = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=8) | st.integers() | st.none() | st.booleans(), children, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+def check(data) -> None:
+    try:
+        result = parse_site_config(data, PATH)
+    except SiteConfigError as exc:
+        assert str(exc).startswith(PATH), str(exc)
+    else:
+        assert isinstance(result, SiteConfig)
+
+
+@FUZZ
+@given(data=trees)
+def test_random_trees(data) -> None:
+    check(data)
+
+
+@FUZZ
+@given(top=st.dictionaries(st.sampled_from(sorted(DEMO)) | st.text(max_size=8), trees, max_size=5))
+def test_random_values_under_the_real_top_level_keys(top: dict) -> None:
+    check(top)
+
+
+def _paths(node, prefix=()):
+    """Every (path to a container, key or index) in the tree."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield (prefix, k)
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield (prefix, i)
+            yield from _paths(v, (*prefix, i))
+
+
+PATHS = list(_paths(DEMO))
+
+
+@FUZZ
+@given(mutations=st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from(["delete", "replace"]), trees),
+                          min_size=1, max_size=4))
+def test_mutations_of_the_demo_config(mutations) -> None:
+    data = copy.deepcopy(DEMO)
+    for (parent_path, key), action, value in mutations:
+        parent = data
+        try:
+            for step in parent_path:
+                parent = parent[step]
+            parent[key]  # an earlier mutation may have removed it
+        except (KeyError, IndexError, TypeError):
+            continue
+        if action == "delete":
+            del parent[key]
+        else:
+            parent[key] = value
+    check(data)
+
+
+def test_the_demo_config_itself_parses() -> None:
+    assert isinstance(parse_site_config(copy.deepcopy(DEMO), PATH), SiteConfig)

@@ -36,6 +36,7 @@ Detectors see each batch whether or not the historian is there, so an alert neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -239,7 +240,9 @@ class Pipeline:
             if record is None:
                 self._spooled.clear()
                 if spool.pending_batches == 0:  # an append may have landed since first_pending
-                    await self._spooled.wait()
+                    # Bounded: an append whose emit was cancelled still lands on disk, unannounced.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._spooled.wait(), timeout=1.0)
                 continue
             started = time.perf_counter()
             try:

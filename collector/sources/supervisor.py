@@ -15,16 +15,22 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+STOP_FLUSH_TIMEOUT_S = 10.0
 
 
-async def flush_periodically(interval_s: float, wake: asyncio.Event, flush: Callable[[], Awaitable[None]]) -> None:
-    """Call `flush` every `interval_s`, or as soon as `wake` is set; until cancelled."""
-    while True:
+async def flush_periodically(
+    interval_s: float, wake: asyncio.Event, flush: Callable[[], Awaitable[None]], stop: asyncio.Event | None = None
+) -> None:
+    """Call `flush` every `interval_s`, or as soon as `wake` is set; until `stop` is set (then
+    return after the flush under way, so a batch is never cut off in the middle of its emit)."""
+    while stop is None or not stop.is_set():
         try:
             await asyncio.wait_for(wake.wait(), timeout=interval_s)
         except TimeoutError:
             pass
         wake.clear()
+        if stop is not None and stop.is_set():
+            return
         await flush()
 
 
@@ -39,7 +45,8 @@ async def supervise(
     """Run `session` again and again until cancelled, flushing meanwhile. A session that ends or
     fails marks the source disconnected and is retried after a backoff that resets once a
     session got connected. On cancel, what is still buffered is flushed."""
-    flusher = asyncio.create_task(flush_periodically(flush_interval_s, wake, flush), name=f"{health.name}-flush")
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(flush_periodically(flush_interval_s, wake, flush, stop), name=f"{health.name}-flush")
     backoff = BACKOFF_MIN_S
     try:
         while True:
@@ -58,6 +65,12 @@ async def supervise(
             health.reconnects += 1
     finally:
         health.connected = False
-        flusher.cancel()
-        await asyncio.gather(flusher, return_exceptions=True)
+        # Let a flush under way finish its emit (bounded), then flush what is left, once.
+        stop.set()
+        wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(flusher), timeout=STOP_FLUSH_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError):
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
         await flush()

@@ -77,6 +77,13 @@ def _wait(driver, condition, timeout: float = 15.0, what: str = "condition"):
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; browser console: {logs}") from exc
 
 
+def _row_texts(driver, selector: str) -> list[str]:
+    """The text of every element matching `selector`, read by the page itself in one call."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText);", selector
+    )
+
+
 def _tile_states(driver) -> dict[str, tuple[str, str]]:
     from selenium.webdriver.common.by import By
 
@@ -101,13 +108,14 @@ def test_screen_shows_lines_alerts_and_trend_in_chromium(screen, browser) -> Non
                    what="three line tiles with their state texts")
     assert states == {BIO: ("normal", "NORMAL"), TAB: ("warning", "WARNING"), FILL: ("alarm", "ALARM")}
 
-    rows = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.alert-row.alert-active"),
-                 what="an active alert row")
+    # The screen re-renders every second: read row texts in one go (a row element found before a
+    # refresh is stale after it), and retry until a consistent snapshot is read.
+    rows = _wait(driver, lambda d: _row_texts(d, "tr.alert-row.alert-active"), what="an active alert row")
     assert len(rows) == 2
-    first = rows[0].text
+    first = rows[0]
     assert "ALARM" in first and "Fill weight" in first and "2.078 g" in first and "limits: above alarm high" in first
-    cleared = driver.find_elements(By.CSS_SELECTOR, "tr.alert-row.alert-cleared")
-    assert len(cleared) == 1 and "Dissolved oxygen" in cleared[0].text
+    cleared = _wait(driver, lambda d: _row_texts(d, "tr.alert-row.alert-cleared"), what="a cleared alert row")
+    assert len(cleared) == 1 and "Dissolved oxygen" in cleared[0]
 
     # The trend of the first unit (the bioreactor): one trace per tag, drawn.
     _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".trend-graph .scatterlayer .trace")) == 5,
@@ -188,11 +196,10 @@ def test_alarm_console_acknowledges_an_alarm_in_chromium(console_screen, browser
     _wait(driver, lambda d: _grid_cell(d, fill_weight.id, "state_label") == "● ACTIVE · UNACK",
           what="the critical alarm's row, active and unacknowledged")
     assert driver.current_url.endswith("/alarms/")
-    rows = driver.find_elements(By.CSS_SELECTOR, "#console-grid .ag-center-cols-container .ag-row")
-    assert len(rows) == 3
-    assert _grid_cell(driver, fill_weight.id, "priority_label") == "1 ◆ CRITICAL"
-    cue = driver.find_element(By.ID, "console-critical-cue")
-    assert "1 unacknowledged CRITICAL alarm" in cue.text and "critical-cue-on" in cue.get_attribute("class")
+    assert len(_row_texts(driver, "#console-grid .ag-center-cols-container .ag-row")) == 3
+    _wait(driver, lambda d: _grid_cell(d, fill_weight.id, "priority_label") == "1 ◆ CRITICAL", what="its priority")
+    _wait(driver, lambda d: "1 unacknowledged CRITICAL alarm" in (c := d.find_element(By.ID, "console-critical-cue")).text
+          and "critical-cue-on" in c.get_attribute("class"), what="the critical cue")
 
     # Select it, say who we are and why, acknowledge.
     driver.find_element(
@@ -209,10 +216,10 @@ def test_alarm_console_acknowledges_an_alarm_in_chromium(console_screen, browser
     assert _grid_cell(driver, fill_weight.id, "ack").startswith("ana.operator")
     _wait(driver, lambda d: "critical-cue-on" not in d.find_element(By.ID, "console-critical-cue").get_attribute("class"),
           what="the critical cue to go once acknowledged")
-    first = _wait(driver, lambda d: (r := d.find_elements(By.CSS_SELECTOR, "#console-journal tr.journal-row"))
-                  and "acknowledged" in r[0].text and r[0], what="the journal entry of the acknowledgement")
-    assert "ana.operator" in first.text and "Check-weigher drift, QA informed" in first.text
-    assert "ACTIVE · UNACK → ACTIVE · ACK" in first.text
+    first = _wait(driver, lambda d: (r := _row_texts(d, "#console-journal tr.journal-row"))
+                  and "acknowledged" in r[0] and r[0], what="the journal entry of the acknowledgement")
+    assert "ana.operator" in first and "Check-weigher drift, QA informed" in first
+    assert "ACTIVE · UNACK → ACTIVE · ACK" in first
     assert ctx.alerts.get(fill_weight.id).acknowledged_by == "ana.operator"
 
     # The journal's search box.

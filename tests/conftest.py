@@ -14,11 +14,19 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_SERVICES = os.environ.get("CONTROLTOWER_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
+
+
+def missing(message: str) -> NoReturn:
+    """Something a test needs is not on this machine: skip locally, fail when services are required."""
+    if REQUIRE_SERVICES:
+        pytest.fail(message + "; CONTROLTOWER_REQUIRE_SERVICES is set, so this is a failure")
+    pytest.skip(message)
 
 
 def require_binary(name: str, *candidates: str) -> str:
@@ -27,10 +35,7 @@ def require_binary(name: str, *candidates: str) -> str:
         found = shutil.which(candidate) or (candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None)
         if found:
             return found
-    message = f"{name} is not installed (apt-get install the package that provides it)"
-    if REQUIRE_SERVICES:
-        pytest.fail(message + "; CONTROLTOWER_REQUIRE_SERVICES is set, so this is a failure")
-    pytest.skip(message)
+    missing(f"{name} is not installed (apt-get install the package that provides it)")
 
 
 def free_port() -> int:

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from collector.sources.opcua import OpcUaSource
 from controltower.site import parse_site_config
-from tests.conftest import REPO, REQUIRE_SERVICES, free_port, require_binary
+from tests.conftest import REPO, free_port, missing, require_binary
 from tests.integration.conftest import stop_process
 
 INTEROP = REPO / "tests" / "interop"
@@ -24,10 +23,7 @@ INTEROP = REPO / "tests" / "interop"
 def require_node_opcua() -> str:
     node = require_binary("node")
     if not (INTEROP / "node_modules" / "node-opcua").is_dir():
-        message = "node-opcua is not installed: run `make test` (npm install --prefix tests/interop)"
-        if REQUIRE_SERVICES:
-            pytest.fail(message + "; CONTROLTOWER_REQUIRE_SERVICES is set, so this is a failure")
-        pytest.skip(message)
+        missing("node-opcua is not installed: run `make test` (npm install --prefix tests/interop)")
     return node
 
 

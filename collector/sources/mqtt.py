@@ -132,18 +132,9 @@ class MqttJsonDecoder:
         bindings = self.bindings.get(topic)
         if not bindings:
             raise PayloadError("unbound_topic", f"no tag is bound to topic {topic!r}")
-        try:
-            doc = json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # also: nested too deep, an int of > 4300 digits
-            raise PayloadError("invalid_json", f"payload is not JSON: {str(exc)[:200]}") from None
-        if not isinstance(doc, dict):
-            raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
+        doc = _json_object(payload)
 
-        ts = received
-        if self.config.timestamp_field:
-            raw_ts = _lookup(doc, self.config.timestamp_field.split("."))
-            if raw_ts is not _MISSING and raw_ts is not None:
-                ts = _parse_time(raw_ts, self.config.timestamp_field)
+        ts = self._message_time(doc, received)
         batch_id = _lookup(doc, self.config.batch_field.split(".")) if self.config.batch_field else None
         qualities = _lookup(doc, self.config.quality_field.split(".")) if self.config.quality_field else None
         if not isinstance(qualities, dict):
@@ -193,20 +184,11 @@ class MqttJsonDecoder:
         if topic not in self.bindings:
             raise PayloadError("unbound_topic", f"no tag is bound to topic {topic!r}")
         spec = self.config.batched_json
-        try:
-            doc = json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # also: nested too deep, an int of > 4300 digits
-            raise PayloadError("invalid_json", f"payload is not JSON: {str(exc)[:200]}") from None
-        if not isinstance(doc, dict):
-            raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
+        doc = _json_object(payload)
         items = _lookup(doc, spec.samples_field.split("."))
         if not isinstance(items, list):
             raise PayloadError("no_sample_list", f"{spec.samples_field!r} is not a list of samples")
-        message_ts = received
-        if self.config.timestamp_field:
-            raw_ts = _lookup(doc, self.config.timestamp_field.split("."))
-            if raw_ts is not _MISSING and raw_ts is not None:
-                message_ts = _parse_time(raw_ts, self.config.timestamp_field)
+        message_ts = self._message_time(doc, received)
         raw_batch = _lookup(doc, self.config.batch_field.split(".")) if self.config.batch_field else None
         batch_id = str(raw_batch) if raw_batch not in (None, _MISSING) else None
 
@@ -258,6 +240,14 @@ class MqttJsonDecoder:
             self.partial_errors.append(error)
         return count
 
+    def _message_time(self, doc: dict, received: datetime) -> datetime:
+        """The payload's own time (`timestamp_field`), else when it was received."""
+        if self.config.timestamp_field:
+            raw_ts = _lookup(doc, self.config.timestamp_field.split("."))
+            if raw_ts is not _MISSING and raw_ts is not None:
+                return _parse_time(raw_ts, self.config.timestamp_field)
+        return received
+
     def take_batch(self) -> pl.DataFrame | None:
         """The samples decoded since the last call, as one batch."""
         cols, self.columns = self.columns, _Columns()
@@ -303,6 +293,17 @@ def json_binding(config: MqttSourceConfig, t: TagInfo) -> tuple[str, str]:
     if "+" in topic or "#" in topic or not topic:
         raise MqttBindingError(f"{where}: topic {topic!r} is empty or holds a wildcard")
     return topic, b.field or config.value_field or t.tag.id
+
+
+def _json_object(payload: bytes) -> dict:
+    """The payload as a JSON object; PayloadError (invalid_json, not_an_object) otherwise."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # also: nested too deep, an int of > 4300 digits
+        raise PayloadError("invalid_json", f"payload is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("not_an_object", f"payload is a JSON {type(doc).__name__}, expected an object")
+    return doc
 
 
 def _parse_time(raw: Any, field: str) -> datetime:

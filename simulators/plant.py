@@ -28,7 +28,7 @@ from controltower.site import SimulationConfig, SiteConfig, Unit
 from simulators.batches import BatchClock
 from simulators.clock import as_utc, utc_now
 from simulators.faults import DEFAULT_PERIOD_S, Fault, FaultInjector, GroundTruthLog
-from simulators.units import UnitModel, build_unit_model
+from simulators.units import UnitModel, build_unit_model, known_setpoints
 
 # The models integrate with steps of at most this many simulated seconds; a longer plant
 # step (a fast-forwarded demo) is split, so the dynamics do not depend on the tick.
@@ -54,6 +54,8 @@ class _UnitRun:
     def __init__(self, info: PlantUnit, model: UnitModel, clock: BatchClock, first: int):
         self.info, self.model, self.clock = info, model, clock
         self.slice = slice(first, first + len(info.tag_ids))
+        # The batch number the operator setpoints (model.overrides) were written in; they end with it.
+        self.override_batch: int | None = None
 
 
 class Plant:
@@ -143,7 +145,11 @@ class Plant:
         for _ in range(n):
             self.elapsed_s += sub
             for run in self._units:
-                clean[run.slice] = run.model.step(sub, run.clock.at(self.elapsed_s))
+                state = run.clock.at(self.elapsed_s)
+                if run.override_batch is not None and state.number != run.override_batch:
+                    run.model.overrides.clear()  # the batch the operator changed has ended: the recipe again
+                    run.override_batch = None
+                clean[run.slice] = run.model.step(sub, state)
         readings = self.faults.apply(self.now, clean, self._last)
         self._last = readings
         return readings
@@ -214,6 +220,65 @@ class Plant:
             raise RuntimeError("the plant has already run; its start can no longer move")
         self.start = as_utc(start)
         self.faults = self._scheduled_faults()
+
+    # --- operator setpoints -------------------------------------------------------------
+    # An operator setpoint takes the place of the recipe phase's setpoint until the batch it was
+    # written in ends (then the next batch runs its recipe again), or until cleared. Units without
+    # batches (a one-phase recipe: WFI loop, HVAC) keep it until cleared. The model ramps to it as
+    # to a phase change, so the process visibly follows. Writes draw no random numbers: the same
+    # seed and the same writes at the same simulated times replay identically.
+
+    def setpoints(self, unit_path: str) -> dict[str, float]:
+        """The unit's effective setpoints now, by name (empty for a unit without a process model)."""
+        run = self._unit(unit_path)
+        return known_setpoints(run.model, run.clock.at(self.elapsed_s))
+
+    def setpoint_ranges(self, unit_path: str) -> dict[str, tuple[float, float]]:
+        """The (low, high) an operator may write, per setpoint name."""
+        return {name: (low, high) for name, (low, high, _) in self._setpoint_specs(unit_path).items()}
+
+    def setpoint_units(self, unit_path: str) -> dict[str, str]:
+        """The engineering unit of each setpoint, by name."""
+        return {name: eu for name, (_, _, eu) in self._setpoint_specs(unit_path).items()}
+
+    def setpoint_overrides(self, unit_path: str) -> dict[str, float]:
+        """The operator setpoints in effect (a copy), by name."""
+        return dict(getattr(self._unit(unit_path).model, "overrides", {}))
+
+    def write_setpoint(self, unit_path: str, name: str, value: float) -> float:
+        """Set an operator setpoint; returns the effective value it replaces. ValueError naming the
+        unit, the setpoint and the allowed range for an unknown name or a value outside it."""
+        run = self._unit(unit_path)
+        specs = self._setpoint_specs(unit_path)
+        if name not in specs:
+            raise ValueError(
+                f"unit {run.info.path}: no setpoint {name!r}; it has {sorted(specs) or 'no operator setpoints'}"
+            )
+        low, high, eu = specs[name]
+        number = float(value)
+        if not (math.isfinite(number) and low <= number <= high):
+            raise ValueError(
+                f"unit {run.info.path}: setpoint {name} = {value!r} is outside its range [{low:g}, {high:g}] {eu}"
+            )
+        old = self.setpoints(unit_path)[name]
+        run.model.overrides[name] = number
+        if len(run.model.recipe) > 1:
+            run.override_batch = run.clock.at(self.elapsed_s).number
+        return old
+
+    def clear_setpoint(self, unit_path: str, name: str | None = None) -> None:
+        """Back to the recipe's setpoint for `name` (None: every setpoint of the unit)."""
+        run = self._unit(unit_path)
+        overrides = getattr(run.model, "overrides", {})
+        if name is None:
+            overrides.clear()
+        else:
+            overrides.pop(name, None)
+        if not overrides:
+            run.override_batch = None
+
+    def _setpoint_specs(self, unit_path: str) -> dict[str, tuple[float, float, str]]:
+        return dict(getattr(self._unit(unit_path).model, "SETPOINTS", {}))
 
     # --- internals --------------------------------------------------------------------
 

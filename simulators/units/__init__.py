@@ -27,7 +27,7 @@ MODELS: dict[str, type[KnownProcess]] = {
     m.KIND: m for m in (Bioreactor, TabletPress, FillingLine, FreezeDryer, WfiLoop, CleanroomHvac)
 }
 
-__all__ = ["MODELS", "BatchState", "Recipe", "UnitModel", "build_unit_model", "envelope_fits"]
+__all__ = ["MODELS", "BatchState", "Recipe", "UnitModel", "build_unit_model", "envelope_fits", "known_setpoints"]
 
 
 def envelope_fits(envelope: tuple[float, float], limits: Limits) -> bool:
@@ -35,6 +35,12 @@ def envelope_fits(envelope: tuple[float, float], limits: Limits) -> bool:
     low = limits.warning_low if limits.warning_low is not None else limits.alarm_low
     high = limits.warning_high if limits.warning_high is not None else limits.alarm_high
     return (low is None or low < envelope[0]) and (high is None or envelope[1] < high)
+
+
+def known_setpoints(model: object, batch: BatchState) -> dict[str, float]:
+    """A model's effective setpoints (by name) at `batch`; {} for a model without operator setpoints."""
+    setpoints = getattr(model, "setpoints", None)
+    return setpoints(batch) if setpoints is not None else {}
 
 
 class _Combined:
@@ -46,6 +52,12 @@ class _Combined:
         self._known, self._generic = known, generic
         self._known_at = np.array([tags.index(t) for t in known.tags], dtype=np.intp)
         self._generic_at = np.array([tags.index(t) for t in generic.tags], dtype=np.intp) if generic else None
+        # Operator setpoints are the process model's (see each model's SETPOINTS).
+        self.SETPOINTS = getattr(known, "SETPOINTS", {})
+        self.overrides: dict[str, float] = getattr(known, "overrides", {})
+
+    def setpoints(self, batch: BatchState) -> dict[str, float]:
+        return known_setpoints(self._known, batch)
 
     def step(self, dt_s: float, batch: BatchState) -> np.ndarray:
         out = np.empty(len(self.tags))

@@ -42,6 +42,11 @@ class CleanroomHvac:
         "differential_pressure": (12.3, 17.7),
         "supply_air_temperature": (13.5, 18.5),
     }
+    # Operator setpoints: name -> (low, high, engineering unit); see `overrides`.
+    SETPOINTS: ClassVar[dict[str, tuple[float, float, str]]] = {
+        "temperature": (16.0, 25.0, "degC"),
+        "differential_pressure": (5.0, 30.0, "Pa"),
+    }
     recipe: Recipe = (Phase("operation", 3600.0),)
 
     def __init__(self, tags: Sequence[str], rng: np.random.Generator):
@@ -49,6 +54,8 @@ class CleanroomHvac:
         self.tags = tuple(tags)
         self._out = index_of(self.tags)
         self._noise = Noise(rng)
+        # Operator setpoints by name (see SETPOINTS); they take the place of the design values while set.
+        self.overrides: dict[str, float] = {}
         supply0 = _ROOM_SP - _PICKUP
         self.room = _ROOM_SP
         self.supply = supply0
@@ -57,11 +64,19 @@ class CleanroomHvac:
         self._outdoor = Slow(sigma=1.5, tau_s=1800.0)  # %RH
         self._damper = Slow(sigma=0.5, tau_s=120.0)  # Pa
 
+    def setpoints(self, batch: BatchState) -> dict[str, float]:
+        """The effective setpoint targets now: the operator's where set, else the design values."""
+        return {
+            "temperature": self.overrides.get("temperature", _ROOM_SP),
+            "differential_pressure": self.overrides.get("differential_pressure", _DP),
+        }
+
     def step(self, dt_s: float, batch: BatchState) -> np.ndarray:
         z = self._noise.draw(8)
+        room_sp = self.overrides.get("temperature", _ROOM_SP)
         room_meas = self.room + 0.03 * z[0]
         # A warm room (negative error) asks for colder supply air.
-        supply_cmd = self._pi.update(_ROOM_SP - room_meas, dt_s)
+        supply_cmd = self._pi.update(room_sp - room_meas, dt_s)
         self.supply = lag(self.supply, supply_cmd, dt_s, _COIL_TAU_S)
         load = _PICKUP + self._load.step(dt_s, z[1])
         self.room = lag(self.room, self.supply + load, dt_s, _ROOM_TAU_S)
@@ -70,7 +85,9 @@ class CleanroomHvac:
         readings = {
             "temperature": room_meas,
             "humidity": humidity,
-            "differential_pressure": _DP + self._damper.step(dt_s, z[4]) + 0.2 * z[5],
+            "differential_pressure": self.overrides.get("differential_pressure", _DP)
+            + self._damper.step(dt_s, z[4])
+            + 0.2 * z[5],
             "supply_air_temperature": self.supply + 0.05 * z[6],
         }
         return np.array([readings[t] for t in self.tags], dtype=np.float64)

@@ -36,6 +36,11 @@ class FillingLine:
         "speed": (262.0, 303.0),
         "room_dp": (14.3, 21.7),
     }
+    # Operator setpoints: name -> (low, high, engineering unit); see `overrides`.
+    SETPOINTS: ClassVar[dict[str, tuple[float, float, str]]] = {
+        "speed": (100.0, 400.0, "vials/min"),
+        "target_fill_weight": (1.5, 2.5, "g"),
+    }
     recipe: Recipe = (Phase("start_up", 120.0), Phase("filling", 960.0), Phase("wind_down", 120.0))
 
     def __init__(self, tags: Sequence[str], rng: np.random.Generator):
@@ -43,6 +48,8 @@ class FillingLine:
         self.tags = tuple(tags)
         self._out = index_of(self.tags)
         self._noise = Noise(rng)
+        # Operator setpoints by name (see SETPOINTS); they take the place of the recipe's while set.
+        self.overrides: dict[str, float] = {}
         self.needle_bias = np.clip(rng.standard_normal(_NEEDLES) * 0.003, -0.006, 0.006)  # g
         self._speed_sp = Ramp(_IDLE_SPEED, 0.5)
         self.speed = _IDLE_SPEED
@@ -51,15 +58,24 @@ class FillingLine:
         self._hvac = Slow(sigma=0.8, tau_s=60.0)  # Pa
         self.vials = 0.0  # vials filled so far; picks the needle the check-weigher sees
 
+    def setpoints(self, batch: BatchState) -> dict[str, float]:
+        """The effective setpoint targets now: the operator's where set, else the recipe phase's."""
+        return {
+            "speed": self.overrides.get("speed", _SPEEDS[batch.phase]),
+            "target_fill_weight": self.overrides.get("target_fill_weight", _TARGET_FILL),
+        }
+
     def step(self, dt_s: float, batch: BatchState) -> np.ndarray:
         z = self._noise.draw(5)
-        speed_sp = self._speed_sp.toward(_SPEEDS[batch.phase], dt_s)
+        targets = self.setpoints(batch)
+        target_fill = targets["target_fill_weight"]
+        speed_sp = self._speed_sp.toward(targets["speed"], dt_s)
         self.speed = lag(self.speed, speed_sp, dt_s, 5.0)
         self.vials += self.speed / 60.0 * dt_s
 
         mean_fill = _TARGET_FILL + self._viscosity.step(dt_s, z[0]) + self.fill_correction
         # Check-weigher feedback: integral trim of the pump stroke towards target.
-        self.fill_correction -= (mean_fill - _TARGET_FILL) * dt_s / 300.0
+        self.fill_correction -= (mean_fill - target_fill) * dt_s / 300.0
         fills = mean_fill + self.needle_bias  # the next vial of every needle
         fill_weight = fills[int(self.vials) % _NEEDLES] + 0.004 * z[1]
 

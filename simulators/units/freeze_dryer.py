@@ -67,6 +67,11 @@ class FreezeDryer:
         "chamber_pressure_pirani": (62.0, 175.0),
         "condenser_temperature": (-75.0, -63.0),
     }
+    # Operator setpoints: name -> (low, high, engineering unit); see `overrides`.
+    SETPOINTS: ClassVar[dict[str, tuple[float, float, str]]] = {
+        "shelf_temperature": (-50.0, 40.0, "degC"),
+        "chamber_pressure": (30.0, 200.0, "ubar"),
+    }
     recipe: Recipe = (
         Phase("freezing", 1500.0),
         Phase("primary_drying", 2700.0),
@@ -78,6 +83,8 @@ class FreezeDryer:
         self.tags = tuple(tags)
         self._out = index_of(self.tags)
         self._noise = Noise(rng)
+        # Operator setpoints by name (see SETPOINTS); they take the place of the recipe's while set.
+        self.overrides: dict[str, float] = {}
         sp = _SETPOINTS["freezing"]
         # Start as a batch starts: the previous batch just ended warm and dry.
         self._shelf_sp = Ramp(_SETPOINTS["secondary_drying"]["shelf"], _SHELF_RATE["freezing"])
@@ -93,6 +100,14 @@ class FreezeDryer:
         self._bleed = Slow(sigma=1.2, tau_s=120.0)  # pressure control around setpoint, ubar
         self._refrigeration = Slow(sigma=0.5, tau_s=600.0)  # condenser, degC
 
+    def setpoints(self, batch: BatchState) -> dict[str, float]:
+        """The effective setpoint targets now: the operator's where set, else the recipe phase's."""
+        recipe = _SETPOINTS[batch.phase]
+        return {
+            "shelf_temperature": self.overrides.get("shelf_temperature", recipe["shelf"]),
+            "chamber_pressure": self.overrides.get("chamber_pressure", recipe["pressure"]),
+        }
+
     def step(self, dt_s: float, batch: BatchState) -> np.ndarray:
         z = self._noise.draw(9)
         if batch.number != self._batch:
@@ -102,7 +117,8 @@ class FreezeDryer:
             self.rate = _ICE_PER_S * (1.0 + 0.03 * float(np.clip(z[8], -NOISE_CLIP, NOISE_CLIP)))
         phase = batch.phase
         self._shelf_sp.rate = _SHELF_RATE[phase]
-        shelf_sp = self._shelf_sp.toward(_SETPOINTS[phase]["shelf"], dt_s)
+        targets = self.setpoints(batch)
+        shelf_sp = self._shelf_sp.toward(targets["shelf_temperature"], dt_s)
         self.shelf = lag(self.shelf, shelf_sp + self._fluid.step(dt_s, z[0]), dt_s, _SHELF_TAU_S)
 
         if phase == "primary_drying" and self.ice > 0.0:
@@ -124,7 +140,7 @@ class FreezeDryer:
         self.product = lag(self.product, product_target, dt_s, _PRODUCT_TAU_S)
         self.vapour = lag(self.vapour, vapour_target, dt_s, _VAPOUR_TAU_S)
 
-        pressure = self._pressure_sp.toward(_SETPOINTS[phase]["pressure"], dt_s) + self._bleed.step(
+        pressure = self._pressure_sp.toward(targets["chamber_pressure"], dt_s) + self._bleed.step(
             dt_s, z[1]
         )
         cm = pressure + 0.4 * z[2]

@@ -38,6 +38,11 @@ class TabletPress:
         "tablet_weight": (242.8, 257.2),
         "speed": (36.0, 57.0),
     }
+    # Operator setpoints: name -> (low, high, engineering unit); see `overrides`.
+    SETPOINTS: ClassVar[dict[str, tuple[float, float, str]]] = {
+        "speed": (20.0, 80.0, "rpm"),
+        "target_weight": (200.0, 300.0, "mg"),
+    }
     recipe: Recipe = (Phase("start_up", 240.0), Phase("compression", 1440.0), Phase("wind_down", 240.0))
 
     def __init__(self, tags: Sequence[str], rng: np.random.Generator):
@@ -45,6 +50,8 @@ class TabletPress:
         self.tags = tuple(tags)
         self._out = index_of(self.tags)
         self._noise = Noise(rng)
+        # Operator setpoints by name (see SETPOINTS); they take the place of the recipe's while set.
+        self.overrides: dict[str, float] = {}
         # Punch/die tolerances: a fixed fill bias per station, mg.
         self.station_bias = np.clip(rng.standard_normal(_STATIONS) * 0.5, -1.2, 1.2)
         self._speed_sp = Ramp(_IDLE_SPEED, 0.1)
@@ -53,9 +60,18 @@ class TabletPress:
         self.weight_correction = 0.0  # mg, from the automatic weight control
         self._position = 0.0  # turret angle, in stations
 
+    def setpoints(self, batch: BatchState) -> dict[str, float]:
+        """The effective setpoint targets now: the operator's where set, else the recipe phase's."""
+        return {
+            "speed": self.overrides.get("speed", _SPEEDS[batch.phase]),
+            "target_weight": self.overrides.get("target_weight", _TARGET_WEIGHT),
+        }
+
     def step(self, dt_s: float, batch: BatchState) -> np.ndarray:
         z = self._noise.draw(4)
-        speed_sp = self._speed_sp.toward(_SPEEDS[batch.phase], dt_s)
+        targets = self.setpoints(batch)
+        target_weight = targets["target_weight"]
+        speed_sp = self._speed_sp.toward(targets["speed"], dt_s)
         self.speed = lag(self.speed, speed_sp, dt_s, 3.0)
         self._position = (self._position + self.speed / 60.0 * _STATIONS * dt_s) % _STATIONS
 
@@ -63,7 +79,7 @@ class TabletPress:
         mean_weight = _TARGET_WEIGHT * (1.0 + density) + self.weight_correction
         # The weight control trims fill depth on the average force, i.e. on the mean weight.
         self.weight_correction = lag(
-            self.weight_correction, self.weight_correction - (mean_weight - _TARGET_WEIGHT), dt_s, 150.0
+            self.weight_correction, self.weight_correction - (mean_weight - target_weight), dt_s, 150.0
         )
 
         station = int(self._position)

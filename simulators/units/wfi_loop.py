@@ -51,6 +51,8 @@ class WfiLoop:
         "toc": (25.0, 95.0),
         "tank_level": (44.0, 76.0),
     }
+    # Operator setpoints: name -> (low, high, engineering unit); see `overrides`.
+    SETPOINTS: ClassVar[dict[str, tuple[float, float, str]]] = {"supply_temperature": (70.0, 90.0, "degC")}
     recipe: Recipe = (Phase("circulation", 3600.0),)
 
     def __init__(self, tags: Sequence[str], rng: np.random.Generator):
@@ -58,6 +60,8 @@ class WfiLoop:
         self.tags = tuple(tags)
         self._out = index_of(self.tags)
         self._noise = Noise(rng)
+        # Operator setpoints by name (see SETPOINTS); they take the place of the design value while set.
+        self.overrides: dict[str, float] = {}
         valve0 = (_SUPPLY_SP - _COLD_MAKEUP) / _VALVE_GAIN
         self.supply = _SUPPLY_SP
         self._pi = PI(kp=6.0, ki=6.0 / 200.0, low=0.0, high=100.0, integral=valve0)
@@ -68,11 +72,15 @@ class WfiLoop:
         self._organics = Slow(sigma=8.0, tau_s=1200.0)  # TOC, ppb
         self._level = Slow(sigma=4.0, tau_s=1800.0)  # tank level around 60 %, %
 
+    def setpoints(self, batch: BatchState) -> dict[str, float]:
+        """The effective setpoint targets now: the operator's where set, else the design value."""
+        return {"supply_temperature": self.overrides.get("supply_temperature", _SUPPLY_SP)}
+
     def step(self, dt_s: float, batch: BatchState) -> np.ndarray:
         z = self._noise.draw(11)
         draw = self._draw.step(dt_s, z[0])
         supply_meas = self.supply + 0.04 * z[1]
-        valve = self._pi.update(_SUPPLY_SP - supply_meas, dt_s)
+        valve = self._pi.update(self.overrides.get("supply_temperature", _SUPPLY_SP) - supply_meas, dt_s)
         target = _COLD_MAKEUP + _VALVE_GAIN * valve - _DRAW_COOLING * draw
         self.supply = lag(self.supply, target, dt_s, _LOOP_TAU_S)
 

@@ -44,6 +44,17 @@ class Limits(Strict):
     alarm_high: float | None = None
     # Hysteresis: a limit condition clears only once the value is back by this much.
     deadband: float = Field(default=0.0, ge=0.0)
+    # ISA-18.2 delays: a limit condition raises only once it has held for on_delay_s seconds and
+    # on_delay_samples consecutive samples, and clears only once it has been clear for the
+    # off-delays. 0 (the default): raise and clear on the sample itself.
+    on_delay_s: float = Field(default=0.0, ge=0.0)
+    off_delay_s: float = Field(default=0.0, ge=0.0)
+    on_delay_samples: int = Field(default=0, ge=0)
+    off_delay_samples: int = Field(default=0, ge=0)
+    # Rate-of-change limit: |dv/dt| in the tag's unit per second (None: not checked).
+    rate_of_change: float | None = Field(default=None, gt=0.0)
+    # Stale data: no sample for this many seconds (None: the detectors' default).
+    stale_after_s: float | None = Field(default=None, gt=0.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Limits:
@@ -58,8 +69,33 @@ class Limits(Strict):
         return self
 
 
-class OpcUaBinding(Strict):
-    """Where an OPC-UA source finds the tag: a node id such as `ns=2;s=lyon.usp.bio1.br101.temperature`."""
+class OpcUaMonitoring(Strict):
+    """How the server samples a node and when it reports a change (OPC UA Part 4, 7.21/7.22).
+    Any setting left out comes from the source. `deadband_abs` (in the tag's unit) and
+    `deadband_percent` (of the node's EURange, which the server must expose) are exclusive:
+    a change smaller than the deadband is not reported."""
+
+    # How often the server samples the value, in ms (0: as fast as the server can).
+    sampling_interval_ms: float | None = Field(default=None, ge=0, le=3_600_000)
+    # Samples the server keeps between two publishes (1: only the newest).
+    queue_size: int | None = Field(default=None, ge=1, le=10_000)
+    deadband_abs: float | None = Field(default=None, ge=0)
+    deadband_percent: float | None = Field(default=None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_deadband(self) -> OpcUaMonitoring:
+        _one_deadband(self.deadband_abs, self.deadband_percent)
+        return self
+
+
+def _one_deadband(absolute: float | None, percent: float | None) -> None:
+    if absolute is not None and percent is not None:
+        raise ValueError(f"deadband_abs ({absolute}) and deadband_percent ({percent}) are exclusive: set one of them")
+
+
+class OpcUaBinding(OpcUaMonitoring):
+    """Where an OPC-UA source finds the tag: a node id such as `ns=2;s=lyon.usp.bio1.br101.temperature`,
+    with optional monitoring settings of its own (see OpcUaMonitoring)."""
 
     node_id: str = Field(min_length=1)
 
@@ -182,6 +218,14 @@ class OpcUaSourceConfig(Strict):
     name: Identifier
     url: str = Field(pattern=r"^opc\.tcp://")
     publishing_interval_ms: int = Field(default=500, ge=10, le=60_000)
+    # Defaults of the tags' monitoring settings (a tag's own `opcua:` settings win): sampling
+    # interval (None: half the publishing interval), queue size, and no deadband.
+    sampling_interval_ms: float | None = Field(default=None, ge=0, le=3_600_000)
+    queue_size: int = Field(default=10, ge=1, le=10_000)
+    deadband_abs: float | None = Field(default=None, ge=0)
+    deadband_percent: float | None = Field(default=None, ge=0, le=100)
+    # Connection loss: no publish response (data or keep-alive) for this long ends the session.
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     # Accumulate samples into one columnar batch for at most this long, or this many samples.
     flush_interval_ms: int = Field(default=500, ge=10, le=60_000)
     flush_max_samples: int = Field(default=10_000, ge=1)
@@ -208,6 +252,7 @@ class OpcUaSourceConfig(Strict):
             raise ValueError(f"security_mode {self.security_mode} needs a security_policy other than None")
         if self.password_env is not None and not self.username:
             raise ValueError("password_env is set but username is not")
+        _one_deadband(self.deadband_abs, self.deadband_percent)
         return self
 
 
@@ -428,11 +473,94 @@ class QualityDetectorConfig(Strict):
     min_run: int = Field(default=10, ge=1)
 
 
+class RateOfChangeConfig(Strict):
+    # Checks the tags whose limits set `rate_of_change`; on by default (only those tags are scored).
+    enabled: bool = True
+
+
+class NelsonConfig(Strict):
+    # SPC run rules against the centre line and sigma learned from normal history (`fit`): off by
+    # default, since without a fitted history they have nothing to compare with.
+    enabled: bool = False
+    rules: list[Literal[1, 2, 3, 4, 5, 6, 7, 8]] = [1, 2, 3, 4, 5, 6, 7, 8]
+    # Rule 2's run on one side of the centre: 9 (Nelson), 8 (Western Electric rule 4).
+    same_side_run: int = Field(default=9, ge=2)
+
+
+class EwmaConfig(Strict):
+    enabled: bool = False  # needs a fitted centre and sigma, like the Nelson rules
+    lam: float = Field(default=0.2, gt=0, le=1)  # weight of the newest sample
+    L: float = Field(default=3.0, gt=0)  # limit width, in sigmas of the EWMA statistic
+    exact_limits: bool = True  # time-varying limits from the first sample (else asymptotic)
+
+
+class CusumConfig(Strict):
+    enabled: bool = False  # needs a fitted centre and sigma, like the Nelson rules
+    k: float = Field(default=0.5, ge=0)  # allowance, in sigmas
+    h: float = Field(default=5.0, gt=0)  # decision interval, in sigmas
+
+
+class RobustZScoreConfig(Strict):
+    # Rolling median / MAD z-score: off by default (the mean / std z-score is on).
+    enabled: bool = False
+    window: int = Field(default=120, ge=10)
+    threshold: float = Field(default=8.0, gt=0)
+    min_std_fraction: float = Field(default=0.01, ge=0)
+
+
+class StaleConfig(Strict):
+    enabled: bool = True
+    # A tag with no sample for this long is stale, unless its limits set `stale_after_s`.
+    after_s: float = Field(default=60.0, gt=0)
+
+
+class ModelsConfig(Strict):
+    """Stored multivariate models (`controltower model fit`): the live engine loads, per unit and
+    kind (pca, dpca, iforest, golden), the newest version under `dir`, or the version `pin`
+    names: `pin: {lyon.usp.bio1.br101: {pca: 3}}`."""
+
+    enabled: bool = True
+    dir: str = "models"  # relative paths are under the data directory
+    pin: dict[str, dict[Literal["pca", "dpca", "iforest", "golden"], int]] = {}
+    # Consecutive rows over the limit before an alert is raised (the limit alone lets about
+    # alpha of normal rows through), and the score (1 = at the limit) from which it is an alarm.
+    on_delay_rows: int = Field(default=5, ge=1)
+    alarm_score: float = Field(default=3.0, gt=1.0)
+
+
 class DetectorsConfig(Strict):
     limits: LimitsDetectorConfig = LimitsDetectorConfig()
     zscore: ZScoreConfig = ZScoreConfig()
     flatline: FlatlineConfig = FlatlineConfig()
     quality: QualityDetectorConfig = QualityDetectorConfig()
+    rate_of_change: RateOfChangeConfig = RateOfChangeConfig()
+    nelson: NelsonConfig = NelsonConfig()
+    ewma: EwmaConfig = EwmaConfig()
+    cusum: CusumConfig = CusumConfig()
+    robust_zscore: RobustZScoreConfig = RobustZScoreConfig()
+    stale: StaleConfig = StaleConfig()
+    models: ModelsConfig = ModelsConfig()
+
+
+class AuthConfig(Strict):
+    """Who may use the screen and the API (`controltower.auth`, docs/security.md). On by default;
+    `enabled: false` (the demo site) serves everyone, and only on a loopback address."""
+
+    enabled: bool = True
+    # The users file (`controltower users add ...`); relative paths are under the data directory.
+    users_file: str = "users.yaml"
+    # A session ends after this long without a request, and at the latest max_age after login.
+    idle_timeout_s: float = Field(default=1800.0, gt=0)
+    max_age_s: float = Field(default=12 * 3600.0, gt=0)
+    # Mark the session cookie Secure: set it when the screen is reached over HTTPS (a TLS reverse
+    # proxy); a Secure cookie is not sent back over plain HTTP, so login would not stick.
+    secure_cookies: bool = False
+    # A user name or a client address is locked for lockout_s after max_failed_logins failures
+    # within lockout_s.
+    max_failed_logins: int = Field(default=5, ge=1, le=100)
+    lockout_s: float = Field(default=900.0, gt=0)
+    # /api/health and /metrics answer without login (load balancers, Prometheus).
+    public_probes: bool = True
 
 
 class ScreenConfig(Strict):
@@ -442,6 +570,19 @@ class ScreenConfig(Strict):
     # A line with no sample for this long is shown as stale.
     stale_after_s: float = Field(default=10.0, gt=0)
     trend_window_s: float = Field(default=600.0, gt=0)
+    auth: AuthConfig = AuthConfig()
+
+    @model_validator(mode="after")
+    def _no_open_screen_on_the_network(self) -> ScreenConfig:
+        if not self.auth.enabled and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"auth.enabled is false but host is {self.host!r}: without authentication the screen may only "
+                f"listen on a loopback address ({', '.join(LOOPBACK_HOSTS)}); enable auth or bind 127.0.0.1"
+            )
+        return self
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class FaultConfig(Strict):
@@ -467,6 +608,17 @@ class SimulationConfig(Strict):
     opcua_url: str | None = "opc.tcp://127.0.0.1:4840/controltower/sim"
     mqtt_url: str | None = "mqtt://127.0.0.1:1883"
     mqtt_topic_prefix: str = "plant"
+    # How the simulator publishes over MQTT (a collector source reads each with the payload in brackets):
+    #   json_unit     one JSON object per unit per tick, a field per tag, on {prefix}/{site}/{area}/{line}/{unit}
+    #                 (payload: json, topic_template {prefix}/{site}/{area}/{line}/{unit})
+    #   json_tag      one JSON object per tag per tick, {"ts", "value", "quality", "batch_id"}, on .../{unit}/{tag}
+    #                 (payload: json, topic_template {prefix}/{site}/{area}/{line}/{unit}/{tag}, value_field: value)
+    #   batched_json  one message per unit per tick, {"ts", "batch_id", "samples": [{tag, value, ts, quality}]}
+    #                 (payload: batched_json, topic_template {prefix}/{site}/{area}/{line}/{unit})
+    #   sparkplug_b   Sparkplug B: group {site}, edge node {area}-{line}, device {unit} (payload: sparkplug_b)
+    mqtt_payload: Literal["json_unit", "json_tag", "batched_json", "sparkplug_b"] = "json_unit"
+    # Per line ("site.area.line") the payload, when it differs from mqtt_payload.
+    mqtt_payloads: dict[str, Literal["json_unit", "json_tag", "batched_json", "sparkplug_b"]] = {}
     ground_truth_path: str = "ground_truth.csv"
     faults: list[FaultConfig] = []
 
@@ -510,6 +662,13 @@ class SiteConfig(Strict):
             for fault in self.simulation.faults:
                 if fault.tag not in known:
                     raise ValueError(f"simulation fault on unknown tag {fault.tag!r}")
+            lines = {f"{s.id}.{a.id}.{ln.id}" for s in self.sites for a in s.areas for ln in a.lines}
+            for line in self.simulation.mqtt_payloads:
+                if line not in lines:
+                    raise ValueError(
+                        f"simulation.mqtt_payloads: {line!r} is not a line of this site (site.area.line); "
+                        f"lines: {sorted(lines)}"
+                    )
         return self
 
     def iter_tags(self) -> Iterator[tuple[str, Tag]]:

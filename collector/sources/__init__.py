@@ -31,6 +31,14 @@ class SourceHealth:
     last_sample_at: datetime | None = None
     # Payloads that could not be decoded, per reason; they are set aside, never fatal.
     rejected: dict[str, int] = field(default_factory=dict)
+    # Protocol events worth counting, e.g. Sparkplug births, deaths, sequence_gaps, rebirths_requested.
+    events: dict[str, int] = field(default_factory=dict)
+    # Connection lost since then, its tags stale (an open gap); None while values flow.
+    stale_since: datetime | None = None
+    stale_tags: int = 0
+    # Gaps closed since start (see `collector.gaps`) and their total length.
+    gaps: int = 0
+    gap_seconds: float = 0.0
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -1,8 +1,11 @@
 // An OPC-UA server built on node-opcua, an implementation independent of asyncua, so the tests
 // prove the collector reads a server we did not write. Usage: node opcua_server.js PORT PKI_DIR
-// Serves ns=1;s=Line1.Temperature and ns=1;s=Line1.Pressure (Double, degC / bar), updated every
-// 200 ms with a source timestamp: temperature = 37 + 0.001 * n, pressure = 1.5 + 0.0001 * n.
-// Prints READY on stdout once listening.
+// Serves ns=1;s=Line1.Temperature and ns=1;s=Line1.Pressure (AnalogItems with EURange 0..100 and
+// 0..10, Double, degC / bar) and ns=1;s=Line1.Speed (a plain Double variable: no EURange), updated
+// every 200 ms with a source timestamp: temperature = 37 + 0.001 * n, pressure = 1.5 + 0.0001 * n,
+// speed = n. Offers no security, Sign and SignAndEncrypt (Basic256Sha256 among others), accepts
+// any client certificate and anonymous users. Prints "CERT <path of its certificate, PEM>" and
+// then "READY <endpoint url>" on stdout once listening.
 "use strict";
 const path = require("path");
 const {
@@ -33,16 +36,21 @@ async function main() {
     componentOf: line, nodeId: "s=Line1.Pressure", browseName: "Pressure", dataType: "Double",
     engineeringUnitsRange: { low: 0, high: 10 }, engineeringUnits: standardUnits.bar,
   });
+  const speed = namespace.addVariable({
+    componentOf: line, nodeId: "s=Line1.Speed", browseName: "Speed", dataType: "Double",
+  });
   let n = 0;
   const tick = () => {
     const now = new Date();
     temperature.setValueFromSource(new Variant({ dataType: DataType.Double, value: 37 + 0.001 * n }), StatusCodes.Good, now);
     pressure.setValueFromSource(new Variant({ dataType: DataType.Double, value: 1.5 + 0.0001 * n }), StatusCodes.Good, now);
+    speed.setValueFromSource(new Variant({ dataType: DataType.Double, value: n }), StatusCodes.Good, now);
     n += 1;
   };
   tick();
   setInterval(tick, 200);
   await server.start();
+  process.stdout.write("CERT " + server.certificateFile + "\n");
   process.stdout.write("READY " + server.getEndpointUrl() + "\n");
   const stop = async () => { await server.shutdown(100); process.exit(0); };
   process.on("SIGTERM", stop);

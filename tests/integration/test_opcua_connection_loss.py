@@ -1,0 +1,170 @@
+"""The OPC-UA source against the project's simulator when the server goes away and comes back:
+stale samples at the moment of loss, a gap on record (gap log and health), reconnection with
+backoff, subscriptions recreated and values again. Also per-tag monitoring on the simulator
+(an absolute deadband suppresses small changes). Real server, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from collector.gaps import GapLog
+from collector.sources.opcua import OpcUaSource
+from controltower.site import OpcUaSourceConfig, SiteConfig, load_site_config
+from simulators.opcua_server import PlantOpcUaServer
+from simulators.plant import Plant
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+TEMPERATURE, PH = "lyon.usp.bio1.br101.temperature", "lyon.usp.bio1.br101.ph"
+
+
+@pytest.fixture(scope="module")
+def site() -> SiteConfig:
+    return load_site_config(REPO / "config" / "demo-site.yaml")
+
+
+def source_for(site: SiteConfig, url: str, data_dir: Path, bindings: dict[str, dict] | None = None, **config) -> OpcUaSource:
+    source_config = OpcUaSourceConfig(
+        kind="opcua", name="sim", url=url, publishing_interval_ms=100, flush_interval_ms=100, **config
+    )
+    tags = []
+    for t in site.tag_table():
+        if t.tag_id in (TEMPERATURE, PH):
+            binding = t.tag.opcua.model_copy(update=(bindings or {}).get(t.tag_id, {}))
+            tags.append(t.model_copy(update={"source": "sim", "tag": t.tag.model_copy(update={"opcua": binding})}))
+    return OpcUaSource(source_config, tags, data_dir=data_dir)
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+
+    async def __call__(self, frame: pl.DataFrame) -> None:
+        self.frames.append(frame)
+
+    def frame(self, since: int = 0) -> pl.DataFrame:
+        frames = self.frames[since:]
+        return pl.concat(frames) if frames else pl.DataFrame(schema={"tag_id": pl.String, "quality": pl.String})
+
+    def good_tags(self, since: int = 0) -> set[str]:
+        return set(self.frame(since).filter(pl.col("quality") == "good")["tag_id"].to_list())
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what()}")
+        await asyncio.sleep(0.05)
+
+
+async def serve(site: SiteConfig, url: str) -> tuple[PlantOpcUaServer, asyncio.Task]:
+    server = PlantOpcUaServer(site, url=url)
+    await server.start()
+    plant = Plant(site, seed=3)
+
+    async def tick() -> None:
+        while True:
+            await server.publish(plant.step(0.1), plant.unit_states())
+            await asyncio.sleep(0.1)
+
+    return server, asyncio.create_task(tick())
+
+
+async def stop(server: PlantOpcUaServer, ticking: asyncio.Task) -> None:
+    ticking.cancel()
+    await asyncio.gather(ticking, return_exceptions=True)
+    await server.stop()
+
+
+async def test_server_loss_marks_tags_stale_records_the_gap_and_reconnects(site, tmp_path) -> None:
+    url = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    server, ticking = await serve(site, url)
+    source = source_for(site, url, tmp_path, publish_timeout_s=3)
+    collected = Collected()
+    task = asyncio.create_task(source.run(collected))
+    try:
+        await until(lambda: collected.good_tags() == {TEMPERATURE, PH}, 15, lambda: f"good samples ({source.health})")
+        assert source.health.connected and source.health.stale_since is None
+
+        # The server goes away.
+        lost = datetime.now(UTC)
+        await stop(server, ticking)
+        await until(lambda: source.health.stale_since is not None, 10, lambda: f"the loss ({source.health})")
+        assert not source.health.connected
+        await until(lambda: not collected.frame().filter(pl.col("value").is_null()).is_empty(), 5, lambda: "stale samples")
+        stale = collected.frame().filter(pl.col("value").is_null())
+        assert sorted(stale["tag_id"].to_list()) == [PH, TEMPERATURE]
+        assert (stale["quality"].cast(str) == "bad").all()
+        # Dated the moment of loss (within the watchdog's second), not when the batch was flushed.
+        for ts in stale["ts"].to_list():
+            assert lost - timedelta(seconds=0.5) <= ts <= lost + timedelta(seconds=5), (lost, ts)
+        assert source.health.stale_tags == 2 and source.health.gaps == 0
+
+        # Down for a while (the source retries with backoff), then back on the same address.
+        await asyncio.sleep(1.5)
+        restarted = datetime.now(UTC)
+        server, ticking = await serve(site, url)
+        seen = len(collected.frames)
+        await until(lambda: collected.good_tags(seen) == {TEMPERATURE, PH}, 30,
+                    lambda: f"good samples after the restart ({source.health})")
+        assert source.health.connected and source.health.reconnects >= 1
+        assert source.health.stale_since is None and source.health.gaps == 1
+        gaps = GapLog(tmp_path / "gaps.jsonl").read()
+        assert len(gaps) == 1, gaps
+        gap = gaps[0]
+        assert gap.source == "sim" and gap.tags == 2 and gap.closed_by == "reconnect"
+        assert gap.start == stale["ts"].min() and restarted <= gap.end <= datetime.now(UTC)
+        assert gap.duration_s >= 1.5 and source.health.gap_seconds == pytest.approx(gap.duration_s)
+        assert gap.reason  # why the session ended, e.g. a ConnectionError
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stop(server, ticking)
+
+
+async def test_stop_while_disconnected_closes_the_gap(site, tmp_path) -> None:
+    url = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    server, ticking = await serve(site, url)
+    source = source_for(site, url, tmp_path, publish_timeout_s=3)
+    collected = Collected()
+    task = asyncio.create_task(source.run(collected))
+    try:
+        await until(lambda: collected.good_tags() == {TEMPERATURE, PH}, 15, lambda: f"good samples ({source.health})")
+        await stop(server, ticking)
+        await until(lambda: source.health.stale_since is not None, 10, lambda: f"the loss ({source.health})")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    gaps = GapLog(tmp_path / "gaps.jsonl").read()
+    assert [(g.closed_by, g.tags) for g in gaps] == [("stop", 2)]
+
+
+async def test_absolute_deadband_suppresses_small_changes_on_the_simulator(site, tmp_path) -> None:
+    """Temperature with a deadband far wider than its noise reports once (its first good value);
+    pH without one reports every 100 ms tick."""
+    url = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    server, ticking = await serve(site, url)
+    source = source_for(site, url, tmp_path, bindings={TEMPERATURE: {"deadband_abs": 50.0}})
+    collected = Collected()
+    task = asyncio.create_task(source.run(collected))
+    try:
+        await until(lambda: collected.good_tags() == {TEMPERATURE, PH}, 15, lambda: f"good samples ({source.health})")
+        await asyncio.sleep(2.0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stop(server, ticking)
+    frame = collected.frame().filter(pl.col("quality") == "good")
+    counts = dict(frame.group_by("tag_id").len().iter_rows())
+    assert counts[TEMPERATURE] == 1, counts
+    assert counts[PH] >= 10, counts
+    assert source.health.last_error is None

@@ -4,19 +4,30 @@ Per (tag, detector) the engine compares each sample's level with the previous on
 across batches) and keeps only the changes, plus one "peak" row per active condition and batch
 (its highest-scoring sample, for the alert's worst value). Only those events reach Python and
 the `AlertBook`; samples stay in Polars.
+
+Detectors with a `check(now)` method (stale data) are also asked each cycle: after scoring a
+batch, with the batch clock (the newest sample time seen so far) unless the caller passes the
+wall clock; `check(now)` alone runs them when no batch arrived.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Self
 
 import polars as pl
 
 from analytics.alerts import EVENT_SCHEMA, Alert, AlertBook
 from analytics.detectors.base import TAG_KEY, Detector, per_tag
+from analytics.detectors.cusum import CusumChart
+from analytics.detectors.ewma import EwmaChart
 from analytics.detectors.flatline import FlatlineDetector
 from analytics.detectors.limits import LimitDetector
+from analytics.detectors.nelson import NelsonRules
 from analytics.detectors.quality import BadQualityDetector
+from analytics.detectors.robust_zscore import RobustZScore
+from analytics.detectors.roc import RateOfChangeDetector
+from analytics.detectors.stale import StaleDataDetector
 from analytics.detectors.zscore import RollingZScore
 from controltower.site import DetectorsConfig, TagInfo
 
@@ -24,7 +35,8 @@ _LEVEL_SCHEMA = {"tag_id": pl.String(), "level_was": pl.UInt8()}
 
 
 def build_detectors(tags: list[TagInfo], config: DetectorsConfig) -> list[Detector]:
-    """The detectors `config` enables, in a fixed order (limits, zscore, flatline, quality)."""
+    """The detectors `config` enables, in a fixed order (limits, zscore, flatline, quality, rate of
+    change, Nelson rules, EWMA, CUSUM, robust z-score, stale data)."""
     detectors: list[Detector] = []
     if config.limits.enabled:
         detectors.append(LimitDetector(tags))
@@ -36,6 +48,21 @@ def build_detectors(tags: list[TagInfo], config: DetectorsConfig) -> list[Detect
         detectors.append(FlatlineDetector(tags, min_run=config.flatline.min_run, tolerance=config.flatline.tolerance))
     if config.quality.enabled:
         detectors.append(BadQualityDetector(tags, min_run=config.quality.min_run))
+    if config.rate_of_change.enabled:
+        detectors.append(RateOfChangeDetector(tags))
+    if config.nelson.enabled:
+        detectors.append(NelsonRules(tags, rules=config.nelson.rules, same_side_run=config.nelson.same_side_run))
+    if config.ewma.enabled:
+        e = config.ewma
+        detectors.append(EwmaChart(tags, lam=e.lam, L=e.L, exact_limits=e.exact_limits))
+    if config.cusum.enabled:
+        detectors.append(CusumChart(tags, k=config.cusum.k, h=config.cusum.h))
+    if config.robust_zscore.enabled:
+        r = config.robust_zscore
+        detectors.append(RobustZScore(tags, window=r.window, threshold=r.threshold,
+                                      min_std_fraction=r.min_std_fraction, warmup=min(30, r.window)))
+    if config.stale.enabled:
+        detectors.append(StaleDataDetector(tags, after_s=config.stale.after_s))
     return detectors
 
 
@@ -89,7 +116,8 @@ class DetectionEngine:
     each detector's scores of the last batch (SCORE_SCHEMA) for the screen.
     """
 
-    def __init__(self, tags: list[TagInfo], config: DetectorsConfig, book: AlertBook | None = None):
+    def __init__(self, tags: list[TagInfo], config: DetectorsConfig, book: AlertBook | None = None,
+                 monitors: list | None = None):
         self.tags = tags
         self.config = config
         self.book = book if book is not None else AlertBook()
@@ -99,25 +127,70 @@ class DetectionEngine:
         self._levels: dict[str, pl.DataFrame] = {d.name: pl.DataFrame(schema=_LEVEL_SCHEMA) for d in self.detectors}
         self.last_scores: dict[str, pl.DataFrame] = {}
         self.last_events = pl.DataFrame(schema=EVENT_SCHEMA)
+        self.clock: datetime | None = None  # newest sample time seen: the batch clock
+        # Stored multivariate models per unit (`analytics.monitors.load_monitors`): one alert
+        # point per unit and model kind, with the top contributing tags as root-cause hint.
+        self.monitors = list(monitors or [])
+        self._levels.update((m.name, pl.DataFrame(schema=_LEVEL_SCHEMA)) for m in self.monitors)
 
     def fit(self, history: pl.DataFrame) -> Self:
         for detector in self.detectors:
             detector.fit(history)
         return self
 
-    def process(self, batch: pl.DataFrame) -> list[Alert]:
-        """Score one micro-batch (sample schema) with every detector; apply the condition changes
-        to the book; return the alerts it raised. Tags unknown to the config are ignored."""
+    def process(self, batch: pl.DataFrame, now: datetime | None = None) -> list[Alert]:
+        """Score one micro-batch (sample schema) with every detector, then run the clock checks
+        (`check(now)`, `now` defaulting to the batch clock); apply the condition changes to the
+        book; return the alerts raised. Tags unknown to the config are ignored."""
         batch = batch.filter(pl.col("tag_id").is_in(self._known.implode()))
-        if batch.is_empty():
-            return []
         events = []
-        for detector in self.detectors:
-            scores = detector.score(batch)
-            self.last_scores[detector.name] = scores
-            events.append(condition_events(scores, self._levels[detector.name], detector.name))
-            last = scores.filter(is_last_of_run()).select("tag_id", pl.col("level").alias("level_was"))
-            levels = self._levels[detector.name]
-            self._levels[detector.name] = pl.concat([levels.join(last, on="tag_id", how="anti"), last])
+        if not batch.is_empty():
+            newest = batch.get_column("ts").max()
+            self.clock = newest if self.clock is None or newest > self.clock else self.clock
+            for detector in self.detectors:
+                scores = detector.score(batch)
+                self.last_scores[detector.name] = scores
+                events.append(self._events(scores, detector.name))
+            events.extend(self._monitor_events(batch))
+        now = now if now is not None else self.clock
+        if now is not None:
+            events.extend(self._checks(now))
+        self.last_events = pl.concat(events, how="diagonal_relaxed") if events else pl.DataFrame(schema=EVENT_SCHEMA)
+        return self.book.apply(self.last_events) if events else []
+
+    def _monitor_events(self, batch: pl.DataFrame) -> list[pl.DataFrame]:
+        """Condition events of every stored-model monitor, with their `contributors`."""
+        out = []
+        for monitor in self.monitors:
+            scores = monitor.score(batch)
+            if scores.is_empty():
+                continue
+            self.last_scores[f"{monitor.name}:{monitor.unit}"] = scores
+            events = self._events(scores.drop("contributors"), monitor.name)
+            out.append(events.join(scores.select("tag_id", "ts", "contributors"), on=["tag_id", "ts"], how="left",
+                                   maintain_order="left"))
+        return out
+
+    def check(self, now: datetime) -> list[Alert]:
+        """Run only the clock checks (stale data) at `now`, e.g. on a timer when no batch came."""
+        events = self._checks(now)
         self.last_events = pl.concat(events) if events else pl.DataFrame(schema=EVENT_SCHEMA)
-        return self.book.apply(self.last_events)
+        return self.book.apply(self.last_events) if events else []
+
+    def _checks(self, now: datetime) -> list[pl.DataFrame]:
+        out = []
+        for detector in self.detectors:
+            check = getattr(detector, "check", None)
+            if check is not None:
+                scores = check(now)
+                self.last_scores[f"{detector.name}_check"] = scores
+                out.append(self._events(scores, detector.name))
+        return out
+
+    def _events(self, scores: pl.DataFrame, name: str) -> pl.DataFrame:
+        """The condition events of one detector's scores; remembers each tag's last level."""
+        events = condition_events(scores, self._levels[name], name)
+        last = scores.filter(is_last_of_run()).select("tag_id", pl.col("level").alias("level_was"))
+        levels = self._levels[name]
+        self._levels[name] = pl.concat([levels.join(last, on="tag_id", how="anti"), last])
+        return events

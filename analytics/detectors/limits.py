@@ -10,8 +10,18 @@ Score: how far the value is outside the nearest (innermost) limit on its side, d
 tag's span (alarm_high - alarm_low, else warning_high - warning_low, else the gap between the
 warning and alarm limits of the one side configured, else 1.0); 0 inside the limits.
 
+ISA-18.2 delays (per tag, `Limits.on_delay_s` / `on_delay_samples` / `off_delay_s` /
+`off_delay_samples`, all 0 by default): the condition above (with deadband) is the *raw* state;
+the alarm raises only once the raw condition has held for on_delay_s seconds (from the first
+sample in the condition to this one) and on_delay_samples consecutive usable samples (1 and 0
+both mean "this sample"), and clears only once the raw condition has been clear for the
+off-delays. Chattering shorter than the delays never reaches the operator.
+
 Vectorised: per limit an enter/exit marker (True/False/null) is computed for every sample,
 forward-filled within the tag and seeded with the tag's state at the end of the previous batch.
+The delays do the same once more over the raw state: each run of equal raw state gets its start
+time (forward-filled from its first sample) and its usable-sample count (a cumulative sum minus
+its value at the run's start), both carried across batches with the run.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from typing import Self
 
 import polars as pl
 
-from analytics.detectors.base import as_scores, carry_forward, last_of_tag, sorted_by_tag, usable
+from analytics.detectors.base import as_scores, carry_forward, last_of_tag, per_tag, sorted_by_tag, usable
 from controltower.site import TagInfo
 
 # (limit, side, level): side +1 for a high limit, -1 for a low one.
@@ -30,7 +40,10 @@ LIMITS: tuple[tuple[str, int, int], ...] = (
     ("warning_high", +1, 1),
     ("warning_low", -1, 1),
 )
-_STATE_SCHEMA = {"tag_id": pl.String(), **{f"{name}_was": pl.Boolean() for name, _, _ in LIMITS}}
+_STATE_SCHEMA = {"tag_id": pl.String(), **{f"{name}_was": pl.Boolean() for name, _, _ in LIMITS},
+                 **{f"{name}_{part}": dt for name, _, _ in LIMITS for part, dt in
+                    (("delayed_was", pl.Boolean()), ("since_was", pl.Datetime("ns", "UTC")), ("count_was", pl.Int64()))}}
+_DELAYS = ("on_delay_s", "off_delay_s", "on_delay_samples", "off_delay_samples")
 
 
 def limit_span(alarm_low: float | None, warning_low: float | None, warning_high: float | None,
@@ -95,6 +108,26 @@ def limit_score() -> pl.Expr:
     return pl.when(usable()).then(excess / pl.col("span")).otherwise(None)
 
 
+def delayed_state(name: str) -> list[pl.Expr]:
+    """Columns `<name>_since` (start of the current run of equal raw state), `<name>_count` (its
+    usable samples) and `<name>_active` (the delayed state), from `<name>_raw` and the carried
+    `<name>_was`, `_since_was`, `_count_was`, `_delayed_was` (frame sorted by tag, then ts)."""
+    raw, ok = pl.col(f"{name}_raw"), usable().cast(pl.Int64)
+    starts = (raw != pl.coalesce(per_tag(raw.shift(1)), pl.col(f"{name}_was"))).fill_null(True)
+    since = carry_forward(pl.when(starts).then(pl.col("ts")), pl.col(f"{name}_since_was"))
+    done = per_tag(ok.cum_sum())
+    count = done - carry_forward(pl.when(starts).then(done - ok), -pl.col(f"{name}_count_was").fill_null(0))
+    held = (pl.col("ts") - since).dt.total_nanoseconds() / 1e9
+    marker = (
+        pl.when(~usable()).then(None)
+        .when(raw & (held >= pl.col("on_delay_s")) & (count >= pl.col("on_delay_samples"))).then(True)
+        .when(~raw & (held >= pl.col("off_delay_s")) & (count >= pl.col("off_delay_samples"))).then(False)
+        .otherwise(None)
+    )
+    return [since.alias(f"{name}_since"), count.alias(f"{name}_count"),
+            carry_forward(marker, pl.col(f"{name}_delayed_was")).fill_null(False).alias(f"{name}_active")]
+
+
 class LimitDetector:
     """Per-sample warning/alarm levels from each tag's `Limits`, with deadband hysteresis.
 
@@ -126,24 +159,30 @@ class LimitDetector:
                     "alarm_low": lim.alarm_low, "warning_low": lim.warning_low,
                     "warning_high": lim.warning_high, "alarm_high": lim.alarm_high,
                     "deadband": float(lim.deadband),
+                    **{k: float(getattr(lim, k)) for k in _DELAYS},
                     "span": limit_span(lim.alarm_low, lim.warning_low, lim.warning_high, lim.alarm_high),
                     **{f"{name}_reason": limit_reason(name, side, getattr(lim, name)) for name, side, _ in LIMITS},
                 })
             schema = {"tag_id": pl.String(), **{k: pl.Float64() for k in
-                      ("alarm_low", "warning_low", "warning_high", "alarm_high", "deadband", "span")},
+                      ("alarm_low", "warning_low", "warning_high", "alarm_high", "deadband", "span", *_DELAYS)},
                       **{f"{name}_reason": pl.String() for name, _, _ in LIMITS}}
             self._params = pl.DataFrame(rows, schema=schema)
         return self._params
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+        params = self.params()
         frame = (
-            sorted_by_tag(batch.select("ts", "tag_id", "value", "quality"), self.params(), self._state)
+            sorted_by_tag(batch.select("ts", "tag_id", "value", "quality"), params, self._state)
             .with_columns(
-                carry_forward(limit_marker(name, side), pl.col(f"{name}_was")).fill_null(False).alias(f"{name}_active")
+                carry_forward(limit_marker(name, side), pl.col(f"{name}_was")).fill_null(False).alias(f"{name}_raw")
                 for name, side, _ in LIMITS
             )
         )
+        if self._has_delays():
+            frame = frame.with_columns(e for name, _, _ in LIMITS for e in delayed_state(name))
+        else:
+            frame = frame.with_columns(pl.col(f"{name}_raw").alias(f"{name}_active") for name, _, _ in LIMITS)
         limit, reason = active_limit()
         frame = frame.with_columns(limit_level().alias("level"), limit_score().alias("score"),
                                    limit.alias("limit"), reason.alias("reason"))
@@ -152,7 +191,16 @@ class LimitDetector:
 
     def _remember(self, frame: pl.DataFrame) -> None:
         """Keep each tag's condition states at the end of this batch, for the next one."""
+        delays = self._has_delays()
         last = frame.filter(last_of_tag()).select(
-            "tag_id", *(pl.col(f"{name}_active").alias(f"{name}_was") for name, _, _ in LIMITS)
-        )
+            "tag_id", *(pl.col(f"{name}_raw").alias(f"{name}_was") for name, _, _ in LIMITS),
+            *(e for name, _, _ in LIMITS for e in (
+                pl.col(f"{name}_active").alias(f"{name}_delayed_was"),
+                (pl.col(f"{name}_since") if delays else pl.lit(None)).alias(f"{name}_since_was"),
+                (pl.col(f"{name}_count") if delays else pl.lit(None)).alias(f"{name}_count_was"))),
+        ).cast(_STATE_SCHEMA)
         self._state = pl.concat([self._state.join(last, on="tag_id", how="anti"), last])
+
+    def _has_delays(self) -> bool:
+        """True when some tag sets an on- or off-delay (else the raw state is the alarm state)."""
+        return any(getattr(t.tag.limits, k) for t in self.tags for k in _DELAYS)

@@ -1,14 +1,23 @@
 import polars as pl
 
 from analytics.engine import DetectionEngine
-from controltower.site import DetectorsConfig, FlatlineConfig, LimitsDetectorConfig, QualityDetectorConfig, ZScoreConfig
+from controltower.site import (
+    DetectorsConfig,
+    FlatlineConfig,
+    LimitsDetectorConfig,
+    QualityDetectorConfig,
+    RateOfChangeConfig,
+    StaleConfig,
+    ZScoreConfig,
+)
 from tests.analytics.helpers import TEMPERATURE, batch, make_tag
 
 TAG = make_tag(**TEMPERATURE)
 TID = TAG.tag_id
 NO_FLATLINE = FlatlineConfig(enabled=False)
 NO_QUALITY = QualityDetectorConfig(enabled=False)
-LIMITS_ONLY = DetectorsConfig(zscore=ZScoreConfig(enabled=False), flatline=NO_FLATLINE, quality=NO_QUALITY)
+NO_CLOCK = dict(rate_of_change=RateOfChangeConfig(enabled=False), stale=StaleConfig(enabled=False))
+LIMITS_ONLY = DetectorsConfig(zscore=ZScoreConfig(enabled=False), flatline=NO_FLATLINE, quality=NO_QUALITY, **NO_CLOCK)
 
 
 def test_alert_lifecycle_over_many_batches():
@@ -36,7 +45,8 @@ def test_alert_lifecycle_over_many_batches():
 
 
 def test_events_are_few_and_scores_kept_for_the_screen():
-    engine = DetectionEngine([TAG], DetectorsConfig(zscore=ZScoreConfig(window=20), flatline=NO_FLATLINE, quality=NO_QUALITY))
+    engine = DetectionEngine([TAG], DetectorsConfig(zscore=ZScoreConfig(window=20), flatline=NO_FLATLINE, quality=NO_QUALITY,
+                                                    **NO_CLOCK))
     engine.process(batch(TID, [37.0 + 0.01 * (i % 3) for i in range(30)] + [38.5] * 30))
     assert set(engine.last_scores) == {"limits", "zscore"}
     assert engine.last_scores["limits"].height == 60
@@ -47,7 +57,7 @@ def test_events_are_few_and_scores_kept_for_the_screen():
 def test_unknown_tags_ignored_and_detectors_configurable():
     engine = DetectionEngine([TAG], DetectorsConfig(limits=LimitsDetectorConfig(enabled=False),
                                                     zscore=ZScoreConfig(enabled=False), flatline=NO_FLATLINE,
-                                                    quality=NO_QUALITY))
+                                                    quality=NO_QUALITY, **NO_CLOCK))
     assert engine.detectors == []
     engine = DetectionEngine([TAG], LIMITS_ONLY)
     assert engine.process(batch("other.a.b.c.d", [1e9])) == []

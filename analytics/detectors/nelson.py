@@ -1,0 +1,138 @@
+"""SPC run rules (Nelson 1984; Western Electric 1956) against each tag's centre line and sigma.
+
+Catches: the non-random patterns a Shewhart chart shows before a limit is crossed: a shift
+(a run on one side), a trend, an oscillation, a mixture or a stratification of the process.
+With z = (x - centre) / sigma (`spc.fit_centres`), the rule fires on the sample that completes
+the pattern and on every later sample while it lasts:
+
+    1  one point beyond 3 sigma                              |z| > 3
+    2  9 points in a row on the same side of the centre      (same_side_run, default 9)
+    3  6 points in a row steadily increasing or decreasing   (5 differences of one sign)
+    4  14 points in a row alternating up and down            (12 sign changes of the differences)
+    5  2 of 3 points in a row beyond 2 sigma, same side      (z > 2, or z < -2)
+    6  4 of 5 points in a row beyond 1 sigma, same side
+    7  15 points in a row within 1 sigma, either side        (|z| < 1)
+    8  8 points in a row beyond 1 sigma, on both sides       (|z| > 1, some above and some below)
+
+Western Electric's four zone rules are Nelson's 1, 5 and 6 and rule 2 with a run of 8:
+WE1 = N1, WE2 = N5, WE3 = N6, WE4 ("8 in a row on one side") = N2 with same_side_run=8;
+`NelsonRules.western_electric(tags)` builds that set.
+
+Level 1 (warning) while any enabled rule fires; `reason` names the lowest-numbered one, e.g.
+"Nelson 2: 9 points in a row above centre"; `limit` is the zone line of that rule on the
+sample's side (centre + 3, 2, 1 sigma; the centre for rules 2-4); `score` is |z|.
+
+Vectorised: every rule is a rolling sum of an indicator column per tag, compared with its count.
+Streaming: the last samples of each tag (enough for the longest pattern) are put in front of
+the next batch, so a run carries across micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import polars as pl
+
+from analytics.detectors.base import per_tag
+from analytics.detectors.spc import CENTRES_SCHEMA, fit_centres, standardised
+from analytics.detectors.stream import LevelMemory, split_usable, tail_of, with_tail
+from controltower.site import TagInfo
+
+_TAIL_SCHEMA = {"tag_id": pl.String(), "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64()}
+# Zone line (in sigmas from the centre, on the sample's side) each rule refers to.
+ZONE = {1: 3.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 2.0, 6: 1.0, 7: 1.0, 8: 1.0}
+
+
+def count_in(flag: pl.Expr, window: int) -> pl.Expr:
+    """How many of the tag's last `window` samples (this one included) have `flag`; null before
+    `window` samples exist."""
+    return per_tag(flag.cast(pl.Int32).rolling_sum(window))
+
+
+def rule_expressions(same_side_run: int) -> dict[int, tuple[pl.Expr, pl.Expr]]:
+    """Per rule: (fires, reason), from the `z` and `d` (difference with the previous sample) columns."""
+    z, d = pl.col("z"), pl.col("d")
+    side = lambda up: pl.when(z > 0).then(pl.lit(up[0])).otherwise(pl.lit(up[1]))
+    above, below = count_in(z > 0, same_side_run) == same_side_run, count_in(z < 0, same_side_run) == same_side_run
+    rising, falling = count_in(d > 0, 5) == 5, count_in(d < 0, 5) == 5
+    alternating = count_in(d * per_tag(d.shift(1)) < 0, 12) == 12
+    two_of_three = (count_in(z > 2, 3) >= 2) | (count_in(z < -2, 3) >= 2)
+    four_of_five = (count_in(z > 1, 5) >= 4) | (count_in(z < -1, 5) >= 4)
+    hugging = count_in(z.abs() < 1, 15) == 15
+    mixture = (count_in(z.abs() > 1, 8) == 8) & (count_in(z > 1, 8) >= 1) & (count_in(z < -1, 8) >= 1)
+    return {
+        1: (z.abs() > 3, pl.format("Nelson 1: beyond 3 sigma {} centre", side(("above", "below")))),
+        2: (above | below, pl.format(f"Nelson 2: {same_side_run} points in a row {{}} centre",
+                                     pl.when(above).then(pl.lit("above")).otherwise(pl.lit("below")))),
+        3: (rising | falling, pl.format("Nelson 3: 6 points in a row {}",
+                                        pl.when(rising).then(pl.lit("increasing")).otherwise(pl.lit("decreasing")))),
+        4: (alternating, pl.lit("Nelson 4: 14 points in a row alternating up and down")),
+        5: (two_of_three, pl.format("Nelson 5: 2 of 3 points beyond 2 sigma {} centre", side(("above", "below")))),
+        6: (four_of_five, pl.format("Nelson 6: 4 of 5 points beyond 1 sigma {} centre", side(("above", "below")))),
+        7: (hugging, pl.lit("Nelson 7: 15 points in a row within 1 sigma")),
+        8: (mixture, pl.lit("Nelson 8: 8 points in a row beyond 1 sigma, on both sides")),
+    }
+
+
+class NelsonRules:
+    """Level 1 while any of the enabled Nelson `rules` fires on a tag with a fitted centre line.
+
+    `fit(history)` learns each tag's centre and sigma (`spc.fit_centres`; `given` pins some).
+    Tags without one score null at level 0.
+    """
+
+    name = "nelson"
+
+    def __init__(self, tags: list[TagInfo], rules: tuple[int, ...] | list[int] = (1, 2, 3, 4, 5, 6, 7, 8),
+                 same_side_run: int = 9, given: dict[str, tuple[float, float]] | None = None):
+        self.tags = tags
+        self.rules = tuple(rules)
+        self.same_side_run = same_side_run
+        self.given = given
+        self.centres_ = fit_centres(pl.DataFrame(schema={"tag_id": pl.String(), "value": pl.Float64(),
+                                                         "quality": pl.String()}), tags, given)
+        self.reset()
+
+    @classmethod
+    def western_electric(cls, tags: list[TagInfo], given: dict[str, tuple[float, float]] | None = None) -> NelsonRules:
+        """The four Western Electric zone rules: Nelson 1, 5, 6 and 2 with a run of 8."""
+        return cls(tags, rules=(1, 2, 5, 6), same_side_run=8, given=given)
+
+    def fit(self, history: pl.DataFrame) -> Self:
+        """Learn each tag's centre line and sigma from normal history (sample schema)."""
+        self.centres_ = fit_centres(history, self.tags, self.given)
+        return self
+
+    def reset(self) -> None:
+        self._tail = pl.DataFrame(schema=_TAIL_SCHEMA)
+        self._levels = LevelMemory()
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+        if not self.rules or not set(self.rules) <= set(ZONE) or self.same_side_run < 2:
+            raise ValueError(f"rules must be among 1-8 and same_side_run >= 2, got {self.rules}, {self.same_side_run}")
+        rows, fresh = split_usable(batch, self.centres_, self._tail.get_column("tag_id"))
+        stats = (
+            with_tail(fresh.select("_row", *_TAIL_SCHEMA, "_tag"), self._tail, rows)
+            .join(self.centres_, on="tag_id", how="left", maintain_order="left")
+            .with_columns(standardised().alias("z"), per_tag(pl.col("value").diff()).alias("d"))
+        )
+        self._tail = tail_of(stats, max(self.same_side_run, 15) - 1, list(_TAIL_SCHEMA))
+
+        exprs = rule_expressions(self.same_side_run)
+        fires = {r: exprs[r][0].fill_null(False).alias(f"_r{r}") for r in sorted(self.rules)}
+        stats = stats.with_columns(fires.values())
+        any_rule = pl.any_horizontal(pl.col(f"_r{r}") for r in fires)
+        reason, zone = pl.when(False).then(pl.lit(None, pl.String)), pl.when(False).then(pl.lit(None, pl.Float64))
+        for r in fires:
+            reason = reason.when(pl.col(f"_r{r}")).then(exprs[r][1])
+            zone = zone.when(pl.col(f"_r{r}")).then(pl.lit(ZONE[r]))
+        side = pl.when(pl.col("z") >= 0).then(1.0).otherwise(-1.0)
+        scored = stats.filter(pl.col("_row").is_not_null()).select(
+            "_row",
+            pl.col("z").abs().alias("score"),
+            any_rule.cast(pl.UInt8).alias("level_now"),
+            (pl.col("centre") + side * zone.otherwise(None) * pl.col("sigma")).alias("limit_now"),
+            reason.otherwise(None).alias("reason_now"),
+        )
+        return self._levels.merge(rows, scored)

@@ -1,0 +1,78 @@
+"""Streaming plumbing shared by the per-tag detectors that score only usable samples of the
+tags they know: pick those samples out, put each tag's carried tail in front of them, and give
+the skipped samples the tag's previous level (with its limit and reason).
+
+The detectors built on it (rate of change, Nelson rules, EWMA, CUSUM, robust z-score) differ
+only in the per-tag expressions they run over the usable samples.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from analytics.detectors.base import TAG_KEY, as_scores, carry_forward, last_of_tag, per_tag, sorted_by_tag, tag_keys, usable
+
+LEVEL_STATE_SCHEMA = {"tag_id": pl.String(), "level_was": pl.UInt8(), "limit_was": pl.Float64(), "reason_was": pl.String()}
+
+
+def upsert(state: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
+    """`state` with the tags of `rows` replaced by `rows` (one row per tag_id)."""
+    return pl.concat([state.join(rows, on="tag_id", how="anti"), rows.select(state.columns)])
+
+
+def split_usable(batch: pl.DataFrame, params: pl.DataFrame, *other_tags: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows, fresh): every sample of the batch in (tag_id, ts) order with `_row` and TAG_KEY and the
+    per-tag `params` columns; and the usable samples of the tags in `params` among them.
+    `other_tags` (e.g. the tags of a carried tail) are numbered in the same TAG_KEY."""
+    keys = tag_keys(batch.get_column("tag_id"), *other_tags)
+    known = params.select("tag_id", pl.lit(True).alias("_known"))
+    rows = sorted_by_tag(batch.select("ts", "tag_id", "value", "quality"), known, keys=keys).with_row_index("_row")
+    fresh = rows.filter(usable() & pl.col("_known").fill_null(False)).drop("quality", "_known")
+    return rows, fresh
+
+
+def with_tail(fresh: pl.DataFrame, tail: pl.DataFrame, keys_from: pl.DataFrame) -> pl.DataFrame:
+    """The carried `tail` rows (tag_id, ts, value, ...; `_row` null) in front of each tag's `fresh`
+    rows, sorted by TAG_KEY (stable: the tail stays first). `keys_from` maps tag_id -> TAG_KEY."""
+    keys = keys_from.select("tag_id", TAG_KEY).unique()
+    head = tail.join(keys, on="tag_id", how="inner").with_columns(pl.lit(None, pl.UInt32).alias("_row"))
+    cols = fresh.columns
+    head = head.select([pl.col(c) if c in head.columns else pl.lit(None, fresh.schema[c]).alias(c) for c in cols])
+    return pl.concat([head.cast(fresh.schema), fresh]).sort(TAG_KEY, maintain_order=True)
+
+
+def tail_of(frame: pl.DataFrame, n: int, columns: list[str]) -> pl.DataFrame:
+    """The last `n` rows of each tag (frame sorted by TAG_KEY), `columns` only."""
+    after = per_tag(pl.int_range(pl.len()).reverse())
+    return frame.filter(after < n).select(columns)
+
+
+class LevelMemory:
+    """Per tag, the level, limit and reason at the end of the previous batch: a sample the detector
+    skipped (bad quality, null) carries them, across batches too."""
+
+    def __init__(self) -> None:
+        self.state = pl.DataFrame(schema=LEVEL_STATE_SCHEMA)
+
+    def merge(self, rows: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
+        """`rows` (from `split_usable`) joined with `scored` (_row, score, level_now, limit_now,
+        reason_now) -> SCORE_SCHEMA; remembers each tag's last level."""
+        scored_row = pl.col("level_now").is_not_null()
+        frame = (
+            rows.join(self.state, on="tag_id", how="left", maintain_order="left")
+            .join(scored, on="_row", how="left", maintain_order="left")
+            .with_columns(
+                carry_forward(pl.col("level_now"), pl.col("level_was")).fill_null(0).alias("level"),
+                carry_forward(pl.when(scored_row).then(pl.col("limit_now").fill_null(float("nan"))), pl.col("limit_was"))
+                .fill_nan(None).alias("limit"),
+                carry_forward(pl.when(scored_row).then(pl.col("reason_now").fill_null("")), pl.col("reason_was"))
+                .replace("", None).alias("reason"),
+            )
+            .with_columns(pl.when(pl.col("level") > 0).then(pl.col(c)).alias(c) for c in ("limit", "reason"))
+        )
+        last = frame.filter(last_of_tag()).select(
+            "tag_id", pl.col("level").alias("level_was"), pl.col("limit").alias("limit_was"),
+            pl.col("reason").alias("reason_was"),
+        )
+        self.state = upsert(self.state, last)
+        return as_scores(frame)

@@ -43,6 +43,25 @@ class SourceHealth:
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
+    def as_dict(self) -> dict:
+        """What /api/health shows of the source (JSON-ready; `last_error` never holds a secret)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "connected": self.connected,
+            "samples_in": self.samples_in,
+            "batches_out": self.batches_out,
+            "reconnects": self.reconnects,
+            "rejected": dict(self.rejected),
+            "events": dict(self.events),
+            "last_error": self.last_error,
+            "last_sample_at": self.last_sample_at.isoformat() if self.last_sample_at else None,
+            "stale_since": self.stale_since.isoformat() if self.stale_since else None,
+            "stale_tags": self.stale_tags,
+            "gaps": self.gaps,
+            "gap_seconds": round(self.gap_seconds, 3),
+        }
+
 
 class Source(Protocol):
     name: str

@@ -372,6 +372,7 @@ class MqttSource:
             from collector.sources.sparkplug import SparkplugDecoder  # protobuf is needed only here
 
             self.decoder: MqttJsonDecoder | SparkplugDecoder = SparkplugDecoder(config, mine)
+            self.health.events = self.decoder.stats  # births, deaths, sequence gaps, rebirth requests
         else:
             self.decoder = MqttJsonDecoder(config, mine)
         self.dead_letter = dead_letter

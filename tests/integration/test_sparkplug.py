@@ -126,3 +126,6 @@ async def test_sparkplug_births_aliases_rebirth_and_last_will(mosquitto, tmp_pat
     assert stale["value"].null_count() == 3
     assert source.health.rejected == {"invalid_sparkplug": 1}
     assert [d["reason"] for d in dead.read()] == ["invalid_sparkplug"]
+    # The same counts reach /api/health and /metrics through the source's health.
+    events = source.health.as_dict()["events"]
+    assert (events["births"], events["sequence_gaps"], events["rebirths_requested"], events["deaths"]) == (2, 1, 1, 1)

@@ -40,10 +40,16 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
-# node-opcua, an OPC-UA stack independent of ours, for the interoperability tests.
-interop-deps:
+# Independent stacks for the interoperability tests (tests/interop/package.json: node-opcua,
+# sparkplug-client). Installed again whenever package.json changes (a stamp in node_modules),
+# so a package added there reaches every clone that already has node_modules.
+INTEROP_STAMP := tests/interop/node_modules/.installed
+interop-deps: $(INTEROP_STAMP)
+
+$(INTEROP_STAMP): tests/interop/package.json
 	@command -v npm >/dev/null || { echo "npm is missing: install Node.js (Debian: apt-get install npm)"; exit 1; }
-	@[ -d tests/interop/node_modules/node-opcua ] || npm install --silent --no-package-lock --no-audit --no-fund --prefix tests/interop
+	npm install --silent --no-package-lock --no-audit --no-fund --prefix tests/interop
+	@touch $@
 
 test: system-deps interop-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -168,3 +168,56 @@ async def test_absolute_deadband_suppresses_small_changes_on_the_simulator(site,
     assert counts[TEMPERATURE] == 1, counts
     assert counts[PH] >= 10, counts
     assert source.health.last_error is None
+
+
+async def test_each_endpoint_runs_in_its_own_task_with_its_own_health(site, tmp_path) -> None:
+    """Two OPC-UA endpoints collected by one pipeline: when one server goes away, only its source
+    goes stale and reconnects; the other's values keep flowing, and /api/health tells them apart."""
+    from collector.pipeline import Pipeline
+    from controltower.metrics import Metrics
+
+    urls = [f"opc.tcp://127.0.0.1:{free_port()}/sim" for _ in range(2)]
+    servers = [await serve(site, url) for url in urls]
+    sources = [source_for(site, url, tmp_path / f"s{i}", publish_timeout_s=3) for i, url in enumerate(urls)]
+    for i, s in enumerate(sources):
+        s.name = s.health.name = f"plc{i}"
+    class Historian:
+        name = "memory"
+
+        async def write(self, batch: pl.DataFrame) -> None:
+            pass
+
+    received: dict[str, int] = {}
+    pipeline = Pipeline(sources, Historian(), metrics=Metrics())
+    original = pipeline._emit_from
+
+    def counting(source):
+        emit = original(source)
+
+        async def wrapped(batch: pl.DataFrame) -> None:
+            received[source.name] = received.get(source.name, 0) + batch.filter(pl.col("quality") == "good").height
+            await emit(batch)
+
+        return wrapped
+
+    pipeline._emit_from = counting
+    task = asyncio.create_task(pipeline.run())
+    try:
+        await until(lambda: all(s.health.connected for s in sources) and len(received) == 2, 15,
+                    lambda: str([s.health for s in sources]))
+        await stop(*servers[0])
+        await until(lambda: sources[0].health.stale_since is not None, 10, lambda: str(sources[0].health))
+        before = received["plc1"]
+        await asyncio.sleep(1.0)
+        assert received["plc1"] > before + 5  # the other endpoint is not held up
+        views = {s.health.name: s.health.as_dict() for s in sources}
+        assert views["plc0"]["connected"] is False and views["plc0"]["stale_tags"] == 2
+        assert views["plc0"]["stale_since"] is not None and views["plc0"]["last_error"]
+        assert views["plc1"]["connected"] is True and views["plc1"]["stale_since"] is None
+        assert views["plc1"]["reconnects"] == 0 and views["plc1"]["last_sample_at"] is not None
+        tasks = {t.get_name() for t in asyncio.all_tasks()}
+        assert {"source-plc0", "source-plc1"} <= tasks
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stop(*servers[1])

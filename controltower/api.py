@@ -39,14 +39,19 @@ cleared-unacknowledged, normal), `priority` (low, medium, high, critical), `ackn
 annunciated alerts whose condition is active (what the line states count); a cleared alarm that
 waits for an acknowledgement is in `/api/alarms`.
 
-The `user` of an action is taken as given: authentication and roles are another piece of work
-(issue 6, "Users"); until then anyone who reaches the API can act under any name. The journal
-records the name given.
+Who acts: with authentication on (`controltower.websecurity`, docs/security.md) every route
+needs a session (POST /login) and every POST the session's CSRF token in `X-CSRF-Token`; an
+action is taken as the logged-in user, if their role allows it (`controltower.auth.PERMISSIONS`:
+ack/shelve/unshelve need alarm.ack/alarm.shelve/alarm.unshelve, suppress/unsuppress
+tag.suppress), else 403; a body `user` naming someone else is refused (403), so it may be left
+out. With authentication off (the demo) the body's `user` is taken as given. Each action is
+also an audit record (`controltower.audit`): who, what, old and new state, comment or reason.
 
 Errors are JSON `{"error": "..."}` naming what was wrong: 400 for a bad or missing parameter or
 body field, 404 for an unknown alert, tag, line or route under /api, 409 for an action the
 alarm's state does not allow (acknowledging an acknowledged alarm...), 500 when the journal
-cannot record an action (which is then not done), 503 for the journal when the tower keeps none.
+cannot record an action (which is then not done), 503 for the journal when the tower keeps none,
+401 without a session and 403 for a role that does not allow the action.
 """
 
 from __future__ import annotations
@@ -61,7 +66,9 @@ from werkzeug.exceptions import HTTPException
 from analytics.alerts import AlarmJournalError, AlarmNotFound, AlarmTransitionError
 from analytics.journal import EVENTS, entries_json
 from controltower import timeparse
+from controltower.audit import AuditError
 from controltower.screen import queries as q
+from controltower.websecurity import NotAllowed, acting_user, audit_record
 
 if TYPE_CHECKING:
     from controltower.context import TowerContext
@@ -159,32 +166,45 @@ def register_api(server: Flask, ctx: TowerContext, *, now=None) -> Blueprint:
     @bp.post("/api/alerts/<alert_id>/ack")
     def acknowledge(alert_id: str) -> Response:
         body = _body()
-        return _act(lambda: ctx.alerts.acknowledge(alert_id, body.get("user"), body.get("comment")))
+        user = acting_user("alarm.ack", body.get("user"))
+        before = _state_of(ctx, alert_id)
+        return _act(lambda: ctx.alerts.acknowledge(alert_id, user, body.get("comment")),
+                    audit=(user, "alarm.ack", before, body.get("comment")))
 
     @bp.post("/api/alerts/<alert_id>/shelve")
     def shelve(alert_id: str) -> Response:
         body = _body()
+        user = acting_user("alarm.shelve", body.get("user"))
         if "minutes" not in body:
             raise BadParameter("minutes: required, the shelving time in minutes")
-        return _act(lambda: ctx.alerts.shelve(alert_id, body.get("user"), body["minutes"], body.get("reason")))
+        before = _state_of(ctx, alert_id)
+        return _act(lambda: ctx.alerts.shelve(alert_id, user, body["minutes"], body.get("reason")),
+                    audit=(user, "alarm.shelve", before, body.get("reason")))
 
     @bp.post("/api/alerts/<alert_id>/unshelve")
     def unshelve(alert_id: str) -> Response:
         body = _body()
-        return _act(lambda: ctx.alerts.unshelve(alert_id, body.get("user"), body.get("comment")))
+        user = acting_user("alarm.unshelve", body.get("user"))
+        before = _state_of(ctx, alert_id)
+        return _act(lambda: ctx.alerts.unshelve(alert_id, user, body.get("comment")),
+                    audit=(user, "alarm.unshelve", before, body.get("comment")))
 
     @bp.post("/api/tags/<tag_id>/suppress")
     def suppress(tag_id: str) -> Response:
         body = _body()
+        user = acting_user("tag.suppress", body.get("user"))
         _known_tag(ctx, tag_id)
-        _act(lambda: ctx.alerts.suppress(tag_id, body.get("user"), body.get("reason")))
+        _act(lambda: ctx.alerts.suppress(tag_id, user, body.get("reason")))
+        _audit(user, "tag.suppress", tag_id, "in service", "out of service", body.get("reason"))
         return _json({"tag_id": tag_id, "suppressed": True, "reason": ctx.alerts.suppressed_tags().get(tag_id)})
 
     @bp.post("/api/tags/<tag_id>/unsuppress")
     def unsuppress(tag_id: str) -> Response:
         body = _body()
+        user = acting_user("tag.suppress", body.get("user"))
         _known_tag(ctx, tag_id)
-        _act(lambda: ctx.alerts.unsuppress(tag_id, body.get("user"), body.get("comment")))
+        _act(lambda: ctx.alerts.unsuppress(tag_id, user, body.get("comment")))
+        _audit(user, "tag.unsuppress", tag_id, "out of service", "in service", body.get("comment"))
         return _json({"tag_id": tag_id, "suppressed": False})
 
     @bp.get("/api/journal")
@@ -251,6 +271,14 @@ def register_api(server: Flask, ctx: TowerContext, *, now=None) -> Blueprint:
     def journal_failed(exc: AlarmJournalError) -> Response:
         return _error(500, str(exc))
 
+    @bp.errorhandler(NotAllowed)
+    def not_allowed(exc: NotAllowed) -> Response:
+        return _error(exc.status, exc.message)
+
+    @bp.errorhandler(AuditError)
+    def audit_failed(exc: AuditError) -> Response:
+        return _error(500, f"the action was done but could not be recorded in the audit trail: {exc}")
+
     server.register_blueprint(bp)
 
     # JSON errors for unknown routes and methods under /api; every other path keeps the
@@ -277,14 +305,27 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _act(action) -> Response:
+def _act(action, audit: tuple[str | None, str, str | None, str | None] | None = None) -> Response:
     """Run an AlertBook action: its ValueError (a bad field, named first in the message) is a 400;
-    AlarmNotFound and AlarmTransitionError reach the blueprint's 404 and 409 handlers."""
+    AlarmNotFound and AlarmTransitionError reach the blueprint's 404 and 409 handlers. `audit`
+    (user, action, state before, reason) records the alert's change in the audit trail."""
     try:
         result = action()
     except ValueError as exc:
         raise BadParameter(str(exc)) from None
+    if audit is not None and result is not None:
+        user, name, before, reason = audit
+        _audit(user, name, f"{result.tag_id} alert {result.id}", before, result.display_state, reason)
     return _json({"alert": result.to_dict()}) if result is not None else _json({})
+
+
+def _state_of(ctx: TowerContext, alert_id: str) -> str | None:
+    found = ctx.alerts.get(alert_id)
+    return found.display_state if found is not None else None
+
+
+def _audit(user: str | None, action: str, target: str, old: str | None, new: str | None, reason: str | None) -> None:
+    audit_record(user, action, target, old=old, new=new, reason=reason)
 
 
 def _known_tag(ctx: TowerContext, tag_id: str) -> None:

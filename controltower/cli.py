@@ -10,6 +10,10 @@
     controltower config check FILE
     controltower config schema
     controltower history TAG --since T [--until T] [--format csv|parquet] [--out FILE] [--config FILE]
+    controltower model fit --config FILE --unit PATH --kind pca|dpca|iforest|golden (--from T [--to T] | --batches ID,..) [--out DIR]
+    controltower model list [--config FILE] [--out DIR] [--json]
+    controltower users add|passwd|role|remove|list [NAME] [--role R] (--config FILE | --data-dir DIR)
+    controltower audit verify|show (--config FILE | --data-dir DIR) [--expect-head SEQ:HASH]
 
 Exit codes: 0 done, 1 runtime failure, 2 bad usage or bad config (the message names the file,
 the key and the reason).
@@ -68,6 +72,12 @@ LAZY_SUBCOMMANDS = {
                "list an OPC-UA server's variables (units, EURange); --yaml prints tag bindings"),
     "evaluate": ("simulators.evaluate", "add_evaluate_arguments",
                  "run a fault scenario offline through the detectors and print the scorecard"),
+    "model": ("analytics.model_command", "add_model_arguments",
+              "fit a unit's multivariate or golden-batch model from the historian and store it, or list them"),
+    "users": ("controltower.security_cli", "add_users_arguments",
+              "add, change, remove or list the users of the screen and API (passwords never as arguments)"),
+    "audit": ("controltower.security_cli", "add_audit_arguments",
+              "verify the audit trail's hash chain, or show its last records"),
 }
 
 
@@ -223,6 +233,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from analytics.offline import run_detect
 
         return run_detect(args)
+    if args.command == "model":
+        from analytics.model_command import run_model
+
+        return run_model(args)
     if args.command == "evaluate":
         from simulators.evaluate import run_evaluate
 
@@ -233,6 +247,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_browse(args)
     if args.command == "inject":
         return _run_async(_inject(args))
+    if args.command == "users":
+        from controltower.security_cli import run_users
+
+        return run_users(args)
+    if args.command == "audit":
+        from controltower.security_cli import run_audit
+
+        return run_audit(args)
     raise AssertionError(args.command)
 
 

@@ -26,6 +26,7 @@ from collector.sources import Source
 from collector.sources.mqtt import MqttSource
 from collector.sources.opcua import OpcUaSource
 from collector.spool import Spool
+from controltower.audit import AuditTrail, open_trail, record_config
 from controltower.live import LiveState
 from controltower.metrics import Metrics
 from controltower.site import SiteConfig
@@ -76,6 +77,10 @@ class ControlTower:
         self.metrics.watch_spool(self.pipeline.spool_health)
         self.started_at = datetime.now(UTC)
         self.web = None
+        # The audit trail (controltower.audit): a configuration that differs from the last one
+        # recorded is a change, recorded as such.
+        self.audit: AuditTrail = open_trail(self.data_dir)
+        record_config(self.audit, site.model_dump_json(), source="site configuration")
 
     def _detect(self, batch: pl.DataFrame) -> None:
         started = time.perf_counter()
@@ -127,14 +132,20 @@ class ControlTower:
     def start_screen(self, host: str | None = None, port: int | None = None) -> str:
         """Serve the Dash screen and the JSON API in a background thread; return its URL."""
         from controltower.screen.app import create_app
+        from controltower.site import LOOPBACK_HOSTS
         from controltower.webserver import WebServer
+        from controltower.websecurity import WebSecurity
 
-        app = create_app(self)
-        self.web = WebServer(
-            app.server,
-            host=host or self.site.screen.host,
-            port=self.site.screen.port if port is None else port,
-        )
+        auth = self.site.screen.auth
+        bind = host or self.site.screen.host
+        if not auth.enabled and bind not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"screen.auth.enabled is false: the screen may only listen on a loopback address "
+                f"({', '.join(LOOPBACK_HOSTS)}), not {bind!r}; enable auth in the site file or bind 127.0.0.1"
+            )
+        security = WebSecurity.from_config(auth, data_dir=self.data_dir, audit=self.audit)
+        app = create_app(self, security=security)
+        self.web = WebServer(app.server, host=bind, port=self.site.screen.port if port is None else port)
         self.web.start()
         log.info("control tower screen at %s", self.web.url)
         return self.web.url

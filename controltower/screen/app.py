@@ -4,7 +4,8 @@
     WebServer(app, host, port).start()          # controltower.webserver
 
 The overview is at `/`, the alarm console (`console`, its own Dash app on the same server) at
-`/alarms/`. The layout is a function, so each page load renders the current state at once and the
+`/alarms/`. `security` (`controltower.websecurity`) puts the login, the CSRF and role checks and
+the security headers in front of all of it; without one, the site's `screen.auth` must be off. The layout is a function, so each page load renders the current state at once and the
 interval then keeps it fresh.
 """
 
@@ -19,6 +20,7 @@ import dash
 from flask import Flask
 
 from controltower.api import register_api
+from controltower.websecurity import WebSecurity
 from controltower.screen import console, overview
 
 if TYPE_CHECKING:
@@ -27,11 +29,18 @@ if TYPE_CHECKING:
 ASSETS = Path(__file__).with_name("assets")
 
 
-def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None, api: bool = True) -> dash.Dash:
+def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None, api: bool = True,
+               security: WebSecurity | None = None) -> dash.Dash:
     """The Dash screen for `ctx`, with the JSON API and /metrics on the same Flask server
-    (`api=False` leaves them out). `clock` returns the aware "now" (default: the UTC wall clock)."""
+    (`api=False` leaves them out). `clock` returns the aware "now" (default: the UTC wall clock).
+    `security` is required when the site's `screen.auth.enabled` is true."""
     now = clock or (lambda: datetime.now(UTC))
+    if security is None:
+        if ctx.site.screen.auth.enabled:
+            raise ValueError("screen.auth.enabled is true: create_app needs security=WebSecurity(...)")
+        security = WebSecurity(ctx.site.screen.auth)
     server = Flask("controltower.screen")
+    security.install(server)
     if api:
         register_api(server, ctx, now=now)
     app = dash.Dash(
@@ -46,6 +55,7 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
     app.layout = lambda: overview.layout(ctx, now())
     overview.register_callbacks(app, ctx, now)
     # The alarm console: a second Dash app on the same server, under console.PATH.
-    console.create_console(server, ctx, now, assets_folder=str(ASSETS),
-                           title=f"Alarms · {ctx.site.enterprise} · control tower")
+    alarms = console.create_console(server, ctx, now, assets_folder=str(ASSETS),
+                                    title=f"Alarms · {ctx.site.enterprise} · control tower")
+    security.set_script_hashes([*app.csp_hashes(), *alarms.csp_hashes()])
     return app

@@ -11,8 +11,10 @@ actions call the `AlertBook`, as the JSON API does. Every callback body is a pla
 (ctx, now, inputs) (`grid_update`, `perform_action`, `selected_details`, `journal_update`), so
 tests call them without a browser.
 
-The acting user is the name typed in the console: authentication and roles are another piece
-of work (issue 6, "Users"). All times are UTC.
+With authentication on, the acting user is the logged-in one (shown in the "Acting as" field,
+which cannot be changed) and the action callback checks their role on the server
+(`controltower.websecurity.acting_user`) before anything is done; with it off (the demo), the
+name typed in the console. Each action is also an audit record. All times are UTC.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from dash import Input, Output, Patch, State, dcc, html, no_update
 from flask import Flask, redirect
 
 from analytics.alerts import MAX_SHELVE_MINUTES, PRIORITIES, AlarmNotFound, AlarmTransitionError
+from controltower.audit import AuditError
 from controltower.screen import ids
 from controltower.screen.chrome import brand, nav
 from controltower.screen import queries as q
+from controltower.websecurity import NotAllowed, acting_user, audit_record, current_principal
 
 if TYPE_CHECKING:
     from controltower.context import TowerContext
@@ -56,6 +60,8 @@ VIEWS = [
     {"label": "Out of service", "value": "suppressed"},
     {"label": "Recent (all)", "value": "recent"},
 ]
+# The permission (`controltower.auth.PERMISSIONS`) each console action needs.
+ACTION_PERMISSION = {"ack": "alarm.ack", "shelve": "alarm.shelve", "unshelve": "alarm.unshelve"}
 SHELVE_CHOICES = [m for m in (15, 30, 60, 120, 240, 480, 720) if m <= MAX_SHELVE_MINUTES]
 JOURNAL_ROWS = 100
 CONSOLE_LIMIT = 500
@@ -222,10 +228,7 @@ def layout(ctx: TowerContext, now: datetime) -> html.Div:
                                     html.H2("Selected alarm", className="panel-title"),
                                     html.Div(selected_details(ctx, None), id=ids.CONSOLE_SELECTED,
                                              className="selected"),
-                                    html.Label(["Your name ", dcc.Input(id=ids.CONSOLE_USER, type="text",
-                                                                        placeholder="who acts (recorded)",
-                                                                        className="text-input", maxLength=100)],
-                                               className="field"),
+                                    _user_field(current_principal()),
                                     html.Div(
                                         className="action-row",
                                         children=[
@@ -391,6 +394,8 @@ def perform_action(ctx: TowerContext, action: str, alert_id: str | None, *, user
     if not (user or "").strip():
         return False, "Enter your name first: every action is recorded in the journal under it."
     book = ctx.alerts
+    found = book.get(alert_id)
+    before = found.display_state if found is not None else None
     try:
         if action == "ack":
             alert = book.acknowledge(alert_id, user, comment or "")
@@ -405,6 +410,11 @@ def perform_action(ctx: TowerContext, action: str, alert_id: str | None, *, user
             return False, f"unknown action {action!r}"
     except (AlarmNotFound, AlarmTransitionError, ValueError) as exc:
         return False, str(exc.args[0] if isinstance(exc, AlarmNotFound) and exc.args else exc)
+    try:
+        audit_record(user, ACTION_PERMISSION[action], f"{alert.tag_id} alert {alert.id}", old=before,
+                     new=alert.display_state, reason=(reason if action == "shelve" else comment) or None)
+    except AuditError as exc:
+        return False, f"{done}, but it could not be recorded in the audit trail: {exc}"
     return True, done
 
 
@@ -503,6 +513,11 @@ def register_callbacks(app: dash.Dash, ctx: TowerContext, clock: Callable[[], da
     def _act(_ack, _shelve, _unshelve, selected, user, comment, minutes, reason, version):
         action = {ids.CONSOLE_ACK: "ack", ids.CONSOLE_SHELVE: "shelve",
                   ids.CONSOLE_UNSHELVE: "unshelve"}[dash.ctx.triggered_id]
+        try:  # the role is checked here, on the server, whatever the page shows
+            user = acting_user(ACTION_PERMISSION[action], user)
+        except NotAllowed as exc:
+            return ([html.Span("✖ ", className="icon"), exc.message], "result result-error", no_update, no_update,
+                    no_update)
         ok, message = perform_action(ctx, action, _selected_id(selected), user=user, comment=comment,
                                      minutes=minutes, reason=reason)
         css = "result result-ok" if ok else "result result-error"
@@ -533,6 +548,16 @@ def register_callbacks(app: dash.Dash, ctx: TowerContext, clock: Callable[[], da
 
 
 # --- formatting ---------------------------------------------------------------------------------
+
+
+def _user_field(principal) -> html.Label:
+    """Who acts: the logged-in user, fixed; with auth off, a name to type."""
+    if principal is not None:
+        return html.Label(["Acting as ", dcc.Input(id=ids.CONSOLE_USER, type="text", value=principal.username,
+                                                   disabled=True, className="text-input"),
+                           html.Span(f" {principal.role.replace('_', ' ')}", className="sub")], className="field")
+    return html.Label(["Your name ", dcc.Input(id=ids.CONSOLE_USER, type="text", placeholder="who acts (recorded)",
+                                               className="text-input", maxLength=100)], className="field")
 
 
 def _selected_id(selected: list[dict[str, Any]] | None) -> str | None:

@@ -10,6 +10,10 @@ Score: minus scikit-learn's `score_samples`, i.e. the anomaly score 2^(-E[h(x)]/
 Contributions: each variable's deviation from its training median in robust z units,
 |x_j - median_j| / (1.4826 · MAD_j) (falling back to the standard deviation when the MAD is 0).
 They rank variables; they do not sum to the score (the forest has no additive decomposition).
+
+After `fit` the trees are kept as plain arrays (`IsolationTrees`) and scoring walks them with
+NumPy, level by level for all rows and trees at once: the same scores as scikit-learn's, and
+a fitted detector is plain data (`analytics.models` saves it without pickle).
 """
 
 from __future__ import annotations
@@ -24,9 +28,75 @@ from sklearn.ensemble import IsolationForest
 from analytics.multivariate.base import as_matrix, frame_of, robust_scale
 
 
+def _average_path_length(n: np.ndarray) -> np.ndarray:
+    """c(n): the mean path length of an unsuccessful search in a binary search tree of n keys."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.where(n == 2, 1.0, 0.0)
+    big = n > 2
+    out[big] = 2.0 * (np.log(n[big] - 1.0) + np.euler_gamma) - 2.0 * (n[big] - 1.0) / n[big]
+    return out
+
+
+class IsolationTrees:
+    """The fitted trees as flat arrays (every tree's nodes concatenated).
+
+    left, right (nodes,) int64: absolute child indices, -1 at leaves; feature (nodes,) int64: the
+    column of X tested; threshold (nodes,) float64: go left when x <= threshold (x as float32,
+    as scikit-learn's trees compare); path (nodes,) float64: at a leaf, its depth plus c(samples
+    in the leaf); roots (trees,) int64; depth: the deepest level; norm: trees x c(max_samples).
+    """
+
+    FIELDS = ("left", "right", "feature", "threshold", "path", "roots")
+
+    def __init__(self, left, right, feature, threshold, path, roots, depth: int, norm: float):
+        self.left, self.right, self.feature = left, right, feature
+        self.threshold, self.path, self.roots = threshold, path, roots
+        self.depth, self.norm = int(depth), float(norm)
+
+    @classmethod
+    def from_sklearn(cls, forest: IsolationForest) -> IsolationTrees:
+        parts: dict[str, list[np.ndarray]] = {f: [] for f in cls.FIELDS}
+        offset, depth = 0, 0
+        for est, features in zip(forest.estimators_, forest.estimators_features_):
+            t = est.tree_
+            leaf = t.children_left == -1
+            parts["left"].append(np.where(leaf, -1, t.children_left + offset))
+            parts["right"].append(np.where(leaf, -1, t.children_right + offset))
+            parts["feature"].append(np.where(leaf, 0, np.asarray(features)[np.maximum(t.feature, 0)]))
+            parts["threshold"].append(t.threshold.astype(np.float64))
+            # scikit-learn: node depth + c(n at node) - 1, where its node depths count from 1.
+            parts["path"].append(t.compute_node_depths() + _average_path_length(t.n_node_samples) - 1.0)
+            parts["roots"].append(np.array([offset]))
+            offset += t.node_count
+            depth = max(depth, int(t.max_depth))
+        arrays = {f: np.concatenate(v) for f, v in parts.items()}
+        norm = len(forest.estimators_) * float(_average_path_length(np.array([forest._max_samples]))[0])
+        return cls(arrays["left"].astype(np.int64), arrays["right"].astype(np.int64),
+                   arrays["feature"].astype(np.int64), arrays["threshold"], arrays["path"],
+                   arrays["roots"].astype(np.int64), depth, norm)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    def score(self, A: np.ndarray) -> np.ndarray:
+        """Anomaly score 2^(-mean path / c(max_samples)) of each row of A (n, p), (n,)."""
+        X = A.astype(np.float32).astype(np.float64)
+        node = np.broadcast_to(self.roots, (X.shape[0], self.roots.size)).copy()  # (n, trees)
+        rows = np.arange(X.shape[0])[:, None]
+        for _ in range(self.depth):
+            left = self.left[node]
+            inner = left >= 0
+            if not inner.any():
+                break
+            go_left = X[rows, self.feature[node]] <= self.threshold[node]
+            node = np.where(inner, np.where(go_left, left, self.right[node]), node)
+        total = self.path[node].sum(axis=1)
+        return np.power(2.0, -total / self.norm) if self.norm else np.ones(X.shape[0])
+
+
 class IsolationForestDetector(BaseEstimator):
     """Parameters: `n_estimators`, `max_samples` (as scikit-learn), `random_state` (fixed: scores
-    are reproducible). Learned: `variables_`, `forest_`, `median_`, `scale_`."""
+    are reproducible). Learned: `variables_`, `trees_` (`IsolationTrees`), `median_`, `scale_`."""
 
     def __init__(self, *, n_estimators: int = 200, max_samples: int | str = "auto", random_state: int = 0):
         self.n_estimators = n_estimators
@@ -38,8 +108,9 @@ class IsolationForestDetector(BaseEstimator):
         if A.shape[0] < 10:
             raise ValueError(f"too few rows to fit: {A.shape[0]} < 10")
         self.variables_ = tuple(X.columns)
-        self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
-                                       random_state=self.random_state, n_jobs=1).fit(A)
+        forest = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
+                                 random_state=self.random_state, n_jobs=1).fit(A)
+        self.trees_ = IsolationTrees.from_sklearn(forest)
         self.median_, self.scale_ = robust_scale(A)
         return self
 
@@ -47,7 +118,7 @@ class IsolationForestDetector(BaseEstimator):
         A = as_matrix(X, self.variables_)
         if A.shape[0] == 0:
             return np.empty(0)
-        return -self.forest_.score_samples(A)
+        return self.trees_.score(A)
 
     def contributions(self, X: pl.DataFrame) -> pl.DataFrame:
         A = as_matrix(X, self.variables_)

@@ -563,27 +563,6 @@ class AuthConfig(Strict):
     public_probes: bool = True
 
 
-class AuthConfig(Strict):
-    """Who may use the screen and the API (`controltower.auth`, docs/security.md). On by default;
-    `enabled: false` (the demo site) serves everyone, and only on a loopback address."""
-
-    enabled: bool = True
-    # The users file (`controltower users add ...`); relative paths are under the data directory.
-    users_file: str = "users.yaml"
-    # A session ends after this long without a request, and at the latest max_age after login.
-    idle_timeout_s: float = Field(default=1800.0, gt=0)
-    max_age_s: float = Field(default=12 * 3600.0, gt=0)
-    # Mark the session cookie Secure: set it when the screen is reached over HTTPS (a TLS reverse
-    # proxy); a Secure cookie is not sent back over plain HTTP, so login would not stick.
-    secure_cookies: bool = False
-    # A user name or a client address is locked for lockout_s after max_failed_logins failures
-    # within lockout_s.
-    max_failed_logins: int = Field(default=5, ge=1, le=100)
-    lockout_s: float = Field(default=900.0, gt=0)
-    # /api/health and /metrics answer without login (load balancers, Prometheus).
-    public_probes: bool = True
-
-
 class ScreenConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8050, ge=1, le=65535)
@@ -591,19 +570,6 @@ class ScreenConfig(Strict):
     # A line with no sample for this long is shown as stale.
     stale_after_s: float = Field(default=10.0, gt=0)
     trend_window_s: float = Field(default=600.0, gt=0)
-    auth: AuthConfig = AuthConfig()
-
-    @model_validator(mode="after")
-    def _no_open_screen_on_the_network(self) -> ScreenConfig:
-        if not self.auth.enabled and self.host not in LOOPBACK_HOSTS:
-            raise ValueError(
-                f"auth.enabled is false but host is {self.host!r}: without authentication the screen may only "
-                f"listen on a loopback address ({', '.join(LOOPBACK_HOSTS)}); enable auth or bind 127.0.0.1"
-            )
-        return self
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
     auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Self
 
 import paho.mqtt.client as mqtt
 import polars as pl
@@ -73,7 +74,7 @@ class Publisher:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="restart-publisher", clean_session=False)
         self.client.reconnect_delay_set(0.05, 0.5)
 
-    def __enter__(self) -> Publisher:
+    def __enter__(self) -> Self:
         self.client.connect("127.0.0.1", self.port)
         self.client.loop_start()
         self._thread.start()

@@ -3,7 +3,8 @@
     app = create_app(ctx)                       # dash.Dash; app.server is the Flask WSGI app
     WebServer(app, host, port).start()          # controltower.webserver
 
-The overview is at `/`, the alarm console (`console`, its own Dash app on the same server) at
+The overview is at `/`, each line's page at `/line/<site>.<area>.<line>` (`shell` routes between
+them), the alarm console (`console`, its own Dash app on the same server) at
 `/alarms/`. `security` (`controltower.websecurity`) puts the login, the CSRF and role checks and
 the security headers in front of all of it; without one, the site's `screen.auth` must be off. The layout is a function, so each page load renders the current state at once and the
 interval then keeps it fresh.
@@ -21,7 +22,7 @@ from flask import Flask
 
 from controltower.api import register_api
 from controltower.websecurity import WebSecurity
-from controltower.screen import console, overview
+from controltower.screen import console, line, overview, shell
 
 if TYPE_CHECKING:
     from controltower.context import TowerContext
@@ -52,8 +53,12 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
         serve_locally=True,
         suppress_callback_exceptions=False,
     )
-    app.layout = lambda: overview.layout(ctx, now())
+    # The shell routes between the overview (/) and the line pages (/line/<line id>).
+    app.validation_layout = shell.validation_layout(ctx, now())
+    app.layout = lambda: shell.layout(ctx, now())
+    shell.register_callbacks(app, ctx, now)
     overview.register_callbacks(app, ctx, now)
+    line.register_callbacks(app, ctx, now)
     # The alarm console: a second Dash app on the same server, under console.PATH.
     alarms = console.create_console(server, ctx, now, assets_folder=str(ASSETS),
                                     title=f"Alarms · {ctx.site.enterprise} · control tower")

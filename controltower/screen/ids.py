@@ -2,6 +2,33 @@
 
 INTERVAL = "tick"
 
+# --- the page shell: routing between the overview and the line pages, the critical cue ----------
+
+URL = "url"
+PAGE = "page"
+SHELL_TICK = "shell-tick"
+CRITICAL_BANNER = "critical-banner"
+CRITICAL_BANNER_TEXT = "critical-banner-text"
+CRITICAL_NEW = "critical-new"  # the critical alarms that appeared at the last tick (for the beep)
+HEADER_KEY = "header-key"
+CRITICAL_SEEN = "critical-seen"  # the critical alarms the operator has marked as seen
+CRITICAL_SEEN_BUTTON = "critical-seen-button"
+CRITICAL_NOW = "critical-now"  # the unacknowledged critical alarms at the last tick
+CRITICAL_SOUND = "critical-sound"
+CRITICAL_SOUND_DONE = "critical-sound-done"
+TILE_KEYS = "tile-keys"
+ALERTS_KEY = "alerts-key"
+
+# --- the line page (/line/<line id>) ------------------------------------------------------------
+
+LINE_TICK = "line-tick"
+LINE_ID = "line-id"
+LINE_TREND_STATE = "line-trend-state"
+LINE_STATUS = "line-status"
+LINE_STATUS_KEY = "line-status-key"
+LINE_CAPTION = "line-caption"
+LINE_UNIT_GRAPH = "line-unit-graph"  # pattern-matching type, one per unit: {"type": ..., "unit": unit id}
+
 CLOCK = "header-clock"
 FRESHNESS = "header-freshness"
 SUMMARY = "header-summary"

@@ -489,6 +489,212 @@ def downsample(samples: pl.DataFrame, width: timedelta) -> pl.DataFrame:
     return pl.concat([lo, hi]).unique(["tag_id", "ts"], keep="first").sort("tag_id", "ts")
 
 
+PRIORITY_COUNT_SCHEMA: dict[str, pl.DataType] = {
+    "line_id": pl.String(), "critical": pl.Int64(), "high": pl.Int64(), "medium": pl.Int64(), "low": pl.Int64(),
+}
+
+
+def priority_counts_by_line(ctx: TowerContext) -> pl.DataFrame:
+    """Per line with active alarms in the alarm list (not shelved or out of service): how many
+    of each priority (`PRIORITY_COUNT_SCHEMA`)."""
+    listed = [a for a in ctx.alerts.alarm_list() if a.cleared_at is None]
+    frame = pl.DataFrame(
+        {"line_id": [f"{a.site}.{a.area}.{a.line}" for a in listed], "priority": [a.priority for a in listed]},
+        schema={"line_id": pl.String(), "priority": pl.String()},
+    )
+    return frame.group_by("line_id").agg(
+        (pl.col("priority") == p).sum().cast(pl.Int64).alias(p) for p in PRIORITY_RANK
+    ).select(PRIORITY_COUNT_SCHEMA.keys())
+
+
+def critical_unacknowledged(ctx: TowerContext) -> list[str]:
+    """Ids of the critical alarms in the alarm list not yet acknowledged, sorted."""
+    return sorted(str(a.id) for a in ctx.alerts.alarm_list()
+                  if a.priority == "critical" and str(a.state).endswith("unacknowledged"))
+
+
+# --- the line page -------------------------------------------------------------------------------
+
+# Points per tag on the line page (LTTB): about one per 3 px of a full-HD trend.
+LINE_TREND_POINTS = 600
+
+
+class UnknownLineError(KeyError):
+    def __init__(self, line_id: str):
+        super().__init__(line_id)
+        self.line_id = line_id
+
+    def __str__(self) -> str:
+        return f"unknown line {self.line_id!r}"
+
+
+def line_info(ctx: TowerContext, line_id: str) -> dict[str, Any]:
+    """{line_id, site_name, area_name, line_name, units: [{unit_id, name}]} of a configured line;
+    raises UnknownLineError."""
+    for site in ctx.site.sites:
+        for area in site.areas:
+            for line in area.lines:
+                if f"{site.id}.{area.id}.{line.id}" == line_id:
+                    return {
+                        "line_id": line_id,
+                        "site_name": site.name or site.id,
+                        "area_name": area.name or area.id,
+                        "line_name": line.name or line.id,
+                        "units": [{"unit_id": f"{line_id}.{u.id}", "name": u.name or u.id} for u in line.units],
+                    }
+    raise UnknownLineError(line_id)
+
+
+@dataclass(frozen=True)
+class AnomalyScores:
+    """A unit-level anomaly score over time: `scores` (unit_id, ts, score), the control `limit`
+    above which the engine raises an alert (None: no limit), and what the score is (`label`)."""
+
+    scores: pl.DataFrame
+    limit: float | None
+    label: str
+    # How far before the first wanted sample the scorer needs history (its warm-up).
+    lookback_samples: int
+
+
+SCORE_SCHEMA: dict[str, pl.DataType] = {"unit_id": pl.String(), "ts": TIMESTAMP_DTYPE, "score": pl.Float64()}
+
+
+def unit_anomaly(ctx: TowerContext, raw: pl.DataFrame, tags: Sequence[TagInfo]) -> AnomalyScores:
+    """The anomaly score of each unit over the raw samples `raw` (sample schema, the unit's tags),
+    with its control limit. Today: the engine's rolling z-score, the largest over the unit's
+    tags at each time, against the z-score threshold; a live multivariate model (T-squared or
+    SPE with its limit) replaces it behind this one function. Empty scores when the z-score is
+    disabled."""
+    from analytics.detectors.zscore import RollingZScore
+
+    z = ctx.site.detectors.zscore
+    if not z.enabled or raw.is_empty():
+        return AnomalyScores(pl.DataFrame(schema=SCORE_SCHEMA), z.threshold if z.enabled else None,
+                             f"z-score (rolling {z.window})", z.window)
+    detector = RollingZScore(list(tags), window=z.window, threshold=z.threshold,
+                             min_std_fraction=z.min_std_fraction, warmup=min(30, z.window))
+    scored = detector.score(raw)
+    scores = (
+        scored.drop_nulls("score")
+        .with_columns(unit_id=pl.col("tag_id").str.replace(r"\.[^.]+$", ""))
+        .group_by("unit_id", "ts")
+        .agg(pl.col("score").max())
+        .sort("unit_id", "ts")
+        .select([pl.col(c).cast(dt) for c, dt in SCORE_SCHEMA.items()])
+    )
+    return AnomalyScores(scores, z.threshold, f"z-score (rolling {z.window})", z.window)
+
+
+BATCH_SCHEMA: dict[str, pl.DataType] = {
+    "unit_id": pl.String(), "batch_id": pl.String(), "start": TIMESTAMP_DTYPE, "end": TIMESTAMP_DTYPE,
+}
+
+
+def batch_intervals(raw: pl.DataFrame) -> pl.DataFrame:
+    """Per unit, the runs of one batch id in the raw samples (sample schema): unit_id, batch_id,
+    start (first sample), end (last sample), sorted by unit then start. Samples without a batch
+    id end a run but make none. (The historian keeps the batch id of each sample, not the ISA-88
+    phase, so batches are what the trends can shade.)"""
+    if raw.is_empty():
+        return pl.DataFrame(schema=BATCH_SCHEMA)
+    per_time = (
+        raw.select(pl.col("tag_id").str.replace(r"\.[^.]+$", "").alias("unit_id"), "ts", "batch_id")
+        .group_by("unit_id", "ts")
+        .agg(pl.col("batch_id").drop_nulls().first())
+        .sort("unit_id", "ts")
+    )
+    return (
+        per_time.with_columns(run=pl.struct("unit_id", "batch_id").rle_id())
+        .group_by("run", maintain_order=True)
+        .agg(pl.col("unit_id").first(), pl.col("batch_id").first(), pl.col("ts").min().alias("start"),
+             pl.col("ts").max().alias("end"))
+        .drop_nulls("batch_id")
+        .select([pl.col(c).cast(dt) for c, dt in BATCH_SCHEMA.items()])
+    )
+
+
+@dataclass(frozen=True)
+class LineTrends:
+    """What the line page draws: every unit's tags with their limits, their samples over the
+    window (LTTB-downsampled), the units' anomaly scores with the control limit, and the batches."""
+
+    line_id: str
+    start: datetime
+    end: datetime
+    # unit_id, tag_id, name, description, eng_unit, alarm_low, warning_low, warning_high, alarm_high
+    tags: pl.DataFrame
+    # unit_id, tag_id, ts, value (sorted by tag then time)
+    samples: pl.DataFrame
+    anomaly: AnomalyScores
+    # unit_id, batch_id, start, end
+    batches: pl.DataFrame
+    # the median spacing of the samples read (s), None when fewer than two
+    spacing_s: float | None
+
+
+def line_data_clock(ctx: TowerContext, line_id: str, now: datetime) -> datetime:
+    """Like `data_clock`, for a whole line."""
+    newest = ctx.live.latest().filter(pl.col("tag_id").str.starts_with(line_id + "."))["ts"].max()
+    return max(now, newest) if newest is not None else now
+
+
+def line_trends(
+    ctx: TowerContext,
+    line_id: str,
+    now: datetime,
+    window_s: float | None = None,
+    *,
+    since: datetime | None = None,
+    spacing_s: float | None = None,
+    points: int = LINE_TREND_POINTS,
+) -> LineTrends:
+    """The line's trends over [now - window_s, now). With `since` (an incremental update), the
+    samples and scores are those with ts >= since only, and the scorer is given the history it
+    needs before `since` (its window times `spacing_s`, the sample spacing of the first read).
+    Samples are LTTB-downsampled to `points` per tag over the window (an increment gets its
+    share of them)."""
+    from controltower.screen.downsample import lttb
+
+    window_s = window_s if window_s is not None else ctx.site.screen.trend_window_s
+    info = line_info(ctx, line_id)
+    tags = [t for t in ctx.tags if t.line_id == line_id]
+    start = now - timedelta(seconds=window_s)
+    want_from = max(start, since) if since is not None else start
+    lookback = 0.0
+    if since is not None:
+        z = ctx.site.detectors.zscore
+        lookback = (z.window + 1) * (spacing_s or 1.0)
+    raw = ctx.historian.read([t.tag_id for t in tags], want_from - timedelta(seconds=lookback), now)
+    anomaly = unit_anomaly(ctx, raw, tags)
+    anomaly = AnomalyScores(anomaly.scores.filter(pl.col("ts") >= want_from), anomaly.limit, anomaly.label,
+                            anomaly.lookback_samples)
+    wanted = raw.filter(pl.col("ts") >= want_from)
+    share = (now - want_from).total_seconds() / window_s if window_s else 1.0
+    n_points = max(3, int(round(points * min(1.0, share))))
+    samples = lttb(wanted.select("tag_id", "ts", "value"), n_points)
+    samples = samples.with_columns(unit_id=pl.col("tag_id").str.replace(r"\.[^.]+$", "")).select(
+        "unit_id", "tag_id", "ts", "value")
+    anomaly = AnomalyScores(
+        lttb(anomaly.scores, n_points, y="score", by="unit_id"), anomaly.limit, anomaly.label, anomaly.lookback_samples
+    )
+    if spacing_s is None and wanted.height > len(tags):
+        diffs = wanted.select(pl.col("ts").diff().over("tag_id").dt.total_microseconds() / 1e6).to_series()
+        spacing_s = diffs.drop_nulls().filter(diffs.drop_nulls() > 0).median()
+    limits = tag_limits(tags).with_columns(unit_id=pl.Series([t.unit_id for t in tags], dtype=pl.String()))
+    units = [u["unit_id"] for u in info["units"]]
+    return LineTrends(
+        line_id=line_id,
+        start=start,
+        end=now,
+        tags=limits.filter(pl.col("unit_id").is_in(units)),
+        samples=samples,
+        anomaly=anomaly,
+        batches=batch_intervals(wanted),
+        spacing_s=spacing_s,
+    )
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 

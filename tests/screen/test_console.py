@@ -99,6 +99,6 @@ def test_console_is_served_at_alarms_beside_the_overview(ctx, tmp_path) -> None:
         assert ids.CONSOLE_GRID in layout and FW in layout
         with urllib.request.urlopen(web.url + "/_dash-layout", timeout=10) as resp:
             overview = resp.read().decode()
-        assert ids.LINE_TILES in overview and '"href":"\\u002falarms\\u002f"' in overview  # Dash escapes "/"
-    # The overview's own layout is unchanged at its head.
-    assert app.layout().children[0].id == ids.INTERVAL
+        assert ids.PAGE in overview and '"href":"\\u002falarms\\u002f"' in overview  # the shell; Dash escapes "/"
+    # The shell routes: its first child is the URL it reads.
+    assert app.layout().children[0].id == ids.URL

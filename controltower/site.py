@@ -585,18 +585,75 @@ class ScreenConfig(Strict):
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-class FaultConfig(Strict):
-    """A fault the simulator injects: `start_s`/`duration_s` in simulated seconds from plant start."""
+SENSOR_FAULT_KINDS = ("spike", "drift", "stuck", "bias", "noise", "dropout", "oscillation")
+# Process faults, and the unit kinds whose simulator models have them (each model's
+# PROCESS_FAULTS in simulators/units/<kind>.py; tests/simulators checks the two agree).
+PROCESS_FAULT_UNIT_KINDS: dict[str, tuple[str, ...]] = {
+    "cooling_failure": ("bioreactor",),
+    "feed_pump_failure": ("bioreactor",),
+    "contamination": ("bioreactor",),
+    "vacuum_leak": ("freeze_dryer",),
+}
 
-    tag: str
-    kind: Literal["spike", "drift", "stuck", "bias", "noise", "dropout", "oscillation"]
+
+class FaultConfig(Strict):
+    """A fault the simulator injects: `start_s`/`duration_s` in simulated seconds from plant start.
+
+    A sensor fault (spike ... oscillation) names its `tag` (full id site.area.line.unit.tag);
+    a process fault (cooling_failure, feed_pump_failure, contamination, vacuum_leak) names its
+    `unit` (site.area.line.unit), whose kind must have it (PROCESS_FAULT_UNIT_KINDS)."""
+
+    tag: str | None = None
+    unit: str | None = None
+    kind: Literal[
+        "spike",
+        "drift",
+        "stuck",
+        "bias",
+        "noise",
+        "dropout",
+        "oscillation",
+        "cooling_failure",
+        "feed_pump_failure",
+        "contamination",
+        "vacuum_leak",
+    ]
     start_s: float = Field(ge=0)
     duration_s: float = Field(gt=0)
     # spike, bias: offset added; drift: offset reached at the end (linear); noise: standard
-    # deviation added; oscillation: amplitude; stuck, dropout: ignored.
+    # deviation added; oscillation: amplitude; stuck, dropout: ignored. Process faults: the
+    # severity, a fraction in (0, 1] (simulators/faults.py says what 1 means for each).
     magnitude: float = 0.0
     # oscillation: period in simulated seconds.
     period_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _target_fits_kind(self) -> FaultConfig:
+        process = self.kind in PROCESS_FAULT_UNIT_KINDS
+        if self.tag is not None and self.unit is not None:
+            raise ValueError("give 'tag' (a sensor fault) or 'unit' (a process fault), not both")
+        if process and self.unit is None:
+            raise ValueError(
+                f"'unit': {self.kind} is a process fault; name its unit (site.area.line.unit) under 'unit'"
+                + (", not 'tag'" if self.tag is not None else "")
+            )
+        if not process and self.tag is None:
+            raise ValueError(
+                f"'tag': {self.kind} is a sensor fault; name its tag (site.area.line.unit.tag) under 'tag'"
+                + (", not 'unit'" if self.unit is not None else "")
+            )
+        if process and not 0.0 < self.magnitude <= 1.0:
+            raise ValueError(
+                f"'magnitude': a process fault's magnitude is its severity, a fraction in (0, 1]; got {self.magnitude:g}"
+            )
+        return self
+
+    @property
+    def target(self) -> str:
+        """The tag (sensor fault) or the unit path (process fault)."""
+        target = self.unit if self.kind in PROCESS_FAULT_UNIT_KINDS else self.tag
+        assert target is not None  # checked by the validator
+        return target
 
 
 class SimulationConfig(Strict):
@@ -659,9 +716,25 @@ class SiteConfig(Strict):
                     )
         known = {p for p, _ in self.iter_tags()}
         if self.simulation is not None:
-            for fault in self.simulation.faults:
-                if fault.tag not in known:
-                    raise ValueError(f"simulation fault on unknown tag {fault.tag!r}")
+            unit_kinds = {
+                f"{s.id}.{a.id}.{ln.id}.{u.id}": u.kind for s in self.sites for a in s.areas for ln in a.lines for u in ln.units
+            }
+            for i, fault in enumerate(self.simulation.faults):
+                if fault.unit is None:
+                    if fault.tag not in known:
+                        raise ValueError(f"simulation.faults[{i}].tag: simulation fault on unknown tag {fault.tag!r}")
+                    continue
+                if fault.unit not in unit_kinds:
+                    raise ValueError(
+                        f"simulation.faults[{i}].unit: simulation fault on unknown unit {fault.unit!r} "
+                        "(a unit path site.area.line.unit)"
+                    )
+                kinds = PROCESS_FAULT_UNIT_KINDS[fault.kind]
+                if unit_kinds[fault.unit] not in kinds:
+                    raise ValueError(
+                        f"simulation.faults[{i}].kind: unit {fault.unit!r} is of kind {unit_kinds[fault.unit]!r}, "
+                        f"which has no {fault.kind} process fault (units of kind {', '.join(kinds)} have it)"
+                    )
             lines = {f"{s.id}.{a.id}.{ln.id}" for s in self.sites for a in s.areas for ln in a.lines}
             for line in self.simulation.mqtt_payloads:
                 if line not in lines:

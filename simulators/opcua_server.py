@@ -33,12 +33,15 @@ import polars as pl
 from asyncua import Server, ua
 from asyncua.crypto import cert_gen
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.address_space import AttributeService
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controltower.site import Limits, SiteConfig, Tag
+from simulators.batch_events import BatchEvent
 from simulators.clock import utc_now
+from simulators.plant import Plant
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,25 @@ class _PasswordUsers:
         return User(role=UserRole.User, name=username)
 
 
+class _SetpointWriteService(AttributeService):
+    """asyncua's attribute service, except that a write of a setpoint variable goes to the
+    plant first, which may refuse it with a status of its own (BadOutOfRange): asyncua's value
+    setters and write callbacks cannot refuse a write, so the check sits here."""
+
+    def __init__(self, aspace: Any, on_write: Any):
+        super().__init__(aspace)
+        self._on_write = on_write  # async (node id, attribute id, DataValue) -> StatusCode | None
+
+    async def write(self, params: ua.WriteParameters, user: User = User(role=UserRole.Admin)) -> list[ua.StatusCode]:
+        results = []
+        for item in params.NodesToWrite:
+            status = await self._on_write(item.NodeId, item.AttributeId, item.Value)
+            if status is None:
+                status = (await super().write(ua.WriteParameters(NodesToWrite=[item]), user=user))[0]
+            results.append(status)
+        return results
+
+
 class PlantOpcUaServer:
     """Serves a site's tags at `url` (opc.tcp://host:port/path; binds to that host)."""
 
@@ -158,7 +180,9 @@ class PlantOpcUaServer:
         certificate: Path | None = None,
         private_key: Path | None = None,
         users: Mapping[str, str] | None = None,
+        plant: Plant | None = None,
     ):
+        """`plant`: the plant a client's setpoint writes go to (None: no Setpoints folders)."""
         parsed = urlparse(url)
         if parsed.scheme != "opc.tcp" or not parsed.hostname or not parsed.port:
             raise ValueError(f"OPC-UA url must look like opc.tcp://host:port/path, got {url!r}")
@@ -181,6 +205,18 @@ class PlantOpcUaServer:
         self._ns = 2
         self._tag_nodes: dict[str, ua.NodeId] = {}
         self._unit_nodes: dict[str, tuple[ua.NodeId, ua.NodeId]] = {}
+        self.plant = plant
+        # Setpoint variable -> (unit path, setpoint name); the last value written to each.
+        self._setpoint_nodes: dict[ua.NodeId, tuple[str, str]] = {}
+        self._setpoint_shown: dict[ua.NodeId, float] = {}
+        # Batch events: per unit its folder, event generator and unacknowledged-count variable.
+        self._unit_folders: dict[str, ua.NodeId] = {}
+        self._unacked_nodes: dict[str, ua.NodeId] = {}
+        self._unit_events: dict[str, Any] = {}
+        self._server_events: Any = None
+        # Unacknowledged batch events by sequence number (their unit), and acknowledgements made.
+        self.unacknowledged: dict[int, BatchEvent] = {}
+        self.acknowledgements: list[tuple[int, str]] = []  # (sequence, comment)
 
     @property
     def namespace_index(self) -> int:
@@ -208,7 +244,27 @@ class PlantOpcUaServer:
             raise RuntimeError(f"namespace {NAMESPACE_URI} got index {ns}, expected 2")
         self._ns = ns
         self._server = server
+        # Client writes of setpoint variables go to the plant (range-checked) before the node.
+        server.iserver.attribute_service = _SetpointWriteService(server.iserver.aspace, self._write_setpoint)
+        # Under BaseEventType as 2:BatchEventType (asyncua numbers its nodes in the namespace).
+        self._event_type = await server.create_custom_event_type(
+            ns,
+            "BatchEventType",
+            ua.ObjectIds.BaseEventType,
+            [
+                ("BatchId", ua.VariantType.String),
+                ("Unit", ua.VariantType.String),
+                ("Phase", ua.VariantType.String),
+                ("PreviousPhase", ua.VariantType.String),
+                ("Transition", ua.VariantType.String),
+                ("Sequence", ua.VariantType.UInt32),
+            ],
+        )
         await self._build(server)
+        # One generator per unit (subscribe to the unit) and one on the Server object (subscribe to all).
+        for path, folder in self._unit_folders.items():
+            self._unit_events[path] = await server.get_event_generator(self._event_type, folder)
+        self._server_events = await server.get_event_generator(self._event_type, ua.ObjectIds.Server)
         # Until the first tick the values are not measurements: say so, as a real server does,
         # so a client never takes the placeholder 0.0 for a reading.
         waiting = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
@@ -232,8 +288,14 @@ class PlantOpcUaServer:
             if proto.processor is not None
         ]
 
-    async def publish(self, frame: pl.DataFrame, unit_states: dict[str, tuple[str, str]]) -> None:
-        """Write a step's samples (sample schema) and each unit's (batch_id, phase)."""
+    async def publish(
+        self,
+        frame: pl.DataFrame,
+        unit_states: dict[str, tuple[str, str]],
+        events: Sequence[BatchEvent] = (),
+    ) -> None:
+        """Write a step's samples (sample schema), each unit's (batch_id, phase) and effective
+        setpoints, and fire the step's batch events."""
         if self._server is None:
             raise RuntimeError("the OPC-UA server is not started")
         server_ts = utc_now()
@@ -265,6 +327,96 @@ class PlantOpcUaServer:
                         ServerTimestamp=server_ts,
                     ),
                 )
+        await self._show_setpoints()
+        for event in events:
+            await self._fire(event)
+
+    # --- setpoints --------------------------------------------------------------------------
+
+    async def _show_setpoints(self) -> None:
+        """Each setpoint variable shows the unit's effective setpoint (a phase change or the
+        end of an operator override changes it); written only when it changed."""
+        if self.plant is None or self._server is None:
+            return
+        effective: dict[str, dict[str, float]] = {}
+        for node, (unit, name) in self._setpoint_nodes.items():
+            if unit not in effective:
+                effective[unit] = self.plant.setpoints(unit)
+            value = effective[unit][name]
+            if self._setpoint_shown.get(node) != value:
+                self._setpoint_shown[node] = value
+                await self._server.write_attribute_value(node, ua.DataValue(Value=ua.Variant(value, ua.VariantType.Double)))
+
+    async def _write_setpoint(self, node: ua.NodeId, attribute: int, value: ua.DataValue) -> ua.StatusCode | None:
+        """A client's write: None when `node` is not a setpoint (the normal write applies); else
+        the plant takes it (Good), or refuses it (BadOutOfRange, BadTypeMismatch) and nothing changes.
+        A NaN clears the operator setpoint (back to the recipe's)."""
+        target = self._setpoint_nodes.get(node)
+        if target is None or attribute != ua.AttributeIds.Value or self.plant is None:
+            return None
+        unit, name = target
+        number = value.Value.Value if value.Value is not None else None
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+        if number != number:  # NaN
+            self.plant.clear_setpoint(unit, name)
+            log.info("OPC-UA client cleared setpoint %s of %s (recipe value again)", name, unit)
+        else:
+            try:
+                old = self.plant.write_setpoint(unit, name, float(number))
+            except ValueError as exc:
+                log.warning("OPC-UA client setpoint write refused: %s", exc)
+                return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
+            log.info("OPC-UA client set %s of %s: %g -> %g", name, unit, old, number)
+        await self._show_setpoints()
+        return ua.StatusCode(ua.StatusCodes.Good)
+
+    # --- batch events -----------------------------------------------------------------------
+
+    async def _fire(self, event: BatchEvent) -> None:
+        generator = self._unit_events.get(event.unit)
+        if generator is None:
+            return
+        self.unacknowledged[event.sequence] = event
+        message = f"{event.unit}: {event.transition.replace('_', ' ')} {event.batch_id} {event.phase}"
+        for gen in (generator, self._server_events):
+            e = gen.event
+            e.SourceNode = self._unit_folders[event.unit]
+            e.SourceName = event.unit
+            e.Severity = 100
+            e.BatchId = event.batch_id
+            e.Unit = event.unit
+            e.Phase = event.phase
+            e.PreviousPhase = event.previous_phase or ""
+            e.Transition = event.transition
+            e.Sequence = event.sequence
+            await gen.trigger(time_attr=event.at, message=message)
+        await self._count_unacknowledged(event.unit)
+
+    async def _count_unacknowledged(self, unit: str) -> None:
+        if self._server is None:
+            return
+        count = sum(1 for e in self.unacknowledged.values() if e.unit == unit)
+        await self._server.write_attribute_value(
+            self._unacked_nodes[unit], ua.DataValue(Value=ua.Variant(count, ua.VariantType.UInt32))
+        )
+
+    def _acknowledge_method(self, unit: str):
+        async def acknowledge(parent: ua.NodeId, sequence: ua.Variant, comment: ua.Variant):
+            """AcknowledgeBatchEvent(Sequence UInt32, Comment String): BadEventIdUnknown for a
+            sequence number that is not an unacknowledged event of this unit."""
+            number = sequence.Value
+            event = self.unacknowledged.get(number) if isinstance(number, int) else None
+            if event is None or event.unit != unit:
+                return ua.StatusCode(ua.StatusCodes.BadEventIdUnknown)
+            del self.unacknowledged[number]
+            text = comment.Value if isinstance(comment.Value, str) else ""
+            self.acknowledgements.append((number, text))
+            log.info("OPC-UA client acknowledged batch event %d (%s %s): %r", number, unit, event.transition, text)
+            await self._count_unacknowledged(unit)
+            return []
+
+        return acknowledge
 
     async def _build(self, server: Server) -> None:
         ns = self._ns
@@ -303,39 +455,113 @@ class PlantOpcUaServer:
                             ua.VariantType.String,
                         )
                         self._unit_nodes[unit_path] = (batch.nodeid, phase.nodeid)
+                        await self._build_batch_events(unit_node, unit_path)
+                        await self._build_setpoints(server, unit_node, unit_path)
+
+    async def _build_batch_events(self, unit_node: Any, unit_path: str) -> None:
+        ns = self._ns
+        self._unit_folders[unit_path] = unit_node.nodeid
+        unacked = await unit_node.add_variable(
+            ua.NodeId(f"{unit_path}.unacknowledged_batch_events", ns),
+            ua.QualifiedName("unacknowledged_batch_events", ns),
+            0,
+            ua.VariantType.UInt32,
+        )
+        self._unacked_nodes[unit_path] = unacked.nodeid
+        sequence = ua.Argument(
+            Name="Sequence", DataType=ua.NodeId(ua.ObjectIds.UInt32), ValueRank=ua.ValueRank.Scalar,
+            Description=ua.LocalizedText("the batch event's Sequence field"),
+        )
+        comment = ua.Argument(
+            Name="Comment", DataType=ua.NodeId(ua.ObjectIds.String), ValueRank=ua.ValueRank.Scalar,
+            Description=ua.LocalizedText("why, by whom"),
+        )
+        await unit_node.add_method(
+            ua.NodeId(f"{unit_path}.AcknowledgeBatchEvent", ns),
+            ua.QualifiedName("AcknowledgeBatchEvent", ns),
+            self._acknowledge_method(unit_path),
+            [sequence, comment],
+            [],
+        )
+
+    async def _build_setpoints(self, server: Server, unit_node: Any, unit_path: str) -> None:
+        """A `Setpoints` folder of writable AnalogItems, one per operator setpoint of the unit."""
+        if self.plant is None:
+            return
+        ranges = self.plant.setpoint_ranges(unit_path)
+        if not ranges:
+            return
+        ns = self._ns
+        units = self.plant.setpoint_units(unit_path)
+        current = self.plant.setpoints(unit_path)
+        folder = await unit_node.add_folder(ua.NodeId(f"{unit_path}.sp", ns), ua.QualifiedName("Setpoints", ns))
+        for name, (low, high) in ranges.items():
+            node = await self._analog_item(
+                server,
+                folder.nodeid,
+                f"{unit_path}.sp.{name}",
+                name,
+                f"setpoint {name} of {unit_path} (write to override the recipe until the batch ends; NaN clears)",
+                units[name],
+                ua.Range(Low=low, High=high),
+                writable=True,
+                value=current[name],
+            )
+            self._setpoint_nodes[node] = (unit_path, name)
+            self._setpoint_shown[node] = current[name]
 
     async def _add_analog_item(self, server: Server, parent: ua.NodeId, tag_id: str, tag: Tag) -> ua.NodeId:
-        """An AnalogItemType variable (asyncua's add_variable only makes BaseDataVariables)."""
+        """A tag's read-only AnalogItemType variable."""
+        return await self._analog_item(
+            server, parent, tag_id, tag.id, tag.description or tag.id, tag.unit, eu_range(tag.limits), writable=False
+        )
+
+    async def _analog_item(
+        self,
+        server: Server,
+        parent: ua.NodeId,
+        node_id: str,
+        name: str,
+        description: str,
+        unit: str,
+        value_range: ua.Range,
+        *,
+        writable: bool,
+        value: float = 0.0,
+    ) -> ua.NodeId:
+        """An AnalogItemType Double variable with EngineeringUnits and EURange (asyncua's
+        add_variable only makes BaseDataVariables)."""
         ns = self._ns
         item = ua.AddNodesItem()
-        item.RequestedNewNodeId = ua.NodeId(tag_id, ns)
-        item.BrowseName = ua.QualifiedName(tag.id, ns)
+        item.RequestedNewNodeId = ua.NodeId(node_id, ns)
+        item.BrowseName = ua.QualifiedName(name, ns)
         item.NodeClass = ua.NodeClass.Variable
         item.ParentNodeId = parent
         item.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasComponent)
         item.TypeDefinition = ua.NodeId(ua.ObjectIds.AnalogItemType)
         attrs = ua.VariableAttributes()
-        attrs.DisplayName = ua.LocalizedText(tag.id)
-        attrs.Description = ua.LocalizedText(tag.description or tag.id)
+        attrs.DisplayName = ua.LocalizedText(name)
+        attrs.Description = ua.LocalizedText(description)
         attrs.DataType = ua.NodeId(ua.ObjectIds.Double)
-        attrs.Value = ua.Variant(0.0, ua.VariantType.Double)
+        attrs.Value = ua.Variant(value, ua.VariantType.Double)
         attrs.ValueRank = ua.ValueRank.Scalar
-        attrs.AccessLevel = ua.AccessLevel.CurrentRead.mask
-        attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
+        access = ua.AccessLevel.CurrentRead.mask | (ua.AccessLevel.CurrentWrite.mask if writable else 0)
+        attrs.AccessLevel = access
+        attrs.UserAccessLevel = access
         item.NodeAttributes = attrs
         result = (await server.iserver.isession.add_nodes([item]))[0]
         result.StatusCode.check()
         node = server.get_node(result.AddedNodeId)
         await node.add_property(
-            ua.NodeId(f"{tag_id}.EngineeringUnits", ns),
+            ua.NodeId(f"{node_id}.EngineeringUnits", ns),
             ua.QualifiedName("EngineeringUnits", 0),
-            eu_information(tag.unit),
+            eu_information(unit),
             datatype=ua.NodeId(ua.ObjectIds.EUInformation),
         )
         await node.add_property(
-            ua.NodeId(f"{tag_id}.EURange", ns),
+            ua.NodeId(f"{node_id}.EURange", ns),
             ua.QualifiedName("EURange", 0),
-            eu_range(tag.limits),
+            value_range,
             datatype=ua.NodeId(ua.ObjectIds.Range),
         )
         return result.AddedNodeId

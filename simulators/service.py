@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from controltower.site import SimulationConfig, SiteConfig
+from simulators.batch_events import BatchEvent, BatchTransitions
 from simulators.clock import utc_now
 from simulators.faults import Fault
 from simulators.mqtt_publisher import InjectCommand, PlantMqttPublisher, PublisherStats
@@ -69,6 +70,9 @@ class SimulatorService:
         self._opcua: PlantOpcUaServer | None = None
         self._mqtt: PlantMqttPublisher | None = None
         self._running = False
+        self._transitions = BatchTransitions()
+        # Every batch event of the run, in order (the OPC-UA server keeps the unacknowledged ones).
+        self.batch_events: list[BatchEvent] = []
         self.ticks = 0
 
     @property
@@ -86,6 +90,10 @@ class SimulatorService:
     def mqtt(self) -> PlantMqttPublisher | None:
         return self._mqtt
 
+    @property
+    def opcua(self) -> PlantOpcUaServer | None:
+        return self._opcua
+
     async def start(self) -> None:
         """Create the plant (first start only) and start the enabled servers (OPC-UA
         listening, MQTT connecting in the background)."""
@@ -93,20 +101,28 @@ class SimulatorService:
             return
         self._running = True
         try:
-            if self.opcua_url:
-                self._opcua = PlantOpcUaServer(self.site, url=self.opcua_url)
-                await self._opcua.start()
-            if self._plant is None:
-                # After the (slow) OPC-UA start, so at speed 1 simulated time tracks the wall clock.
+            first_start = self._plant is None
+            if first_start:
                 self._plant = Plant(
                     self.site, seed=self.seed, start=self._start_time, ground_truth=self.ground_truth_path
                 )
+            if self.opcua_url:
+                # The server writes operator setpoints to the plant and shows its batch events.
+                self._opcua = PlantOpcUaServer(self.site, url=self.opcua_url, plant=self._plant)
+                await self._opcua.start()
+            if first_start:
+                if self._start_time is None:
+                    # After the (slow) OPC-UA start, so at speed 1 simulated time tracks the wall clock.
+                    self._plant.rebase(utc_now())
+                self._transitions.update(self._plant.unit_states(), self._plant.now)
             if self.mqtt_url:
                 self._mqtt = PlantMqttPublisher(
                     url=self.mqtt_url,
                     topic_prefix=self.config.mqtt_topic_prefix,
                     units=self._plant.units,
                     on_inject=self._inject_command,
+                    default_payload=self.config.mqtt_payload,
+                    payloads=self.config.mqtt_payloads,
                 )
                 await self._mqtt.start()
         except BaseException:
@@ -140,10 +156,12 @@ class SimulatorService:
         plant = self.plant
         frame = plant.step(self.tick_s * self.speed)
         states = plant.unit_states()
+        events = self._transitions.update(states, plant.now)
+        self.batch_events.extend(events)
         if self._opcua is not None:
-            await self._opcua.publish(frame, states)
+            await self._opcua.publish(frame, states, events)
         if self._mqtt is not None:
-            self._mqtt.publish(frame, states)
+            self._mqtt.publish(frame, states, events)
         self.ticks += 1
 
     async def run(self, duration_s: float | None = None) -> None:
@@ -169,14 +187,15 @@ class SimulatorService:
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
     def inject(
-        self, tag_id: str, kind: str, duration_s: float, magnitude: float = 0.0, *, period_s: float = 60.0
+        self, target: str, kind: str, duration_s: float, magnitude: float = 0.0, *, period_s: float = 60.0
     ) -> Fault:
-        """Start a fault now (simulated time); see Plant.inject."""
-        return self.plant.inject(tag_id, kind, duration_s, magnitude, period_s=period_s)
+        """Start a fault now (simulated time) on a tag (sensor fault) or a unit path (process
+        fault); see Plant.inject."""
+        return self.plant.inject(target, kind, duration_s, magnitude, period_s=period_s)
 
     def _inject_command(self, command: InjectCommand) -> Fault:
         return self.inject(
-            command.tag_id, command.kind, command.duration_s, command.magnitude, period_s=command.period_s
+            command.target, command.kind, command.duration_s, command.magnitude, period_s=command.period_s
         )
 
 

@@ -17,9 +17,11 @@ needs no hand-over between an in-memory and an on-disk queue. The cost is one fs
 on `emit` and two per stored batch (the ack cursor): `bench/spool.py` measures it against writing
 straight to DuckDB (docs/benchmarks.md, "Store and forward").
 
-Nothing written twice: the forwarder stores one batch at a time and acknowledges it before the
-next, so after a crash only the first pending batch (`Spool.in_doubt_seq`) can already be in the
-historian. InfluxDB overwrites a point with the same series and time, so its replay is harmless;
+Nothing written twice: the forwarder stores the oldest pending batches (one, or when a backlog
+has built up a run of them up to `max_write_samples`, in one write) and acknowledges them before
+the next, so after a crash only the run starting at the first pending batch (`Spool.in_doubt_seq`)
+can already be in the historian; the replay starts at the same batch with the same bound, so it
+covers that run. InfluxDB overwrites a point with the same series and time, so its replay is harmless;
 for a historian without that property (DuckDB) the forwarder first reads back the batch's
 tags over its time span and writes only the (tag_id, ts) pairs not yet stored.
 
@@ -49,7 +51,7 @@ import polars as pl
 
 from collector.sinks import Historian, HistorianError
 from collector.sources import Source
-from collector.spool import Spool, SpoolError, SpoolFull, SpoolRecord
+from collector.spool import Spool, SpoolError, SpoolFull
 from controltower.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class Pipeline:
         retry_max_s: float = 30.0,
         spool: Spool | None = None,
         drain_timeout_s: float = 10.0,
+        max_write_samples: int = 100_000,
     ):
         self.sources = list(sources)
         self.historian = historian
@@ -85,6 +88,7 @@ class Pipeline:
         self._writes: asyncio.Queue[pl.DataFrame] = asyncio.Queue(maxsize=queue_batches)
         self._retry_max_s = retry_max_s
         self._drain_timeout_s = drain_timeout_s
+        self._max_write_samples = max_write_samples
         self.historian_ok = True
         self.historian_error: str | None = None
         self.samples_stored = 0
@@ -94,6 +98,14 @@ class Pipeline:
         self._room = asyncio.Event()  # set after an ack: wakes emitters blocked on a full spool
         self.emit_blocked_s = 0.0  # total time sources waited on a full spool (`block` policy)
         self.spool_error: str | None = None  # the last append failure (disk full...), None once appends work
+        self.metrics.watch_queues(self.queue_depths)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Batches waiting in each in-memory queue: for the consumers, and (without the spool) for the historian."""
+        depths = {"consumers": self._batches.qsize()}
+        if self.spool is None:
+            depths["historian"] = self._writes.qsize()
+        return depths
 
     # --- health --------------------------------------------------------------------------------
 
@@ -204,11 +216,24 @@ class Pipeline:
         self.historian_ok = True
         self.historian_error = None
         self.samples_stored += samples
+        self.metrics.samples_stored.inc(samples)
 
     async def _write(self) -> None:
         """Without the spool: store batches from the in-memory queue, retrying each until stored."""
+        carry: pl.DataFrame | None = None
         while True:
-            batch = await self._writes.get()
+            batches = [carry if carry is not None else await self._writes.get()]
+            carry = None
+            samples = batches[0].height
+            # A backlog is stored in one write (up to `max_write_samples`), as with the spool.
+            while not self._writes.empty():
+                queued = self._writes.get_nowait()
+                if samples + queued.height > self._max_write_samples:
+                    carry = queued  # the first of the next write
+                    break
+                batches.append(queued)
+                samples += queued.height
+            batch = batches[0] if len(batches) == 1 else pl.concat(batches, how="vertical_relaxed")
             delay = 0.5
             while True:
                 started = time.perf_counter()
@@ -220,10 +245,12 @@ class Pipeline:
                     continue
                 self._stored(batch.height, started)
                 break
-            self._writes.task_done()
+            for _ in batches:
+                self._writes.task_done()
 
     async def _forward(self) -> None:
-        """With the spool: store the oldest pending batch, acknowledge it, repeat; retry with
+        """With the spool: store the oldest pending batches (a run of them, up to
+        `max_write_samples`, when a backlog has built up), acknowledge them, repeat; retry with
         backoff while the historian fails. Pending batches of an earlier run go first."""
         loop = asyncio.get_running_loop()
         spool = self.spool
@@ -231,24 +258,26 @@ class Pipeline:
         delay = 0.5
         while True:
             try:
-                record = await loop.run_in_executor(self._spool_io, spool.first_pending)
+                records = await loop.run_in_executor(self._spool_io, spool.pending_run, self._max_write_samples)
             except SpoolError as exc:
                 self.spool_error = str(exc)
                 log.error("%s; retrying in 5s", exc)
                 await asyncio.sleep(5.0)
                 continue
-            if record is None:
+            if not records:
                 self._spooled.clear()
-                if spool.pending_batches == 0:  # an append may have landed since first_pending
+                if spool.pending_batches == 0:  # an append may have landed since pending_run
                     # Bounded: an append whose emit was cancelled still lands on disk, unannounced.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._spooled.wait(), timeout=1.0)
                 continue
             started = time.perf_counter()
             try:
-                batch = record.batch
-                if record.seq == spool.in_doubt_seq and not idempotent:
-                    batch = await self._not_yet_stored(record)
+                # One write per run: the historian's per-write cost (a commit, an fsync, a request)
+                # is paid once for the backlog, so the forwarder catches up instead of falling behind.
+                batch = records[0].batch if len(records) == 1 else pl.concat([r.batch for r in records], how="vertical_relaxed")
+                if records[0].seq == spool.in_doubt_seq and not idempotent:
+                    batch = await self._not_yet_stored(records[0].seq, batch)
                 await self.historian.write(batch)
             except HistorianError as exc:
                 await asyncio.sleep(self._failed(exc, delay))
@@ -256,10 +285,11 @@ class Pipeline:
                 continue
             delay = 0.5
             try:
-                await loop.run_in_executor(self._spool_io, spool.ack, record.seq)
+                await loop.run_in_executor(self._spool_io, spool.ack, records[-1].seq)
             except SpoolError as exc:
-                # Stored but not acknowledged: it will be forwarded again, so as a batch in doubt.
-                spool.in_doubt_seq = record.seq
+                # Stored but not acknowledged: it will be forwarded again (the same run or a longer
+                # one from the same first batch), so as a run in doubt.
+                spool.in_doubt_seq = records[0].seq
                 self.spool_error = str(exc)
                 log.error("%s; the batch is stored, its acknowledgement is retried", exc)
                 await asyncio.sleep(1.0)
@@ -267,10 +297,10 @@ class Pipeline:
             self._stored(batch.height, started)
             self._room.set()
 
-    async def _not_yet_stored(self, record: SpoolRecord) -> pl.DataFrame:
-        """The samples of a replayed batch that the historian does not hold yet, by (tag_id, ts):
-        the batch may have been stored just before a crash that came before its acknowledgement."""
-        batch = record.batch
+    async def _not_yet_stored(self, seq: int, batch: pl.DataFrame) -> pl.DataFrame:
+        """The samples of a replayed run (from spool batch `seq` on) that the historian does not
+        hold yet, by (tag_id, ts): it may have been stored just before a crash that came before
+        its acknowledgement."""
         if not batch.height:
             return batch
         # Read's bounds are datetimes (microseconds): widen the span so no nanosecond is left out.
@@ -280,8 +310,8 @@ class Pipeline:
         fresh = batch.join(stored.select("tag_id", "ts"), on=["tag_id", "ts"], how="anti", maintain_order="left")
         if fresh.height < batch.height:
             log.info(
-                "spool batch %d was partly or wholly stored before a restart: %d of %d sample(s) already in "
-                "the historian, not written again", record.seq, batch.height - fresh.height, batch.height,
+                "spool batches from %d on were partly or wholly stored before a restart: %d of %d sample(s) "
+                "already in the historian, not written again", seq, batch.height - fresh.height, batch.height,
             )
         return fresh
 

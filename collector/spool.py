@@ -23,9 +23,10 @@ restarts), so replay is in the order the batches were appended.
 
 Durability: `append` returns after the record is written and the segment fsynced (and the
 directory, when a segment was created); `ack` returns after the cursor is durable. A `kill -9` at
-any point leaves every appended, unacknowledged batch on disk; the only batch that may be in the
-historian already is the first pending one (the one being forwarded when the process died): it
-is `in_doubt_seq` after a restart, and the pipeline makes its replay idempotent.
+any point leaves every appended, unacknowledged batch on disk; the only batches that may be in the
+historian already are those of the run being forwarded when the process died (`pending_run`: the
+first pending batch and the ones after it, up to a sample bound): its first is `in_doubt_seq`
+after a restart, and the pipeline makes the replay of that run idempotent.
 
 Bound: the segment files never hold more than `max_bytes` (a single batch larger than that is
 still taken when the spool is otherwise empty). When a batch does not fit, the overflow policy
@@ -472,6 +473,30 @@ class Spool:
                         raise SpoolError(f"cannot read the spool {self.directory}: {exc.strerror or exc}") from None
                 return SpoolRecord(entry.seq, batch, entry.appended_at_ns, entry.nbytes)
             return None
+
+    def pending_run(self, max_samples: int) -> list[SpoolRecord]:
+        """The oldest pending batches, in order, as many as hold at most `max_samples` samples
+        (always at least one when any is pending): a backlog is stored in few large writes. A
+        record found damaged after the first ends the run (`first_pending` then skips it)."""
+        first = self.first_pending()
+        if first is None:
+            return []
+        run, samples = [first], first.batch.height
+        with self._lock:
+            for entry in list(self._pending.values())[1:]:
+                if samples + entry.rows > max_samples:
+                    break
+                batch = self._cache.get(entry.seq)
+                if batch is None:
+                    try:
+                        batch = self._read(entry)
+                    except OSError:
+                        break  # the next first_pending reports it
+                    if batch is None:
+                        break
+                run.append(SpoolRecord(entry.seq, batch, entry.appended_at_ns, entry.nbytes))
+                samples += entry.rows
+        return run
 
     def _read(self, entry: _Entry) -> pl.DataFrame | None:
         segment = self._segments[entry.segment]

@@ -106,6 +106,7 @@ class MqttJsonDecoder:
         self.bindings: dict[str, list[_FieldBinding]] = defaultdict(list)
         # batched_json: (topic, the name an item gives its tag) -> tag id
         self.by_name: dict[tuple[str, str], str] = {}
+        self.names_by_topic: dict[str, dict[str, str]] = defaultdict(dict)  # the same, per topic
         for t in tags:
             topic, field = json_binding(config, t)
             if (topic, field) in self.by_name:
@@ -114,6 +115,7 @@ class MqttJsonDecoder:
                     f"both read field {field!r} of topic {topic!r}"
                 )
             self.by_name[(topic, field)] = t.tag_id
+            self.names_by_topic[topic][field] = t.tag_id
             self.bindings[topic].append(_FieldBinding(tuple(field.split(".")), field, t.tag_id))
         self.tag_paths = tag_paths_frame(tags)
         self.columns = _Columns()
@@ -192,43 +194,51 @@ class MqttJsonDecoder:
         raw_batch = _lookup(doc, self.config.batch_field.split(".")) if self.config.batch_field else None
         batch_id = str(raw_batch) if raw_batch not in (None, _MISSING) else None
 
-        by_name, cols = self.by_name, self.columns
+        names, cols = self.names_by_topic[topic], self.columns
         tag_key, value_key = spec.tag_field, spec.value_field
         ts_key, quality_key = spec.timestamp_field, spec.quality_field
         count = 0
         problems: dict[str, int] = {}
+        # The message's row (time, receive time, batch id), added with its first sample that has
+        # no time of its own and shared by the others: per sample, only an index into the rows.
+        message_row = None
         for item in items:
-            if not isinstance(item, dict):
+            if item.__class__ is not dict:
                 problems["bad_sample_item"] = problems.get("bad_sample_item", 0) + 1
                 continue
-            tag_id = by_name.get((topic, str(item.get(tag_key))))
+            name = item.get(tag_key)
+            tag_id = names.get(name if name.__class__ is str else str(name))
             if tag_id is None:
                 problems["unbound_tag"] = problems.get("unbound_tag", 0) + 1
                 continue
             raw = item.get(value_key)
             if raw is None:
                 value, quality = None, "bad"
-            elif (number := _number(raw)) is not None:
-                value = number
-                quality = str(item.get(quality_key, "good")) if quality_key else "good"
-                if quality not in _QUALITIES:
+            elif (value := raw if raw.__class__ is float else _number(raw)) is not None:
+                quality = item.get(quality_key, "good") if quality_key else "good"
+                if quality.__class__ is not str or quality not in _QUALITIES:
                     quality = "uncertain"
             else:
                 problems["non_numeric_value"] = problems.get("non_numeric_value", 0) + 1
                 continue
-            ts = message_ts
-            if ts_key is not None:
-                raw_ts = item.get(ts_key)
-                if raw_ts is not None:
-                    try:
-                        ts = _parse_time(raw_ts, ts_key)
-                    except PayloadError:
-                        problems["bad_timestamp"] = problems.get("bad_timestamp", 0) + 1
-                        continue
-            cols.message.append(len(cols.ts))
-            cols.ts.append(ts)
-            cols.received.append(received)
-            cols.batch_id.append(batch_id)
+            raw_ts = item.get(ts_key) if ts_key is not None else None
+            if raw_ts is not None:
+                try:
+                    ts = _parse_time(raw_ts, ts_key)
+                except PayloadError:
+                    problems["bad_timestamp"] = problems.get("bad_timestamp", 0) + 1
+                    continue
+                cols.message.append(len(cols.ts))
+                cols.ts.append(ts)
+                cols.received.append(received)
+                cols.batch_id.append(batch_id)
+            else:
+                if message_row is None:
+                    message_row = len(cols.ts)
+                    cols.ts.append(message_ts)
+                    cols.received.append(received)
+                    cols.batch_id.append(batch_id)
+                cols.message.append(message_row)
             cols.tag_id.append(tag_id)
             cols.value.append(value)
             cols.quality.append(quality)

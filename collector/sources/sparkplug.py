@@ -226,6 +226,7 @@ class SparkplugDecoder:
         bindings, cols = self.bindings, self.columns
         count = 0
         non_numeric = []
+        message_row = None
         for m in message.metrics:
             if m.HasField("name"):
                 name = m.name
@@ -251,10 +252,19 @@ class SparkplugDecoder:
             else:
                 non_numeric.append(name)
                 continue
-            cols.message.append(len(cols.ts))
-            cols.ts.append(_from_ms(m.timestamp, received) if m.HasField("timestamp") else ts)
-            cols.received.append(received)
-            cols.batch_id.append(None)
+            if m.HasField("timestamp"):
+                cols.message.append(len(cols.ts))
+                cols.ts.append(_from_ms(m.timestamp, received))
+                cols.received.append(received)
+                cols.batch_id.append(None)
+            else:
+                # Metrics without a time of their own share one row: the payload's time.
+                if message_row is None:
+                    message_row = len(cols.ts)
+                    cols.ts.append(ts)
+                    cols.received.append(received)
+                    cols.batch_id.append(None)
+                cols.message.append(message_row)
             cols.tag_id.append(tag_id)
             cols.value.append(value)
             cols.quality.append(quality)

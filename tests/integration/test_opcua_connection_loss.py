@@ -221,3 +221,54 @@ async def test_each_endpoint_runs_in_its_own_task_with_its_own_health(site, tmp_
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await stop(*servers[1])
+
+
+async def test_control_tower_shows_the_loss_in_health_metrics_and_the_historian(site, tmp_path) -> None:
+    """The whole path: the stale samples reach the DuckDB historian (through the spool), and
+    /api/health and /metrics show the source stale, then the gap once it is back."""
+    from controltower.runtime import ControlTower
+    from controltower.site import parse_site_config
+
+    url = f"opc.tcp://127.0.0.1:{free_port()}/sim"
+    server, ticking = await serve(site, url)
+    tower_site = parse_site_config({
+        "enterprise": "Pharma", "data_dir": str(tmp_path),
+        "sites": [{"id": "lyon", "areas": [{"id": "usp", "lines": [{"id": "bio1", "units": [{"id": "br101", "tags": [
+            {"id": "temperature", "opcua": {"node_id": f"ns=2;s={TEMPERATURE}"}},
+            {"id": "ph", "opcua": {"node_id": f"ns=2;s={PH}", "deadband_abs": 0.001}},
+        ]}]}]}]}],
+        "sources": [{"kind": "opcua", "name": "plc", "url": url, "publishing_interval_ms": 100,
+                     "flush_interval_ms": 100, "publish_timeout_s": 3}],
+    }, "tower.yaml")
+    tower = ControlTower(tower_site, data_dir=tmp_path)
+    running = asyncio.create_task(tower.run())
+
+    def view() -> dict:
+        return tower.health()["sources"][0]
+
+    try:
+        await until(lambda: view()["connected"] and tower.pipeline.samples_stored >= 4, 20, lambda: str(tower.health()))
+        await stop(server, ticking)
+        await until(lambda: view()["stale_since"] is not None, 10, lambda: str(view()))
+        assert tower.health()["status"] == "degraded" and view()["stale_tags"] == 2
+        assert 'controltower_source_stale{source="plc"} 1.0' in tower.metrics.render().decode()
+        lost = datetime.fromisoformat(view()["stale_since"])
+
+        def stale_stored() -> pl.DataFrame:
+            return tower.historian.read([TEMPERATURE, PH], lost - timedelta(seconds=1)).filter(pl.col("value").is_null())
+
+        await until(lambda: stale_stored().height == 2, 10, lambda: str(stale_stored()))
+        assert (stale_stored()["quality"].cast(str) == "bad").all() and (stale_stored()["ts"] == lost).all()
+
+        server, ticking = await serve(site, url)
+        await until(lambda: view()["gaps"] == 1 and view()["connected"], 30, lambda: str(view()))
+        metrics = tower.metrics.render().decode()
+        assert 'controltower_source_stale{source="plc"} 0.0' in metrics
+        assert 'controltower_source_gaps_total{source="plc"} 1.0' in metrics
+        assert view()["stale_since"] is None and view()["gap_seconds"] > 0
+        assert [g.source for g in GapLog(tmp_path / "gaps.jsonl").read()] == ["plc"]
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        tower.close()
+        await stop(server, ticking)

@@ -35,7 +35,7 @@ import polars as pl
 
 from analytics.detectors.base import per_tag
 from analytics.detectors.spc import CENTRES_SCHEMA, fit_centres, standardised
-from analytics.detectors.stream import LevelMemory, split_usable, tail_of, with_tail
+from analytics.detectors.stream import LevelMemory, new_tails, split_usable, with_tail
 from controltower.site import TagInfo
 
 _TAIL_SCHEMA = {"tag_id": pl.String(), "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64()}
@@ -117,15 +117,16 @@ class NelsonRules:
             .join(self.centres_, on="tag_id", how="left", maintain_order="left")
             .with_columns(standardised().alias("z"), per_tag(pl.col("value").diff()).alias("d"))
         )
-        self._tail = tail_of(stats, max(self.same_side_run, 15) - 1, list(_TAIL_SCHEMA))
+        self._tail = new_tails(self._tail, stats, max(self.same_side_run, 15) - 1)
 
         exprs = rule_expressions(self.same_side_run)
         fires = {r: exprs[r][0].fill_null(False).alias(f"_r{r}") for r in sorted(self.rules)}
-        stats = stats.with_columns(fires.values())
+        # Every per-tag (rolling) expression runs on the rows with the tail, before it is dropped.
+        stats = stats.with_columns(fires.values()).with_columns(
+            pl.concat_list(pl.when(pl.col(f"_r{r}")).then(exprs[r][1]) for r in fires).alias("_reasons"))
         any_rule = pl.any_horizontal(pl.col(f"_r{r}") for r in fires)
-        reason, zone = pl.when(False).then(pl.lit(None, pl.String)), pl.when(False).then(pl.lit(None, pl.Float64))
+        zone = pl.when(False).then(pl.lit(None, pl.Float64))
         for r in fires:
-            reason = reason.when(pl.col(f"_r{r}")).then(exprs[r][1])
             zone = zone.when(pl.col(f"_r{r}")).then(pl.lit(ZONE[r]))
         side = pl.when(pl.col("z") >= 0).then(1.0).otherwise(-1.0)
         scored = stats.filter(pl.col("_row").is_not_null()).select(
@@ -133,6 +134,6 @@ class NelsonRules:
             pl.col("z").abs().alias("score"),
             any_rule.cast(pl.UInt8).alias("level_now"),
             (pl.col("centre") + side * zone.otherwise(None) * pl.col("sigma")).alias("limit_now"),
-            reason.otherwise(None).alias("reason_now"),
+            pl.col("_reasons").list.drop_nulls().list.first().alias("reason_now"),
         )
         return self._levels.merge(rows, scored)

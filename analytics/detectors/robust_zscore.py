@@ -14,7 +14,7 @@ deviation about the moving median (each deviation measured against the median of
 window), not about the single median of the current window: the exact windowed MAD needs a
 second sort per sample and runs ~20x slower, while for stationary noise the two agree (the
 moving median's own error is ~1.25 sigma/sqrt(window)). No score until `warmup` previous
-samples exist. Level 1 (warning) when z > threshold; `limit` m +- threshold * scale on the
+deviations exist (2 x warmup samples after a start). Level 1 (warning) when z > threshold; `limit` m +- threshold * scale on the
 sample's side; `reason` "robust z=9.3 over 120 samples".
 
 Streaming: the last `window` usable values of each tag and their deviations are carried into the
@@ -28,7 +28,7 @@ from typing import Self
 import polars as pl
 
 from analytics.detectors.base import per_tag
-from analytics.detectors.stream import LevelMemory, split_usable, tail_of, with_tail
+from analytics.detectors.stream import LevelMemory, new_tails, split_usable, with_tail
 from controltower.site import TagInfo
 
 MAD_TO_SIGMA = 1.4826
@@ -91,14 +91,14 @@ class RobustZScore:
             )
             .join(floors, on="tag_id", how="left", maintain_order="left")
         )
-        self._tail = tail_of(stats, w, list(_TAIL_SCHEMA))
+        self._tail = new_tails(self._tail, stats, w)
         scale = pl.max_horizontal(MAD_TO_SIGMA * pl.col("mad"), pl.col("floor"), pl.lit(1e-9))
-        z = (pl.col("value") - pl.col("median")).abs() / scale
+        z = pl.when(pl.col("mad").is_not_null()).then((pl.col("value") - pl.col("median")).abs() / scale)
         over = (z > self.threshold).fill_null(False)
         side = pl.when(pl.col("value") >= pl.col("median")).then(1.0).otherwise(-1.0)
         scored = stats.filter(pl.col("_row").is_not_null()).select(
             "_row",
-            pl.when(pl.col("mad").is_not_null()).then(z).alias("score"),
+            z.alias("score"),
             over.cast(pl.UInt8).alias("level_now"),
             pl.when(over).then(pl.col("median") + side * self.threshold * scale).alias("limit_now"),
             pl.when(over).then(pl.format("robust z={} over {} samples", z.round(1), pl.col("n_prev"))).alias("reason_now"),

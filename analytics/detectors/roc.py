@@ -21,7 +21,7 @@ from typing import Self
 import polars as pl
 
 from analytics.detectors.base import per_tag
-from analytics.detectors.stream import LevelMemory, split_usable, tail_of, with_tail
+from analytics.detectors.stream import LevelMemory, new_tails, split_usable, with_tail
 from controltower.site import TagInfo
 
 _TAIL_SCHEMA = {"tag_id": pl.String(), "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64()}
@@ -64,7 +64,7 @@ class RateOfChangeDetector:
             .join(params, on="tag_id", how="left", maintain_order="left")
             .with_columns(rate_per_second().alias("rate"))
         )
-        self._tail = tail_of(stats, 1, list(_TAIL_SCHEMA))
+        self._tail = new_tails(self._tail, stats, 1)
         over = (pl.col("rate").abs() > pl.col("rate_limit")).fill_null(False)
         scored = stats.filter(pl.col("_row").is_not_null()).select(
             "_row",

@@ -47,6 +47,13 @@ def tail_of(frame: pl.DataFrame, n: int, columns: list[str]) -> pl.DataFrame:
     return frame.filter(after < n).select(columns)
 
 
+def new_tails(old: pl.DataFrame, frame: pl.DataFrame, n: int) -> pl.DataFrame:
+    """The carried tails after a batch: the last `n` rows of each tag in `frame` (sorted by
+    TAG_KEY, carried tail included), and the `old` tails of the tags the batch did not have."""
+    fresh = tail_of(frame, n, old.columns)
+    return pl.concat([old.join(fresh.select("tag_id").unique(), on="tag_id", how="anti"), fresh])
+
+
 class LevelMemory:
     """Per tag, the level, limit and reason at the end of the previous batch: a sample the detector
     skipped (bad quality, null) carries them, across batches too."""

@@ -1,0 +1,69 @@
+"""Rate of change, robust (median / MAD) z-score and stale data, by hand; stale data through the engine."""
+
+from datetime import timedelta
+
+import polars as pl
+
+from analytics.detectors import RateOfChangeDetector, RobustZScore, StaleDataDetector
+from analytics.engine import DetectionEngine
+from controltower.site import DetectorsConfig, StaleConfig
+from tests.analytics.helpers import T0, assert_close, batch, make_tag
+
+TAG = make_tag(rate_of_change=1.0)
+TID = TAG.tag_id
+
+
+def test_rate_of_change_by_hand_and_across_batches():
+    det = RateOfChangeDetector([TAG, make_tag("s.a.l.u.no_limit")])
+    first = det.score(pl.concat([batch(TID, [1.0, 1.5, 3.0, None]), batch("s.a.l.u.no_limit", [0.0, 100.0])]))
+    assert_close(first["score"].to_list(), [None, 0.5, 1.5, None, None, None])
+    assert first["level"].to_list() == [0, 0, 1, 1, 0, 0]  # the null sample carries the level
+    assert first["reason"][2] == "rising 1.5/s, limit 1.0/s"
+    # Next batch: compared with the last usable sample (3.0 at t=2), 2 s earlier.
+    second = det.score(batch(TID, [1.0, 1.1], start=4))
+    assert_close(second["score"].to_list(), [1.0, 0.1])
+    assert second["level"].to_list() == [0, 0]  # exactly the limit is not above it
+
+
+def test_robust_zscore_by_hand_and_not_fooled_by_an_earlier_spike():
+    tag = make_tag("s.a.l.u.r")
+    det = RobustZScore([tag], window=3, threshold=5.0, warmup=3, min_std_fraction=0.0)
+    # Moving medians (previous 3) from sample 3: 2, 2, 3, 2, 3, 2; deviations 1, 1, 1, 18, 1, 18.
+    # MAD from sample 6 (3 previous deviations): median(1,1,1) = 1, median(1,1,18) = 1, median(1,18,1) = 1.
+    out = det.score(batch(tag.tag_id, [0.0, 2.0, 4.0, 1.0, 3.0, 2.0, 20.0, 2.0, 20.0]))
+    assert_close(out["score"].to_list(), [None] * 6 + [18 / 1.4826, 1 / 1.4826, 18 / 1.4826])
+    assert out["level"].to_list() == [0] * 6 + [1, 0, 1]  # the second spike is seen despite the first
+    assert out["reason"][6] == "robust z=12.1 over 3 samples"
+    # Across batches: the same.
+    det = RobustZScore([tag], window=3, threshold=5.0, warmup=3, min_std_fraction=0.0)
+    values = [0.0, 2.0, 4.0, 1.0, 3.0, 2.0, 20.0, 2.0, 20.0]
+    parts = pl.concat(det.score(batch(tag.tag_id, values[i:i + 2], start=i)) for i in range(0, 9, 2))
+    assert parts["level"].to_list() == out["level"].to_list()
+
+
+def test_stale_check_by_hand():
+    a, b = make_tag("s.a.l.u.a", stale_after_s=5.0), make_tag("s.a.l.u.b")
+    det = StaleDataDetector([a, b], after_s=10.0)
+    scored = det.score(pl.concat([batch(a.tag_id, [1.0, 2.0]), batch(b.tag_id, [3.0], start=1)]))
+    assert scored["level"].to_list() == [0, 0, 0]  # a sample arriving is never stale
+    early = det.check(T0 + timedelta(seconds=5))
+    assert early["level"].to_list() == [0, 0]  # a: 4 s old, not above 5 s
+    later = det.check(T0 + timedelta(seconds=8))
+    assert later["level"].to_list() == [1, 0] and later["reason"][0] == "no sample for 7 s (stale after 5.0 s)"
+    assert later["value"][0] == 2.0 and later["limit"][0] == 5.0
+    assert det.check(T0 + timedelta(seconds=20))["level"].to_list() == [1, 1]
+
+
+def test_stale_through_the_engine_with_the_batch_clock():
+    a, b = make_tag("s.a.l.u.a", stale_after_s=5.0), make_tag("s.a.l.u.b", stale_after_s=5.0)
+    engine = DetectionEngine([a, b], DetectorsConfig(stale=StaleConfig(after_s=60.0)))
+    assert engine.process(pl.concat([batch(a.tag_id, [1.0] * 3), batch(b.tag_id, [1.0] * 3)])) == []
+    # b stops; a goes on: the batch clock moves with a, and b goes stale.
+    (raised,) = engine.process(batch(a.tag_id, [1.0] * 6, start=3))
+    assert raised.tag_id == b.tag_id and raised.detector == "stale" and raised.severity == "warning"
+    # b comes back: its sample clears the condition.
+    assert engine.process(batch(b.tag_id, [1.0], start=9)) == []
+    assert [x.detector for x in engine.book.active()] == []
+    # No batch at all: the wall clock passed to check() finds both stale.
+    raised = engine.check(T0 + timedelta(seconds=30))
+    assert sorted(x.tag_id for x in raised) == [a.tag_id, b.tag_id]

@@ -59,10 +59,6 @@ STALE_STATUS = ua.StatusCodes.BadNoCommunication
 DISCONNECT_TIMEOUT_S = 2.0
 
 
-class MonitoringError(ValueError):
-    """A tag's monitoring settings cannot be used with this server (e.g. percent deadband without EURange)."""
-
-
 # (sampling interval ms, queue size, deadband type, deadband value): the settings of one monitored item.
 Monitoring = tuple[float, int, int, float]
 
@@ -92,10 +88,11 @@ def data_change_filter(deadband_type: int, deadband_value: float) -> ua.DataChan
     trigger = ua.DataChangeTrigger.StatusValueTimestamp if deadband_type == ua.DeadbandType.None_ else ua.DataChangeTrigger.StatusValue
     return ua.DataChangeFilter(Trigger=trigger, DeadbandType=deadband_type, DeadbandValue=deadband_value)
 
+
 class _ColumnBuffer:
     """Column lists that subscription callbacks append to; swapped out whole at each flush."""
 
-    __slots__ = ("ts", "server_ts", "tag_id", "value", "status")
+    __slots__ = ("server_ts", "status", "tag_id", "ts", "value")
 
     def __init__(self) -> None:
         self.ts: list[datetime | None] = []

@@ -29,7 +29,7 @@ def plant_history(tmp_path_factory) -> tuple[DuckDbHistorian, ModelStore]:
     root = tmp_path_factory.mktemp("review")
     historian = DuckDbHistorian(root / "historian.duckdb")
     historian.write_sync(simulate(SITE, seed=31, seconds=6.2 * BATCH_S, faults=[(FAULT_AT, "ph", "bias", 900.0, 0.05)]))
-    good = historian.read(list(SITE.tag_table()[i].tag_id for i in range(5)), START, FAR)
+    good = historian.read([t.tag_id for t in SITE.tag_table()], START, FAR)
     good = good.filter(pl.col("batch_id").is_in([f"BR101-{n:04d}" for n in range(2, 5)]))
     store = ModelStore(root / "models")
     variables = tuple(sorted(good["tag_id"].unique()))

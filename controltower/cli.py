@@ -4,7 +4,8 @@
     controltower run --config FILE [--data-dir DIR] [--port N] [--duration S]
     controltower simulate (--config FILE | --sites N [--lines M]) [--speed X] [--seed N] [--duration S] [--opcua-url U] [--mqtt-url U]
     controltower evaluate --scenario FILE [--json]
-    controltower inject TAG --kind spike|drift|stuck [--duration S] [--magnitude X] [--mqtt-url U] [--prefix P]
+    controltower inject TAG|UNIT --kind spike|drift|stuck|...|cooling_failure|... [--duration S] [--magnitude X]
+                        [--mqtt-url U] [--prefix P]
     controltower detect --train TRAIN --test TEST --out OUT [--method auto|pca|dpca|iforest] [--alpha 0.01] [--exclude COL ...]
     controltower browse URL [--root NODE] [--depth N] [--include GLOB] [--exclude GLOB] [--yaml]
     controltower config check FILE
@@ -36,7 +37,13 @@ from typing import Any
 import polars as pl
 
 from controltower.samples import PATH_COLUMNS
-from controltower.site import SiteConfigError, load_site_config, site_json_schema
+from controltower.site import (
+    PROCESS_FAULT_UNIT_KINDS,
+    SENSOR_FAULT_KINDS,
+    SiteConfigError,
+    load_site_config,
+    site_json_schema,
+)
 from controltower.timeparse import parse_time
 
 log = logging.getLogger("controltower")
@@ -128,11 +135,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     simulate.add_argument("--mqtt-url", help="publish to this broker instead of simulation.mqtt_url ('none' disables)")
 
     inject = sub.add_parser("inject", help="inject a fault into a running simulator (over its MQTT command topic)")
-    inject.add_argument("tag", help="full tag id, e.g. lyon.ff.fill1.filler1.fill_weight")
-    inject.add_argument("--kind", required=True, choices=["spike", "drift", "stuck", "bias", "noise", "dropout", "oscillation"])
+    inject.add_argument("tag", metavar="TARGET",
+                        help="sensor fault: full tag id, e.g. lyon.ff.fill1.filler1.fill_weight; "
+                             "process fault: unit path, e.g. lyon.usp.bio1.br101")
+    inject.add_argument("--kind", required=True, choices=[*SENSOR_FAULT_KINDS, *PROCESS_FAULT_UNIT_KINDS])
     inject.add_argument("--duration", type=_positive_float, default=30.0, help="simulated seconds (default 30)")
-    inject.add_argument("--magnitude", type=float, default=0.0,
-                        help="spike/bias: offset; drift: offset reached at the end; noise: std; oscillation: amplitude")
+    inject.add_argument("--magnitude", type=float, default=None,
+                        help="spike/bias: offset; drift: offset reached at the end; noise: std; oscillation: "
+                             "amplitude (default 0); process faults: severity in (0, 1] (default 1)")
     inject.add_argument("--period", type=_positive_float, default=60.0, help="oscillation period, seconds (default 60)")
     inject.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="the simulator's broker")
     inject.add_argument("--prefix", default="plant", help="the simulator's simulation.mqtt_topic_prefix (default plant)")
@@ -278,15 +288,17 @@ async def _inject(args: argparse.Namespace) -> None:
     from simulators.mqtt_publisher import INJECT_TOPIC
 
     url = urlsplit(args.mqtt_url)
-    command = {"tag_id": args.tag, "kind": args.kind, "duration_s": args.duration, "magnitude": args.magnitude,
-               "period_s": args.period}
+    process = args.kind in PROCESS_FAULT_UNIT_KINDS
+    magnitude = args.magnitude if args.magnitude is not None else (1.0 if process else 0.0)
+    command = {"unit" if process else "tag_id": args.tag, "kind": args.kind, "duration_s": args.duration,
+               "magnitude": magnitude, "period_s": args.period}
     try:
         async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, timeout=10) as client:
             await client.publish(f"{args.prefix}/{INJECT_TOPIC}", json.dumps(command).encode(), qos=1)
     except aiomqtt.MqttError as exc:
         raise ValueError(f"cannot reach the broker at {args.mqtt_url}: {exc}") from None
     print(f"asked the simulator to inject a {args.kind} on {args.tag} for {args.duration:g}s "
-          f"(it logs the injection in its ground truth; an unknown tag is refused in its log)")
+          f"(it logs the injection in its ground truth; an unknown target is refused in its log)")
 
 
 def _run_async(coro: Coroutine[Any, Any, Any]) -> int:

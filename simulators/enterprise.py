@@ -1,7 +1,7 @@
 """A generated enterprise: any number of sites and lines, ISA-95 named, ready to simulate.
 
     site = build_enterprise(3, 22, seed=7)      # what `controltower simulate --sites 3 --lines 22` runs
-    len(site.tag_table())                       # 1140
+    len(site.tag_table())                       # 1320
 
 Naming (ISA-95: enterprise -> site -> area -> line -> unit -> tag), full tag ids
 `site.area.line.unit.tag`, e.g. `lyon.usp.bio1.br102.dissolved_oxygen`:
@@ -70,6 +70,21 @@ TAGS: dict[str, tuple[tuple[str, str, str, dict[str, float]], ...]] = {
         ),
         ("agitation", "Agitator speed", "rpm", _limits(None, None, 380.0, 420.0, 5.0)),
         ("pressure", "Headspace pressure", "barg", _limits(0.05, 0.1, 0.5, 0.6, 0.01)),
+        ("feed_rate", "Feed pump flow", "L/h", _limits(-2.0, -1.0, 10.0, 12.0, 0.1)),
+        (
+            "air_flow",
+            "Sparge air flow, DO cascade after agitation",
+            "slpm",
+            _limits(5.0, 10.0, 40.0, 80.0, 1.0),
+        ),
+        ("base_flow", "Base addition, pH loop", "mL/min", _limits(-20.0, -10.0, 150.0, 250.0, 2.0)),
+        ("foam_level", "Foam probe, antifoam dosed at 25 %", "%", _limits(-10.0, -5.0, 50.0, 75.0, 1.0)),
+        (
+            "biomass",
+            "Viable cell density, capacitance probe",
+            "1e6 cells/mL",
+            _limits(0.0, 1.0, 18.0, 22.0, 0.2),
+        ),
     ),
     "tablet_press": (
         ("compression_force", "Main compression force", "kN", _limits(9.0, 10.0, 14.0, 15.0, 0.2)),

@@ -16,26 +16,32 @@ A scenario (YAML, `config/scenarios/*.yaml`):
     detectors: {...}                     # optional: replaces the site's detectors section
     faults:                              # replace the site's scheduled faults
       - {tag: lyon.ff.fill1.filler1.fill_weight, kind: spike, start_s: 600, duration_s: 60, magnitude: 0.12}
+      - {unit: lyon.usp.bio1.br101, kind: cooling_failure, start_s: 1800, duration_s: 900, magnitude: 1.0}
 
-Fault kinds and what `magnitude` means: see simulators/faults.py (spike, bias, drift, stuck,
-noise, dropout, oscillation; `period_s` for oscillation).
+Fault kinds and what `magnitude` means: see simulators/faults.py (sensor faults on a `tag`:
+spike, bias, drift, stuck, noise, dropout, oscillation, `period_s` for oscillation; process
+faults on a `unit`, magnitude a severity in (0, 1]: cooling_failure, feed_pump_failure,
+contamination, vacuum_leak).
 
 The run: the plant steps `tick_s` at a time (faults applied, as live), every `batch_s` of
 samples goes to `DetectionEngine.process` in time order (the live engine's code path), and
 every alert raised is kept with its clear time. Nothing is published; it runs as fast as the
-CPU allows.
+CPU allows. The events scored are the rows the plant wrote to its ground truth (CSV, or
+Parquet for a `--ground-truth` path ending in .parquet; a temporary file when none is given),
+read back: what is scored is what was published.
 
-Scoring (times are simulated):
-  fault window   [start, end + grace_s) of one fault on one tag.
-  detected       an alert on the fault's tag (any detector) raised inside its window;
+Scoring (times are simulated). A fault's tags: a sensor fault's own tag; a process fault's
+tags are the ones its unit's model says the physics moves (the ground truth's `tags`).
+  fault window   [start, end + grace_s) of one fault, on each of its tags.
+  detected       an alert on any of the fault's tags (any detector) raised inside its window;
                  delay = first such raise - fault start.
   true alert     an alert whose active span [raised, cleared or run end] overlaps a fault
                  window of its tag; every other alert is a false alarm.
   per event      precision = detected faults / (detected faults + false alarms),
                  recall = detected faults / faults, F1 their harmonic mean.
-  per tag        a tag is positive when it has a fault; predicted positive when it has an alert.
-                 TP = faulty tags with a true alert, FP = fault-free tags with an alert,
-                 FN = faulty tags without a true alert.
+  per tag        a tag is positive when it is one of a fault's tags; predicted positive when
+                 it has an alert. TP = faulty tags with a true alert, FP = fault-free tags with
+                 an alert, FN = faulty tags without a true alert.
   false alarms per simulated hour = false alarms / (duration_s / 3600).
 Undefined ratios (nothing to divide by) print as "-" and are null in JSON.
 
@@ -48,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -61,6 +68,7 @@ from pydantic import Field, ValidationError, model_validator
 from analytics.alerts import Alert, AlertBook
 from analytics.engine import DetectionEngine
 from controltower.site import (
+    PROCESS_FAULT_UNIT_KINDS,
     DetectorsConfig,
     FaultConfig,
     SimulationConfig,
@@ -70,7 +78,7 @@ from controltower.site import (
 )
 from simulators.clock import as_utc
 from simulators.enterprise import build_enterprise
-from simulators.faults import FaultKind
+from simulators.faults import FaultKind, read_ground_truth
 from simulators.plant import Plant
 
 DEFAULT_START = datetime(2024, 5, 1, tzinfo=UTC)
@@ -165,12 +173,27 @@ def parse_scenario(data: Any, path: str | Path = "<scenario>", base_dir: Path | 
         assert config.enterprise is not None
         site = build_enterprise(config.enterprise.sites, config.enterprise.lines, seed=config.seed)
     known = {tag_id for tag_id, _ in site.iter_tags()}
+    units = {
+        f"{s.id}.{a.id}.{ln.id}.{u.id}": u.kind
+        for s in site.sites
+        for a in s.areas
+        for ln in a.lines
+        for u in ln.units
+    }
     problems = []
     for i, fault in enumerate(config.faults):
-        if fault.tag not in known:
+        if fault.unit is None and fault.tag not in known:
             problems.append(
                 (f"faults[{i}].tag", f"no tag {fault.tag!r} in the site (full id site.area.line.unit.tag)")
             )
+        if fault.unit is not None and fault.unit not in units:
+            problems.append(
+                (f"faults[{i}].unit", f"no unit {fault.unit!r} in the site (path site.area.line.unit)")
+            )
+        elif fault.unit is not None and units[fault.unit] not in PROCESS_FAULT_UNIT_KINDS[fault.kind]:
+            having = ", ".join(PROCESS_FAULT_UNIT_KINDS[fault.kind])
+            reason = f"unit {fault.unit!r} is of kind {units[fault.unit]!r}, which has no {fault.kind} process fault"
+            problems.append((f"faults[{i}].kind", f"{reason} (units of kind {having} have it)"))
         if fault.start_s >= config.duration_s:
             problems.append(
                 (
@@ -220,13 +243,41 @@ def _read_yaml(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class TruthEvent:
-    """One injected fault, in seconds from plant start."""
+    """One injected fault, in seconds from plant start: its target (a tag, or a unit for a
+    process fault) and the tags it is expected to move."""
 
-    tag_id: str
+    target: str
     kind: str
     start_s: float
     end_s: float
     magnitude: float
+    tags: tuple[str, ...] = ()
+
+    @property
+    def tag_id(self) -> str:
+        """The target (kept for the readers of the sensor-fault-only scorecards)."""
+        return self.target
+
+    @property
+    def affected(self) -> tuple[str, ...]:
+        return self.tags or (self.target,)
+
+
+def truth_events(truth: Any, start: datetime) -> list[TruthEvent]:
+    """Ground-truth rows (a frame as `read_ground_truth` gives it) as events, in seconds from `start`."""
+    rows = sorted(truth.iter_rows(named=True), key=lambda r: (r["start"], r["target"]))
+    seconds = lambda at: (as_utc(at) - start).total_seconds()
+    return [
+        TruthEvent(
+            r["target"],
+            r["kind"],
+            seconds(r["start"]),
+            seconds(r["end"]),
+            float(r["magnitude"]),
+            tuple(t for t in (r["tags"] or "").split(";") if t),
+        )
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True)
@@ -254,7 +305,13 @@ class RunResult:
 
 def run_scenario(scenario: Scenario, *, ground_truth: Path | None = None) -> RunResult:
     """Simulate the scenario and feed the detection engine micro-batch by micro-batch, in time
-    order. `ground_truth`: also write the faults to this CSV as the live simulator does."""
+    order. The events are read back from the ground truth the plant wrote: `ground_truth`
+    (CSV, or Parquet too when it ends in .parquet; appended to), else a temporary file."""
+    if ground_truth is None:
+        with tempfile.TemporaryDirectory(prefix="controltower-evaluate-") as tmp:
+            return run_scenario(scenario, ground_truth=Path(tmp) / "ground_truth.csv")
+    ground_truth = Path(ground_truth)
+    before = read_ground_truth(ground_truth).height if ground_truth.exists() else 0
     cfg = scenario.config
     began = time.perf_counter()
     site = scenario.site
@@ -283,10 +340,8 @@ def run_scenario(scenario: Scenario, *, ground_truth: Path | None = None) -> Run
         )
         for a in sorted(book.recent(limit=10**9), key=_alert_order)
     ]
-    events = [
-        TruthEvent(f.tag, f.kind, f.start_s, f.start_s + f.duration_s, f.magnitude)
-        for f in sorted(cfg.faults, key=lambda f: (f.start_s, f.tag))
-    ]
+    written = read_ground_truth(ground_truth).slice(before) if ground_truth.exists() else None
+    events = truth_events(written, start) if written is not None else []
     return RunResult(events, alerts, total * cfg.tick_s, samples, time.perf_counter() - began, len(tags))
 
 
@@ -409,6 +464,8 @@ class Scorecard:
                 {
                     "kind": e.event.kind,
                     "tag_id": e.event.tag_id,
+                    "target": e.event.target,
+                    "tags": list(e.event.affected),
                     "start_s": e.event.start_s,
                     "duration_s": e.event.end_s - e.event.start_s,
                     "magnitude": e.event.magnitude,
@@ -555,11 +612,14 @@ def score(scenario: Scenario, run: RunResult) -> Scorecard:
         by_tag.setdefault(a.tag_id, []).append(a)
     windows: dict[str, list[tuple[float, float]]] = {}
     for e in run.events:
-        windows.setdefault(e.tag_id, []).append((e.start_s, e.end_s + grace))
+        for tag in e.affected:
+            windows.setdefault(tag, []).append((e.start_s, e.end_s + grace))
 
     events = []
     for e in run.events:
-        inside = [a for a in by_tag.get(e.tag_id, []) if e.start_s <= a.raised_s < e.end_s + grace]
+        inside = [
+            a for tag in e.affected for a in by_tag.get(tag, []) if e.start_s <= a.raised_s < e.end_s + grace
+        ]
         first = min(inside, key=lambda a: (a.raised_s, a.detector)) if inside else None
         events.append(
             EventScore(
@@ -578,7 +638,12 @@ def score(scenario: Scenario, run: RunResult) -> Scorecard:
     false_alarms = [a for a in run.alerts if not overlaps(a)]
     detected = sum(e.detected for e in events)
     faulty = set(windows)
-    caught = {e.event.tag_id for e in events if e.detected}
+    caught = {
+        tag
+        for e in events
+        for tag in e.event.affected
+        if any(e.event.start_s <= a.raised_s < e.event.end_s + grace for a in by_tag.get(tag, []))
+    }
     alerted_clean = {a.tag_id for a in run.alerts} - faulty
     site = scenario.site
     return Scorecard(
@@ -647,7 +712,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration", type=float, help="override the scenario's duration_s (simulated seconds)"
     )
-    parser.add_argument("--ground-truth", type=Path, help="also write the injected faults to this CSV")
+    parser.add_argument(
+        "--ground-truth",
+        type=Path,
+        help="also write the injected faults to this file (CSV; a .parquet path writes Parquet and a CSV beside it)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -25,10 +25,16 @@ import polars as pl
 
 from controltower.samples import samples_frame, tag_paths_frame
 from controltower.site import SimulationConfig, SiteConfig, Unit
-from simulators.batches import BatchClock
+from simulators.batches import SPREAD, BatchClock
 from simulators.clock import as_utc, utc_now
-from simulators.faults import DEFAULT_PERIOD_S, Fault, FaultInjector, GroundTruthLog
-from simulators.units import UnitModel, build_unit_model, known_setpoints
+from simulators.faults import DEFAULT_PERIOD_S, PROCESS_KINDS, Fault, FaultInjector, GroundTruthLog
+from simulators.units import (
+    UnitModel,
+    build_unit_model,
+    known_setpoints,
+    process_faults_of,
+    set_process_faults,
+)
 
 # The models integrate with steps of at most this many simulated seconds; a longer plant
 # step (a fast-forwarded demo) is split, so the dynamics do not depend on the tick.
@@ -61,7 +67,8 @@ class _UnitRun:
 class Plant:
     """The plant of `site`, from simulated time `start` (default: wall-clock now, UTC).
 
-    `ground_truth`: CSV path every fault (scheduled or injected) is appended to; None: not logged.
+    `ground_truth`: the file every fault (scheduled or injected) is appended to, CSV (and Parquet
+    too when it ends in .parquet; see simulators/faults.py GroundTruthLog); None: not logged.
     Scheduled faults come from `site.simulation.faults`.
     """
 
@@ -93,7 +100,14 @@ class Plant:
                         )
                         rng = np.random.default_rng([seed, len(self._units)])
                         model = build_unit_model(u, rng)
-                        self._units.append(_UnitRun(info, model, BatchClock(u.id, model.recipe), position))
+                        # Phase durations vary from batch to batch, drawn from the seed and the unit's place.
+                        clock = BatchClock(
+                            u.id,
+                            model.recipe,
+                            seed=(seed, len(self._units)),
+                            spread=SPREAD.get(u.kind or "", 0.0),
+                        )
+                        self._units.append(_UnitRun(info, model, clock, position))
                         position += len(u.tags)
         self._tags_per_unit = np.array([len(r.info.tag_ids) for r in self._units], dtype=np.int64)
         self._by_path = {r.info.path: r for r in self._units}
@@ -101,6 +115,15 @@ class Plant:
         for r in self._units:
             self._by_short[r.info.unit] = None if r.info.unit in self._by_short else r  # None: ambiguous
 
+        # Per unit, the process faults its model takes and the (full) tags each one moves.
+        self._process_tags = {
+            r.info.path: {
+                kind: tuple(f"{r.info.path}.{t}" for t in tags)
+                for kind, tags in process_faults_of(r.model).items()
+            }
+            for r in self._units
+        }
+        self._faulted: set[str] = set()  # units whose models were handed process faults last sub-step
         self._truth = GroundTruthLog(ground_truth) if ground_truth else None
         self.faults = self._scheduled_faults()
         self._last: np.ndarray | None = None
@@ -124,6 +147,12 @@ class Plant:
         state = run.clock.at(self.elapsed_s)
         return state.batch_id, state.phase
 
+    def process_model(self, unit_id: str) -> object:
+        """The process model simulating a unit's known tags (the generic model when it has none),
+        to inspect its state (e.g. a controller's output) in tests and notebooks."""
+        model = self._unit(unit_id).model
+        return getattr(model, "known", model)
+
     def unit_states(self) -> dict[str, tuple[str, str]]:
         """(batch_id, phase) now, per unit path."""
         return {path: self.unit_state(path) for path in self._by_path}
@@ -144,6 +173,8 @@ class Plant:
         clean = np.empty(len(self.tag_ids))
         for _ in range(n):
             self.elapsed_s += sub
+            if self.faults.has_process or self._faulted:
+                self._hand_out_process_faults()
             for run in self._units:
                 state = run.clock.at(self.elapsed_s)
                 if run.override_batch is not None and state.number != run.override_batch:
@@ -194,22 +225,34 @@ class Plant:
 
     def inject(
         self,
-        tag_id: str,
+        target: str,
         kind: str,
         duration_s: float,
         magnitude: float = 0.0,
         *,
         period_s: float = DEFAULT_PERIOD_S,
     ) -> Fault:
-        """Start a fault on `tag_id` now, for `duration_s` simulated seconds; it is appended to
-        the ground truth at once. `period_s`: of an oscillation. ValueError naming an unknown tag
-        or kind, or a bad number."""
-        fault_kind = self.faults.validate(tag_id, kind, duration_s, magnitude, period_s)
+        """Start a fault now, for `duration_s` simulated seconds; it is appended to the ground
+        truth at once. `target`: a full tag id for a sensor fault, a unit path
+        (site.area.line.unit) for a process fault, whose `magnitude` is its severity in (0, 1].
+        `period_s`: of an oscillation. ValueError naming an unknown target or kind, a kind that
+        does not fit the target, or a bad number."""
+        if kind in PROCESS_KINDS and target not in self._process_tags and target in self._by_short:
+            target = self._unit(target).info.path  # a bare unit id, when unambiguous
+        fault_kind = self.faults.validate(target, kind, duration_s, magnitude, period_s)
         begin = self.now
         fault = Fault(
-            tag_id, fault_kind, begin, begin + timedelta(seconds=duration_s), float(magnitude), float(period_s)
+            target,
+            fault_kind,
+            begin,
+            begin + timedelta(seconds=duration_s),
+            float(magnitude),
+            float(period_s),
+            self.faults.affected_tags(target, fault_kind),
         )
-        last = None if self._last is None else float(self._last[self._index[tag_id]])
+        last = None
+        if not fault_kind.is_process and self._last is not None:
+            last = float(self._last[self._index[target]])
         self.faults.inject(fault, last)
         return fault
 
@@ -283,13 +326,24 @@ class Plant:
     # --- internals --------------------------------------------------------------------
 
     def _scheduled_faults(self) -> FaultInjector:
-        faults = FaultInjector(self._index, self._truth)
+        faults = FaultInjector(self._index, self._truth, self._process_tags)
         for f in (self.site.simulation or SimulationConfig()).faults:
-            kind = faults.validate(f.tag, f.kind, f.duration_s, f.magnitude, f.period_s)
+            target = f.target
+            kind = faults.validate(target, f.kind, f.duration_s, f.magnitude, f.period_s)
             begin = self.start + timedelta(seconds=f.start_s)
             end = begin + timedelta(seconds=f.duration_s)
-            faults.schedule(Fault(f.tag, kind, begin, end, f.magnitude, f.period_s))
+            tags = faults.affected_tags(target, kind)
+            faults.schedule(Fault(target, kind, begin, end, f.magnitude, f.period_s, tags))
         return faults
+
+    def _hand_out_process_faults(self) -> None:
+        """Give each unit's model the process faults active now (and {} to those whose ended)."""
+        levels = self.faults.process_levels(self.now)
+        for path in self._faulted - levels.keys():
+            set_process_faults(self._by_path[path].model, {})
+        for path, faults in levels.items():
+            set_process_faults(self._by_path[path].model, faults)
+        self._faulted = set(levels)
 
     def _batch_ids(self) -> list[str]:
         per_unit = np.array([run.clock.at(self.elapsed_s).batch_id for run in self._units], dtype=object)

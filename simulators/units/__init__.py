@@ -27,7 +27,17 @@ MODELS: dict[str, type[KnownProcess]] = {
     m.KIND: m for m in (Bioreactor, TabletPress, FillingLine, FreezeDryer, WfiLoop, CleanroomHvac)
 }
 
-__all__ = ["MODELS", "BatchState", "Recipe", "UnitModel", "build_unit_model", "envelope_fits", "known_setpoints"]
+__all__ = [
+    "MODELS",
+    "BatchState",
+    "Recipe",
+    "UnitModel",
+    "build_unit_model",
+    "envelope_fits",
+    "known_setpoints",
+    "process_faults_of",
+    "set_process_faults",
+]
 
 
 def envelope_fits(envelope: tuple[float, float], limits: Limits) -> bool:
@@ -43,6 +53,22 @@ def known_setpoints(model: object, batch: BatchState) -> dict[str, float]:
     return setpoints(batch) if setpoints is not None else {}
 
 
+def process_faults_of(model: object) -> dict[str, tuple[str, ...]]:
+    """The process faults a unit's model can take: kind -> the tags (short ids) its physics
+    moves and this unit has; {} for a model without process faults (generic, or none declared)."""
+    physics = getattr(model, "known", model)
+    declared: dict[str, tuple[str, ...]] = getattr(physics, "PROCESS_FAULTS", {})
+    simulated = set(getattr(physics, "tags", ()))
+    return {kind: tuple(t for t in tags if t in simulated) for kind, tags in declared.items()}
+
+
+def set_process_faults(model: object, levels: dict[str, float]) -> None:
+    """Hand a unit's model its active process faults (kind -> severity); {} when none is active."""
+    physics = getattr(model, "known", model)
+    if hasattr(physics, "faults"):
+        physics.faults = levels
+
+
 class _Combined:
     """A kind's model for the tags it knows plus the generic model for the others."""
 
@@ -50,6 +76,7 @@ class _Combined:
         self.tags = tags
         self.recipe = known.recipe
         self._known, self._generic = known, generic
+        self.known = known  # the process model: its process faults (see process_faults_of)
         self._known_at = np.array([tags.index(t) for t in known.tags], dtype=np.intp)
         self._generic_at = np.array([tags.index(t) for t in generic.tags], dtype=np.intp) if generic else None
         # Operator setpoints are the process model's (see each model's SETPOINTS).

@@ -20,6 +20,14 @@ gone: comparing them is how the end of primary drying is detected on real dryers
 Simplification: a real chamber is at atmosphere while the product freezes; here it is held
 at the drying vacuum through the whole batch, since a tag's limits cannot follow the phase.
 The condenser (about -72 degC) warms a little under the vapour load.
+
+Process fault (`faults`, kind -> severity 0..1, set by the plant while a fault is active):
+  vacuum_leak  air leaks into the chamber at a rate that would hold it 200 ubar x severity above
+               setpoint; the pressure control (it can only shut its nitrogen bleed, worth about
+               15 ubar) holds what it can, the rest shows on both gauges (air reads on the Pirani
+               like nitrogen). The gas conducts more heat to the vials: the product warms
+               (during primary drying the ice front warms most, the product risks collapse), and
+               sublimation slows as the chamber pressure approaches the ice's vapour pressure.
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ _ICE_TAPER = 0.05  # below this ice fraction the rate falls (last vials, thin ic
 _PIRANI_WATER_FACTOR = 0.6  # Pirani over-reading per unit vapour fraction (water vs nitrogen)
 _CONDENSER = -72.0  # degC
 _CONDENSER_LOAD = 6.0  # degC warmer at full sublimation rate
+_LEAK_FULL, _BLEED_AUTHORITY = 200.0, 15.0  # ubar: a full leak's pressure rise; what the control absorbs
+_LEAK_TAU_S = 60.0  # chamber volume filling / pumping down
+_LEAK_WARMING = {"primary_drying": 0.03, "other": 0.01}  # product degC per ubar of leak
+_LEAK_SUBLIMATION = 200.0  # ubar of leak that halve the sublimation rate
 
 
 class FreezeDryer:
@@ -67,6 +79,10 @@ class FreezeDryer:
         "chamber_pressure_pirani": (62.0, 175.0),
         "condenser_temperature": (-75.0, -63.0),
     }
+    # The tags each process fault moves through the physics (the ground truth names them).
+    PROCESS_FAULTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vacuum_leak": ("chamber_pressure_cm", "chamber_pressure_pirani", "product_temperature"),
+    }
     # Operator setpoints: name -> (low, high, engineering unit); see `overrides`.
     SETPOINTS: ClassVar[dict[str, tuple[float, float, str]]] = {
         "shelf_temperature": (-50.0, 40.0, "degC"),
@@ -85,6 +101,9 @@ class FreezeDryer:
         self._noise = Noise(rng)
         # Operator setpoints by name (see SETPOINTS); they take the place of the recipe's while set.
         self.overrides: dict[str, float] = {}
+        # Active process faults, kind -> severity (0..1); the plant sets them.
+        self.faults: dict[str, float] = {}
+        self.leak = 0.0  # ubar above setpoint the control cannot hold
         sp = _SETPOINTS["freezing"]
         # Start as a batch starts: the previous batch just ended warm and dry.
         self._shelf_sp = Ramp(_SETPOINTS["secondary_drying"]["shelf"], _SHELF_RATE["freezing"])
@@ -121,9 +140,12 @@ class FreezeDryer:
         shelf_sp = self._shelf_sp.toward(targets["shelf_temperature"], dt_s)
         self.shelf = lag(self.shelf, shelf_sp + self._fluid.step(dt_s, z[0]), dt_s, _SHELF_TAU_S)
 
+        leak_target = max(0.0, _LEAK_FULL * self.faults.get("vacuum_leak", 0.0) - _BLEED_AUTHORITY)
+        self.leak = lag(self.leak, leak_target, dt_s, _LEAK_TAU_S)
+
         if phase == "primary_drying" and self.ice > 0.0:
             heat = min(max((self.shelf + 45.0) / 25.0, 0.0), 1.0)  # what the shelf can deliver
-            target = heat * min(1.0, self.ice / _ICE_TAPER)
+            target = heat * min(1.0, self.ice / _ICE_TAPER) / (1.0 + self.leak / _LEAK_SUBLIMATION)
             self.sublimation = lag(self.sublimation, target, dt_s, 20.0)
             self.ice = max(0.0, self.ice - self.rate * self.sublimation * dt_s)
         else:
@@ -137,17 +159,20 @@ class FreezeDryer:
         else:  # bound water desorbing, less and less
             product_target = self.shelf - 1.0
             vapour_target = 0.02 + 0.13 * np.exp(-batch.phase_elapsed_s / 600.0)
+        product_target += self.leak * _LEAK_WARMING.get(phase, _LEAK_WARMING["other"])
         self.product = lag(self.product, product_target, dt_s, _PRODUCT_TAU_S)
         self.vapour = lag(self.vapour, vapour_target, dt_s, _VAPOUR_TAU_S)
 
         pressure = self._pressure_sp.toward(targets["chamber_pressure"], dt_s) + self._bleed.step(
             dt_s, z[1]
         )
-        cm = pressure + 0.4 * z[2]
-        pirani = pressure * (1.0 + _PIRANI_WATER_FACTOR * self.vapour) + 0.8 * z[3]
+        # The leak's air adds to the controlled pressure; the Pirani over-reads only the vapour.
+        cm = pressure + self.leak + 0.4 * z[2]
+        pirani = pressure * (1.0 + _PIRANI_WATER_FACTOR * self.vapour) + self.leak + 0.8 * z[3]
         condenser = (
             _CONDENSER
             + _CONDENSER_LOAD * self.sublimation
+            + 0.01 * self.leak
             + self._refrigeration.step(dt_s, z[4])
             + 0.1 * z[5]
         )

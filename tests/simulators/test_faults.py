@@ -77,6 +77,8 @@ def test_scheduled_faults_from_the_config_are_applied_and_logged(quiet_site: Sit
             "start": "2024-05-01T06:00:02.000000Z",
             "end": "2024-05-01T06:00:03.000000Z",
             "magnitude": "0.5",
+            "target": FILL,
+            "tags": FILL,
         }
     ]
 

@@ -81,11 +81,11 @@ def test_known_kind_treats_tags_it_does_not_know_generically():
         kind="bioreactor",
         tags=[
             opcua_tag("temperature", warning_low=36.0, warning_high=38.0),
-            opcua_tag("foam_level", warning_high=50.0),
+            opcua_tag("vessel_weight", warning_high=50.0),
         ],
     )
     model = build_unit_model(unit, np.random.default_rng(2))
-    assert model.tags == ("temperature", "foam_level")
+    assert model.tags == ("temperature", "vessel_weight")
     values = run_model(model, 600.0)
     assert abs(values[:, 0].mean() - 37.0) < 0.1
     centre, half = operating_band(Limits(warning_high=50.0))

@@ -149,3 +149,29 @@ async def test_server_object_receives_every_units_batch_events(service: Simulato
         assert expected >= 3
         assert sorted(e.Sequence for e in received) == [e.sequence for e in service.batch_events]
         assert {e.Unit for e in received} >= {FILLER, "lyon.osd.tab1.press1"}
+
+
+async def test_node_opcua_client_reads_and_writes_a_setpoint(service: SimulatorService) -> None:
+    """An independent OPC-UA stack (node-opcua) reads a Setpoints variable and writes it."""
+    import subprocess
+
+    from tests.integration.test_opcua_interop import INTEROP, require_node_opcua
+
+    node = require_node_opcua()
+
+    def run(*args: str) -> dict[str, str]:
+        result = subprocess.run(
+            [node, str(INTEROP / "opcua_read.js"), service.opcua_url, f"ns=2;s={FILLER}.sp.speed", *args],
+            cwd=INTEROP, capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return dict(line.split("=", 1) for line in result.stdout.strip().splitlines() if "=" in line)
+
+    assert service.plant.setpoints(FILLER)["speed"] == 300.0  # the recipe's
+    written = await asyncio.to_thread(run, "280")
+    assert written["write"] == "Good" and written["status"] == "Good" and float(written["value"]) == 280.0
+    assert written["unit"] == "vials/min" and written["range"] == "100,400"
+    assert int(written["access"]) & 0b11 == 0b11  # CurrentRead | CurrentWrite
+    assert service.plant.setpoints(FILLER)["speed"] == 280.0
+    refused = await asyncio.to_thread(run, "999")
+    assert refused["write"] == "BadOutOfRange" and float(refused["value"]) == 280.0

@@ -1,16 +1,27 @@
-// node-opcua client: read one variable, its EngineeringUnits and EURange from a server.
-// Usage: node opcua_read.js URL NODE_ID. Prints key=value lines: status, value, unit, range.
+// node-opcua client: read one variable, its EngineeringUnits and EURange from a server, after
+// writing it a Double first when WRITE_VALUE is given.
+// Usage: node opcua_read.js URL NODE_ID [WRITE_VALUE]. Prints key=value lines: write (the write's
+// status, when asked), status, value, unit, range, access (the AccessLevel bits).
 "use strict";
-const { OPCUAClient, AttributeIds, MessageSecurityMode, SecurityPolicy, BrowseDirection } = require("node-opcua");
+const { OPCUAClient, AttributeIds, MessageSecurityMode, SecurityPolicy, BrowseDirection, DataType } = require("node-opcua");
 
 async function main() {
-  const [url, nodeId] = process.argv.slice(2);
+  const [url, nodeId, writeValue] = process.argv.slice(2);
   const client = OPCUAClient.create({
     endpointMustExist: false, securityMode: MessageSecurityMode.None, securityPolicy: SecurityPolicy.None,
     connectionStrategy: { maxRetry: 2, initialDelay: 200, maxDelay: 1000 },
   });
   await client.connect(url);
   const session = await client.createSession();
+  if (writeValue !== undefined) {
+    const status = await session.write({
+      nodeId, attributeId: AttributeIds.Value,
+      value: { value: { dataType: DataType.Double, value: Number(writeValue) } },
+    });
+    process.stdout.write(`write=${status.name}\n`);
+  }
+  const access = await session.read({ nodeId, attributeId: AttributeIds.AccessLevel });
+  process.stdout.write(`access=${access.value.value}\n`);
   const dataValue = await session.read({ nodeId, attributeId: AttributeIds.Value });
   const browse = await session.browse({ nodeId, browseDirection: BrowseDirection.Forward, resultMask: 63 });
   const property = (name) => browse.references.find((r) => r.browseName.name === name);

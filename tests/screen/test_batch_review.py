@@ -112,3 +112,29 @@ def test_deviation_records_are_signed_appended_and_shown_with_their_batch(plant_
         with pytest.raises(DeviationError, match=match):
             log.add(**fields)
     assert len(log.read()) == 2, "a refused record writes nothing"
+
+
+def test_the_report_is_self_contained_html_with_records_excursions_and_charts(plant_history, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from controltower.batch_report import report_csv, report_html
+
+    historian, store = plant_history
+    log = DeviationLog(tmp_path / "deviations.jsonl")
+    log.add(batch_id="BR101-0006", unit=UNIT, classification="major", comment="pH <probe> bias & drift",
+            signed_by="ana", signed_name="ana (quality engineer)", meaning="reviewed")
+    review = review_batch(historian, SITE, UNIT, "BR101-0006", since=START, until=FAR, models=store, deviations=log)
+    page = report_html(review, enterprise="Test Pharma", generated_by="ana", generated_at=datetime(2026, 11, 29, tzinfo=UTC))
+    assert "<script" not in page and "http" not in page.split("</head>")[0], "no script, no external file"
+    assert "pH &lt;probe&gt; bias &amp; drift" in page, "record text is escaped"
+    assert "ana (quality engineer)" in page and "reviewed" in page
+    assert "outside its golden-batch limits" in page or "within its golden-batch limits" in page
+    assert page.count("<svg") == len(review.tags) + 1  # one per variable, and the T²/SPE score
+    assert PH in page.split("Envelope excursions")[1].split("<h2>")[0]
+
+    samples = pl.read_csv(report_csv(review))
+    assert samples.height == review.samples.height and set(samples["batch_id"]) == {"BR101-0006"}
+    envelope = pl.read_csv(report_csv(review, "envelope"))
+    assert {"value", "mean", "low", "high", "z", "outside"} <= set(envelope.columns)
+    with pytest.raises(ValueError, match="what"):
+        report_csv(review, "everything")

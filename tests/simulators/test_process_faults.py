@@ -4,6 +4,7 @@ the ground truth (CSV and Parquet) with the tags it moves; bad targets are refus
 from __future__ import annotations
 
 import csv
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,10 +20,13 @@ from controltower.site import (
     parse_site_config,
 )
 from simulators.enterprise import build_enterprise
+from simulators.evaluate import evaluate, parse_scenario
 from simulators.faults import GROUND_TRUTH_COLUMNS, PROCESS_KINDS, read_ground_truth
+from simulators.mqtt_publisher import InjectCommand, PlantMqttPublisher
 from simulators.plant import Plant
 from simulators.units import MODELS
 from simulators.units.bioreactor import Bioreactor
+from tests.conftest import REPO
 from tests.simulators.conftest import START
 
 BR = "lyon.usp.bio1.br101"
@@ -268,3 +272,60 @@ def test_bad_process_fault_injections_are_refused_by_name(
     with pytest.raises(ValueError, match=message):
         plant.inject(target, kind, 10.0, 1.0)
     assert not truth.exists()
+
+
+# --- scored and injected at run time ------------------------------------------------------------
+
+
+def test_evaluate_scores_process_faults_on_the_tags_they_move(tmp_path: Path):
+    scenario = parse_scenario(
+        {
+            "name": "process-faults",
+            "site": "demo-site.yaml",
+            "seed": 7,
+            "duration_s": 1800,
+            "faults": [
+                {"unit": BR, "kind": "cooling_failure", "start_s": 600, "duration_s": 600, "magnitude": 1.0},
+                {"tag": FILL, "kind": "spike", "start_s": 300, "duration_s": 30, "magnitude": 0.12},
+            ],
+        },
+        "process-faults.yaml",
+        REPO / "config",
+    )
+    truth = tmp_path / "gt.parquet"
+    card = evaluate(scenario, ground_truth=truth)
+    cooling = next(e for e in card.events if e.event.kind == "cooling_failure")
+    assert cooling.detected and cooling.event.target == BR
+    assert cooling.event.tags == (f"{BR}.temperature",)
+    assert 0.0 < cooling.delay_s < 600.0
+    text = card.to_text()
+    assert [line.split()[:4] for line in text.splitlines() if line.startswith("cooling_failure")] == [
+        ["cooling_failure", "1", "1", "1.00"]
+    ]
+    assert any(line.split()[1:3] == ["cooling_failure", BR] for line in text.splitlines())
+    # What was scored is what the plant wrote.
+    written = read_ground_truth(truth)
+    assert written["kind"].to_list() == ["spike", "cooling_failure"]
+    assert card.to_dict()["events"][1]["tags"] == [f"{BR}.temperature"]
+
+
+def test_an_injection_command_may_target_a_unit(quiet_site: SiteConfig, tmp_path: Path):
+    plant = Plant(quiet_site, seed=1, start=START, ground_truth=tmp_path / "gt.csv")
+    received: list[InjectCommand] = []
+
+    def inject(command: InjectCommand) -> None:
+        received.append(command)
+        plant.inject(command.target, command.kind, command.duration_s, command.magnitude)
+
+    publisher = PlantMqttPublisher(
+        url="mqtt://127.0.0.1:1", topic_prefix="plant", units=plant.units, on_inject=inject
+    )
+    ok = json.dumps({"unit": BR, "kind": "contamination", "duration_s": 60, "magnitude": 0.5})
+    assert publisher.handle_command(ok.encode())
+    both = json.dumps({"unit": BR, "tag_id": FILL, "kind": "spike", "duration_s": 60})
+    wrong = json.dumps(
+        {"unit": "lyon.ff.fill1.filler1", "kind": "contamination", "duration_s": 60, "magnitude": 1}
+    )
+    assert not publisher.handle_command(both.encode()) and not publisher.handle_command(wrong.encode())
+    assert publisher.stats.commands_accepted == 1 and publisher.stats.commands_rejected == 2
+    assert read_ground_truth(tmp_path / "gt.csv")["target"].to_list() == [BR]

@@ -21,8 +21,9 @@ import dash
 from flask import Flask
 
 from controltower.api import register_api
-from controltower.websecurity import WebSecurity
+from controltower.batch_api import register_batch_api
 from controltower.screen import console, line, overview, shell
+from controltower.websecurity import WebSecurity
 
 if TYPE_CHECKING:
     from controltower.context import TowerContext
@@ -44,6 +45,7 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
     security.install(server)
     if api:
         register_api(server, ctx, now=now)
+        register_batch_api(server, ctx, data_dir=Path(getattr(ctx, "data_dir", None) or ctx.site.data_dir), now=now)
     app = dash.Dash(
         "controltower.screen",
         server=server,

@@ -53,6 +53,7 @@ STATIC_MARKERS = ("/_dash-component-suites/", "/assets/")
 STATIC_PATHS = frozenset({"/_favicon.ico", "/favicon.ico"})
 PROBES = frozenset({"/api/health", "/metrics"})
 MAX_NAME = 64
+ADDRESS_FACTOR = 4
 
 
 class NotAllowed(Exception):
@@ -87,6 +88,10 @@ class WebSecurity:
         self.audit = audit
         self.sessions = sessions or SessionStore(config.idle_timeout_s, config.max_age_s)
         self.throttle = throttle or LoginThrottle(config.max_failed_logins, config.lockout_s, config.lockout_s)
+        # Per client address, a wider limit: several users behind one proxy or one control-room
+        # PC should not lock each other out, but a password spray from one address stops.
+        self.address_throttle = LoginThrottle(config.max_failed_logins * ADDRESS_FACTOR, config.lockout_s,
+                                              config.lockout_s)
         self._script_hashes: list[str] = []
 
     @classmethod
@@ -168,10 +173,13 @@ class WebSecurity:
 
     def _headers(self, response: Response) -> Response:
         h = response.headers
-        scripts = " ".join(["'self'", *(f"'{x}'" for x in self._script_hashes)])
+        scripts = " ".join(["'self'", *(f"'{x.strip(chr(39))}'" for x in self._script_hashes)])
         h.setdefault("Content-Security-Policy", (
             "default-src 'self'; "
-            f"script-src {scripts}; "
+            # Inline scripts only by hash (Dash's renderer start-up and clientside callbacks).
+            # 'unsafe-eval': the full plotly.js bundle Dash serves builds functions with
+            # Function() (plotly/plotly.js#897); without it the trend graphs stay empty.
+            f"script-src {scripts} 'unsafe-eval'; "
             # Dash and Plotly set inline styles on elements and inject <style> tags.
             "style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
@@ -205,26 +213,26 @@ class WebSecurity:
         password = str(data.get("password") or "")
         target = _safe_next(data.get("next"))
         address = request.remote_addr or "?"
-        keys = (f"user:{username.lower()}", f"addr:{address}")
+        user_key, address_key = f"user:{username.lower()}", f"addr:{address}"
 
         def failed(status: int, message: str) -> Response:
             if request.is_json:
                 return _refuse(status, message)
             return _page(_login_html(target, message, username), status)
 
-        wait = self.throttle.locked_for(*keys)
+        wait = max(self.throttle.locked_for(user_key), self.address_throttle.locked_for(address_key))
         if wait > 0:
             self._audit(username or "?", "login.refused", username, reason=f"locked out, {wait:.0f} s left",
                         details={"address": address})
             return failed(429, f"Too many failed logins: try again in {max(1, round(wait / 60))} min.")
         user = self.users.verify(username, password) if username and password else None
         if user is None:
-            locked = self.throttle.failed(*keys)
+            locked = self.throttle.failed(user_key) | self.address_throttle.failed(address_key)
             self._audit(username or "?", "login.failed", username,
                         reason="locked out after this failure" if locked else "bad user name or password",
                         details={"address": address})
             return failed(401, "Wrong user name or password.")
-        self.throttle.succeeded(keys[0])
+        self.throttle.succeeded(user_key)
         self.sessions.end(request.cookies.get(SESSION_COOKIE))  # no session fixation: always a new token
         session = self.sessions.create(user)
         self._audit(user.username, "login", user.username, new=user.role, details={"address": address})

@@ -102,6 +102,9 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String(),
     "score": pl.Float64(),
 }
+# Optional event column: the root-cause hint of a multivariate condition, the top contributing
+# tags of its row, `;`-separated, most responsible first (`analytics.monitors`).
+CONTRIBUTORS = "contributors"
 
 
 class AlarmNotFound(LookupError):
@@ -148,6 +151,8 @@ class Alert:
     suppress_reason: str | None = None
     grouped_under: str | None = None  # the flood parent's id
     group_count: int = 0  # children grouped under this alert
+    # Root-cause hint of a multivariate alert: the top contributing tags at its worst value.
+    contributors: list[str] = field(default_factory=list)
     # Score of the worst value; internal bookkeeping, not part of to_dict().
     worst_score: float | None = field(default=None, repr=False)
 
@@ -289,8 +294,10 @@ class AlertBook:
             return []
         if "score" not in events.columns:
             events = events.with_columns(pl.lit(None, pl.Float64).alias("score"))
-        events = events.sort("ts", maintain_order=True).select(EVENT_SCHEMA.keys())
-        names = list(EVENT_SCHEMA)
+        if CONTRIBUTORS not in events.columns:
+            events = events.with_columns(pl.lit(None, pl.String).alias(CONTRIBUTORS))
+        events = events.sort("ts", maintain_order=True).select(*EVENT_SCHEMA.keys(), CONTRIBUTORS)
+        names = [*EVENT_SCHEMA, CONTRIBUTORS]
         raised: list[Alert] = []
         entries: list[dict[str, Any]] = []
         with self._lock:
@@ -344,6 +351,8 @@ class AlertBook:
                                   at=row["ts"]))
         if _worse(score, alert.worst_score):
             alert.value, alert.worst_score = row["value"], score
+            if row.get(CONTRIBUTORS):
+                alert.contributors = row[CONTRIBUTORS].split(";")
         return None
 
     def _new_alert(self, row: dict[str, Any], level: int, score: float | None) -> Alert:
@@ -360,6 +369,7 @@ class AlertBook:
             id=uuid.uuid4().hex, tag_id=tag_id, detector=row["detector"], severity=severity,
             value=row["value"], message=self._message(row, severity), raised_at=row["ts"],
             limit=row["limit"], worst_score=score, priority=self.priority(tag_id, severity), **path,
+            contributors=row[CONTRIBUTORS].split(";") if row.get(CONTRIBUTORS) else [],
         )
         shelf = self._shelves.get((tag_id, row["detector"]))
         if shelf is not None:

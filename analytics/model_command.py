@@ -1,0 +1,143 @@
+"""`controltower model fit` and `controltower model list`: build a unit's models from the
+historian and store them (`analytics.models.ModelStore`), or show the stored ones.
+
+    controltower model fit --config SITE --unit site.area.line.unit --kind pca|dpca|iforest|golden
+                           (--from T --to T | --batches ID,ID,...) [--alpha 0.001] [--out DIR] [--data-dir DIR]
+    controltower model list --config SITE [--out DIR] [--data-dir DIR] [--json]
+
+The historian is the site's (`historian:`; DuckDB or InfluxDB, both read a tag and time
+range). The embedded DuckDB file is locked while a control tower runs on it: fit from a copy,
+or while the tower is stopped. `--batches` reads the unit's samples of those batch ids (within
+--from/--to when given, else from the start of the historian). The store defaults to the
+site's `detectors.models.dir` under the data directory, where the live engine looks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from analytics.models import KINDS, ModelStore, fit_unit_model
+from controltower.site import SiteConfig, load_site_config
+from controltower.timeparse import parse_time
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `controltower model` subcommands and their options."""
+    sub = parser.add_subparsers(dest="model_command", required=True)
+    fit = sub.add_parser("fit", help="fit a unit's model on historian data and store it")
+    fit.add_argument("--config", type=Path, required=True, help="the site file (names the historian)")
+    fit.add_argument("--unit", required=True, help="the unit's path site.area.line.unit")
+    fit.add_argument("--kind", required=True, choices=KINDS)
+    fit.add_argument("--from", dest="since", help="start of the training range (ISO-8601 or -2h)")
+    fit.add_argument("--to", dest="until", help="end of the training range (default: now)")
+    fit.add_argument("--batches", help="comma-separated ids of good batches to train on")
+    # Per row: at 1 % the over-limit rows of a batch unit cluster into a false alert every few hours.
+    fit.add_argument("--alpha", type=float, default=0.001,
+                     help="nominal false-alarm rate of the limits, per row (default 0.001)")
+    fit.add_argument("--out", type=Path, help="model store directory (default: detectors.models.dir under the data dir)")
+    fit.add_argument("--data-dir", type=Path, help="overrides data_dir from the config")
+    show = sub.add_parser("list", help="list the stored models")
+    show.add_argument("--config", type=Path, help="the site file (for its data dir and models dir)")
+    show.add_argument("--out", type=Path, help="model store directory")
+    show.add_argument("--data-dir", type=Path, help="overrides data_dir from the config")
+    show.add_argument("--json", action="store_true", help="print the manifests as JSON")
+
+
+def store_dir(site: SiteConfig | None, out: Path | None, data_dir: Path | None) -> Path:
+    """Where models live: --out, else the site's models dir under its (or the given) data dir."""
+    if out is not None:
+        return out
+    if site is None:
+        raise ValueError("give --out DIR or --config SITE (to find the model store)")
+    models = getattr(site.detectors, "models", None)
+    return site.resolve_path(models.dir if models is not None else "models", data_dir)
+
+
+def unit_tags(site: SiteConfig, unit: str) -> tuple[str, ...]:
+    """The full tag ids of `unit` (site.area.line.unit); ValueError listing the known units."""
+    tags = tuple(t.tag_id for t in site.tag_table() if t.unit_id == unit)
+    if not tags:
+        known = sorted({t.unit_id for t in site.tag_table()})
+        raise ValueError(f"unknown unit {unit!r}; known units: {', '.join(known)}")
+    return tags
+
+
+def read_training(site: SiteConfig, data_dir: Path, unit: str, since: datetime | None, until: datetime | None,
+                  batches: list[str] | None) -> pl.DataFrame:
+    """The unit's samples for training, from the site's historian; ValueError when there are none
+    or a named batch is not there."""
+    from collector.sinks import open_historian
+
+    tags = unit_tags(site, unit)
+    historian = open_historian(site.historian, data_dir)
+    try:
+        samples = historian.read(list(tags), since or EPOCH, until)
+    finally:
+        historian.close()
+    where = f"between {since.isoformat() if since else 'the start'} and {until.isoformat() if until else 'now'}"
+    if batches:
+        samples = samples.filter(pl.col("batch_id").is_in(batches))
+        found = set(samples.get_column("batch_id").unique().to_list())
+        missing = [b for b in batches if b not in found]
+        if missing:
+            raise ValueError(f"no samples of unit {unit} for batch(es) {', '.join(missing)} {where} "
+                             f"in the {historian.name} historian")
+    if samples.is_empty():
+        raise ValueError(f"no samples of unit {unit} {where} in the {historian.name} historian")
+    return samples
+
+
+def run_model(args: argparse.Namespace) -> int:
+    """Run `controltower model fit|list` for parsed args; 0 on success, ValueError on bad input."""
+    if args.model_command == "list":
+        site = load_site_config(args.config) if args.config else None
+        root = store_dir(site, args.out, args.data_dir or (Path(site.data_dir) if site else None))
+        manifests = ModelStore(root).list()
+        if args.json:
+            print(json.dumps(manifests, indent=2))
+        elif not manifests:
+            print(f"no models in {root}")
+        else:
+            for m in manifests:
+                print(_summary(m))
+        return 0
+    site = load_site_config(args.config)
+    data_dir = args.data_dir or Path(site.data_dir)
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    batches = [b.strip() for b in args.batches.split(",") if b.strip()] if args.batches else None
+    if since is None and not batches:
+        raise ValueError("give a training range (--from T [--to T]) or good batches (--batches ID,ID,...)")
+    if since is not None and until is not None and until <= since:
+        raise ValueError(f"--to ({until.isoformat()}) must be after --from ({since.isoformat()})")
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
+    samples = read_training(site, data_dir, args.unit, since, until, batches)
+    training: dict[str, Any] = {"from": since.isoformat() if since else None,
+                                "to": until.isoformat() if until else None, "batches": batches}
+    try:
+        fitted = fit_unit_model(args.kind, samples, unit=args.unit, variables=unit_tags(site, args.unit),
+                                alpha=args.alpha, training=training)
+    except ValueError as exc:
+        raise ValueError(f"cannot fit a {args.kind} model of {args.unit}: {exc}") from None
+    manifest = ModelStore(store_dir(site, args.out, data_dir)).save(fitted)
+    shown = {k: v for k, v in manifest.items() if k != "state"}
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def _summary(m: dict[str, Any]) -> str:
+    if "error" in m:
+        return f"{m['unit']} {m['kind']} v{m['version']}: {m['error']}"
+    t = m.get("training", {})
+    span = f"batches {','.join(t['batches'])}" if t.get("batches") else f"{t.get('from')} .. {t.get('to') or 'now'}"
+    return (f"{m['unit']} {m['kind']} v{m['version']}  created {m['created_at']}  {len(m['variables'])} tags  "
+            f"{t.get('rows')} rows  {span}  fingerprint {m['fingerprint'][:12]}")

@@ -53,6 +53,20 @@ def build_sources(site: SiteConfig, data_dir: Path) -> list[Source]:
     return sources
 
 
+def load_unit_monitors(site: SiteConfig, data_dir: Path) -> list:
+    """The stored multivariate models of the site's units (`controltower model fit`), as live
+    monitors; none when `detectors.models.enabled` is false or nothing is stored."""
+    config = site.detectors.models
+    root = site.resolve_path(config.dir, data_dir)
+    if not config.enabled or not root.is_dir():
+        return []
+    from analytics.monitors import load_monitors
+
+    units = sorted({t.unit_id for t in site.tag_table()})
+    return load_monitors(root, units, pin=config.pin, on_delay_rows=config.on_delay_rows,
+                         alarm_score=config.alarm_score)
+
+
 class ControlTower:
     """Implements `controltower.context.TowerContext` for the screen and the API."""
 
@@ -65,7 +79,7 @@ class ControlTower:
         self.live = LiveState(self.tags)
         self.journal = AlarmJournal(self.data_dir / "alarm_journal.jsonl")
         self.alerts = AlertBook(journal=self.journal)
-        self.engine = DetectionEngine(self.tags, site.detectors, self.alerts)
+        self.engine = DetectionEngine(self.tags, site.detectors, self.alerts, monitors=load_unit_monitors(site, self.data_dir))
         self.historian = historian or open_historian(site.historian, self.data_dir)
         self.sources = build_sources(site, self.data_dir)
         self.metrics.watch_sources(lambda: [s.health for s in self.sources])

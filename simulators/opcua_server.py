@@ -7,6 +7,14 @@ Address space (namespace `urn:pharma-controltower:simulator`, always index 2):
                       properties EngineeringUnits (EUInformation) and EURange (Range)
         batch_id      String, ns=2;s=site.area.line.unit.batch_id
         phase         String, ns=2;s=site.area.line.unit.phase
+        last_batch_transition        String: batch_start, phase_change or batch_end (SourceTimestamp: when)
+        unacknowledged_batch_events  UInt32
+        AcknowledgeBatchEvent(Sequence UInt32, Comment String)   method
+        Setpoints/    folder ns=2;s=site.area.line.unit.sp (units with a process model)
+            <name>    writable AnalogItemType, Double, ns=2;s=site.area.line.unit.sp.<name>, EURange =
+                      the range the plant accepts; an out-of-range write is BadOutOfRange, NaN clears
+Batch events: BatchEventType (under BaseEventType; fields BatchId, Unit, Phase, PreviousPhase,
+Transition, Sequence), emitted from the unit's folder and from the Server object.
 Every tick writes each value with SourceTimestamp = simulated time, ServerTimestamp = now.
 
 Security: NoSecurity and anonymous by default (fast, for local tests and the demo). Pass
@@ -212,6 +220,7 @@ class PlantOpcUaServer:
         # Batch events: per unit its folder, event generator and unacknowledged-count variable.
         self._unit_folders: dict[str, ua.NodeId] = {}
         self._unacked_nodes: dict[str, ua.NodeId] = {}
+        self._last_event_nodes: dict[str, ua.NodeId] = {}
         self._unit_events: dict[str, Any] = {}
         self._server_events: Any = None
         # Unacknowledged batch events by sequence number (their unit), and acknowledgements made.
@@ -391,6 +400,11 @@ class PlantOpcUaServer:
             e.Transition = event.transition
             e.Sequence = event.sequence
             await gen.trigger(time_attr=event.at, message=message)
+        if self._server is not None:
+            await self._server.write_attribute_value(
+                self._last_event_nodes[event.unit],
+                ua.DataValue(Value=ua.Variant(event.transition, ua.VariantType.String), SourceTimestamp=event.at),
+            )
         await self._count_unacknowledged(event.unit)
 
     async def _count_unacknowledged(self, unit: str) -> None:
@@ -468,6 +482,13 @@ class PlantOpcUaServer:
             ua.VariantType.UInt32,
         )
         self._unacked_nodes[unit_path] = unacked.nodeid
+        last = await unit_node.add_variable(
+            ua.NodeId(f"{unit_path}.last_batch_transition", ns),
+            ua.QualifiedName("last_batch_transition", ns),
+            "",
+            ua.VariantType.String,
+        )
+        self._last_event_nodes[unit_path] = last.nodeid
         sequence = ua.Argument(
             Name="Sequence", DataType=ua.NodeId(ua.ObjectIds.UInt32), ValueRank=ua.ValueRank.Scalar,
             Description=ua.LocalizedText("the batch event's Sequence field"),

@@ -107,6 +107,8 @@ async def test_batch_events_subscription_and_acknowledgement(service: SimulatorS
         assert event.SourceName == FILLER and "phase change" in event.Message.Text
         assert event.Time == service.batch_events[0].at  # simulated time
 
+        last = await client.get_node(f"ns=2;s={FILLER}.last_batch_transition").read_data_value()
+        assert last.Value.Value == "phase_change" and last.SourceTimestamp == event.Time
         unacked = client.get_node(f"ns=2;s={FILLER}.unacknowledged_batch_events")
         assert await unacked.read_value() == 1
         unit = client.get_node(f"ns=2;s={FILLER}")

@@ -68,6 +68,8 @@ STATUS_SUFFIX = "_status"  # {prefix}/{site}/_status: "online" / "offline" (reta
 BATCH_EVENT_SUFFIX = "_batch"  # {prefix}/{site}/{area}/{line}/{unit}/_batch: batch events
 ONLINE, OFFLINE = b"online", b"offline"
 _BACKOFF_START_S, _BACKOFF_MAX_S = 0.5, 10.0
+# QoS 1 messages paho keeps unacknowledged on the wire (its default, 20, throttles a big tick).
+_MAX_INFLIGHT = 1000
 
 
 class InjectCommand(BaseModel):
@@ -205,8 +207,12 @@ class _Channel:
         return []
 
     def on_message(self, topic: str, payload: bytes) -> bool:
-        """Handle a command for this channel; True when one was recognised."""
+        """Handle a command for this channel; True when the send loop should call `rebirth` now."""
         return False
+
+    def rebirth(self) -> list[_Message]:
+        """What to send when a command asked for it (Sparkplug births)."""
+        return []
 
 
 class _JsonChannel(_Channel):
@@ -271,9 +277,10 @@ class _SparkplugChannel(_Channel):
     def on_message(self, topic: str, payload: bytes) -> bool:
         if topic != self.node.command_topic:
             return False
-        if self.node.is_rebirth_request(payload):
-            log.info("Sparkplug %s/%s: rebirth requested", self.node.group, self.node.edge_node)
-            self.births_due = True
+        if not self.node.is_rebirth_request(payload):
+            return False
+        log.info("Sparkplug %s/%s: rebirth requested", self.node.group, self.node.edge_node)
+        self.births_due = True
         return True
 
     def rebirth(self) -> list[_Message]:
@@ -294,6 +301,22 @@ class _SparkplugChannel(_Channel):
 
 def _plain(values: dict[str, tuple[float | None, str]]) -> dict[str, float | None]:
     return {tag_id: v for tag_id, (v, _) in values.items()}
+
+
+async def _publish_tick(client: aiomqtt.Client, messages: list[_Message]) -> None:
+    """Publish a tick's messages in order, awaiting only the last: the broker acknowledges in
+    order, so its acknowledgement means the tick is through (and a slow broker holds the next
+    tick back). Awaiting each QoS 1 publish would cost a round trip per message, and aiomqtt's
+    publish its own bookkeeping per message; paho's publish (aiomqtt's `_client`) only queues."""
+    if not messages:
+        return
+    paho = client._client
+    for topic, payload, qos, retain in messages[:-1]:
+        info = paho.publish(topic, payload, qos, retain)
+        if info.rc != 0:  # not connected: the connection's supervisor reconnects
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+    topic, payload, qos, retain = messages[-1]
+    await client.publish(topic, payload, qos=qos, retain=retain)
 
 
 class _Connection:
@@ -322,7 +345,8 @@ class _Connection:
             channel.new_session()
             try:
                 async with aiomqtt.Client(
-                    owner.host, owner.port, identifier=self.client_id, keepalive=15, timeout=5, will=channel.will()
+                    owner.host, owner.port, identifier=self.client_id, keepalive=15, timeout=5, will=channel.will(),
+                    max_inflight_messages=_MAX_INFLIGHT,
                 ) as client:
                     self.client = client
                     topics = channel.subscriptions() + ([owner.command_topic] if self.commands else [])
@@ -379,12 +403,11 @@ class _Connection:
                     stats.published += 1
                 return _STOP
             if item is _REBIRTH:
-                messages = channel.rebirth() if isinstance(channel, _SparkplugChannel) else []
+                messages = channel.rebirth()
             else:
                 messages = channel.encode(item)
-            for topic, payload, qos, retain in messages:
-                await client.publish(topic, payload, qos=qos, retain=retain)
-                stats.published += 1
+            await _publish_tick(client, messages)
+            stats.published += len(messages)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -392,7 +415,7 @@ class _Connection:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             if self.commands and topic == self.owner.command_topic:
                 self.owner.handle_command(message.payload)
-            elif self.channel.on_message(topic, payload) and getattr(self.channel, "births_due", False):
+            elif self.channel.on_message(topic, payload):
                 self.put(_REBIRTH)  # sent by the send loop, so seq stays in order
 
 
@@ -473,13 +496,16 @@ class PlantMqttPublisher:
         """Say goodbye where connected (NDEATH, status offline), disconnect, and end the tasks."""
         tasks = []
         for c in self.connections:
-            if c.task is not None:
-                if c.connected:
-                    while not c.queue.empty():  # the goodbye goes now, not after a backlog
-                        c.queue.get_nowait()
-                    c.queue.put_nowait(_STOP)
-                tasks.append(c.task)
-                c.task = None
+            if c.task is None:
+                continue
+            if c.connected:
+                while not c.queue.empty():  # the goodbye goes now, not after a backlog
+                    c.queue.get_nowait()
+                c.queue.put_nowait(_STOP)
+            else:
+                c.task.cancel()  # nobody to say goodbye to
+            tasks.append(c.task)
+            c.task = None
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout_s)
             for t in pending:

@@ -65,7 +65,7 @@ def aligned_rows(samples: pl.DataFrame, variables: tuple[str, ...], *, row_s: fl
         return pl.DataFrame(schema={"batch_id": pl.String, "phase": pl.String, "ts": pl.Datetime("ns", "UTC"),
                                     "point": pl.Int64, **{v: pl.Float64 for v in variables}})
     phase = pl.col("phase").cast(pl.String) if "phase" in samples.columns else pl.lit(WHOLE_BATCH)
-    slot_ns = max(int(round(row_s * 1e9)), 1)
+    slot_ns = max(round(row_s * 1e9), 1)
     long = (
         samples.lazy()
         .filter(pl.col("tag_id").is_in(list(variables)) & pl.col("batch_id").is_not_null()
@@ -84,7 +84,7 @@ def aligned_rows(samples: pl.DataFrame, variables: tuple[str, ...], *, row_s: fl
     if starts is not None and starts.height:
         first = first.join(starts.select("batch_id", "phase", "start"), on=["batch_id", "phase"], how="left")
         first = first.select("batch_id", "phase", pl.coalesce("start", "_first").alias("_first"))
-    res_ns = max(int(round(resolution_s * 1e9)), 1)
+    res_ns = max(round(resolution_s * 1e9), 1)
     return (
         wide.join(first, on=["batch_id", "phase"], how="left")
         .with_columns(((pl.col("ts") - pl.col("_first")).dt.total_nanoseconds() // res_ns).clip(0).alias("point"))

@@ -17,7 +17,7 @@ def wide_rows(samples: pl.DataFrame, variables: tuple[str, ...], *, row_s: float
               carry: pl.DataFrame | None = None) -> pl.DataFrame:
     """(ts, <variables>) rows sorted by ts, complete (no null). `carry` is a previous call's last
     row (before its own fill: `last_row`), used to fill the first rows. Vectorised."""
-    slot_ns = max(int(round(row_s * 1e9)), 1)
+    slot_ns = max(round(row_s * 1e9), 1)
     schema = {TS: pl.Datetime("ns", "UTC"), **{v: pl.Float64 for v in variables}}
     long = samples.lazy().filter(
         pl.col("tag_id").is_in(list(variables)) & pl.col("value").is_not_null() & pl.col("value").is_finite()

@@ -6,7 +6,14 @@ import polars as pl
 import pytest
 
 from analytics.golden import GoldenBatch, aligned_rows, rolling_sum
-from tests.analytics.simulated_unit import UNIT, batch_seconds, batches, bioreactor_site, simulate, with_phases
+from tests.analytics.simulated_unit import (
+    UNIT,
+    batch_seconds,
+    batches,
+    bioreactor_site,
+    simulate,
+    with_phases,
+)
 
 SITE = bioreactor_site()
 BATCH_S = batch_seconds(SITE)
@@ -85,7 +92,7 @@ def test_phase_alignment_when_the_samples_carry_phases():
 
 
 def test_leave_one_batch_out_matches_refitting_without_the_batch(good: pl.DataFrame):
-    params = dict(std_floor=0.0, k=4.0)
+    params = {"std_floor": 0.0, "k": 4.0}
     model = GoldenBatch(**params)
     model.fit(good)
     rows = aligned_rows(good, model.variables_, row_s=1.0, resolution_s=30.0)

@@ -166,6 +166,12 @@ def load_monitors(root: Path, units: list[str], *, pin: dict[str, dict[str, int]
             except ModelStoreError as exc:
                 log.error("model not loaded: %s", exc)
                 continue
+            if kind == "golden" and tuple(fitted.model.phases_) != (WHOLE_BATCH,):
+                # The live stream carries no phase: only a model aligned on time into the batch fits it.
+                log.error("golden model v%s of %s was fitted with phases %s; the live engine aligns by "
+                          "batch time only: refit it from the historian", fitted.manifest.get("version"), unit,
+                          ", ".join(fitted.model.phases_))
+                continue
             cls = RowMonitor if kind in ROW_KINDS else GoldenMonitor
             monitors.append(cls(fitted, on_delay_rows, alarm_score))
             log.info("loaded %s model v%s of %s", kind, fitted.manifest.get("version"), unit)

@@ -13,6 +13,8 @@ A scenario (YAML, `config/scenarios/*.yaml`):
     tick_s: 1.0                          # sample period (default 1)
     batch_s: 30                          # micro-batch handed to the detection engine (default 30)
     grace_s: 60                          # an alert this long after a fault's end still counts (default 60)
+    process_grace_s: 300                 # the same after a process fault's end (default 300): the
+                                         # physics takes minutes to settle once its cause is gone
     detectors: {...}                     # optional: replaces the site's detectors section
     faults:                              # replace the site's scheduled faults
       - {tag: lyon.ff.fill1.filler1.fill_weight, kind: spike, start_s: 600, duration_s: 60, magnitude: 0.12}
@@ -32,7 +34,8 @@ read back: what is scored is what was published.
 
 Scoring (times are simulated). A fault's tags: a sensor fault's own tag; a process fault's
 tags are the ones its unit's model says the physics moves (the ground truth's `tags`).
-  fault window   [start, end + grace_s) of one fault, on each of its tags.
+  fault window   [start, end + grace_s) of one fault, on each of its tags (process faults:
+                 end + process_grace_s, as the process settles after its cause ends).
   detected       an alert on any of the fault's tags (any detector) raised inside its window;
                  delay = first such raise - fault start.
   true alert     an alert whose active span [raised, cleared or run end] overlaps a fault
@@ -78,7 +81,7 @@ from controltower.site import (
 )
 from simulators.clock import as_utc
 from simulators.enterprise import build_enterprise
-from simulators.faults import FaultKind, read_ground_truth
+from simulators.faults import PROCESS_KINDS, FaultKind, read_ground_truth
 from simulators.plant import Plant
 
 DEFAULT_START = datetime(2024, 5, 1, tzinfo=UTC)
@@ -103,6 +106,7 @@ class ScenarioConfig(Strict):
     tick_s: float = Field(default=1.0, gt=0, le=60)
     batch_s: float = Field(default=30.0, gt=0, le=3600)
     grace_s: float = Field(default=60.0, ge=0)
+    process_grace_s: float = Field(default=300.0, ge=0)
     detectors: DetectorsConfig | None = None
     faults: list[FaultConfig] = Field(default_factory=list)
 
@@ -413,6 +417,7 @@ class Scorecard:
     false_alarms: list[AlertSpan] = field(default_factory=list)
     per_event: Rates = Rates(0, 0, 0)
     per_tag: Rates = Rates(0, 0, 0)
+    process_grace_s: float = 300.0
 
     @property
     def hours(self) -> float:
@@ -456,6 +461,7 @@ class Scorecard:
             "tick_s": self.tick_s,
             "batch_s": self.batch_s,
             "grace_s": self.grace_s,
+            "process_grace_s": self.process_grace_s,
             "samples": self.run.samples,
             "wall_s": round(self.run.wall_s, 3),
             "detectors": list(self.detector_names),
@@ -509,7 +515,12 @@ class Scorecard:
                 f"simulated   {_hms(run.duration_s)} ({run.duration_s:g} s, {self.tick_s:g} s ticks, micro-batches of "
                 f"{self.batch_s:g} s) in {run.wall_s:.1f} s wall clock ({rate:,.0f} samples/s)"
             ),
-            f"detectors   {', '.join(self.detector_names) or 'none'}; grace {self.grace_s:g} s after a fault ends",
+            f"detectors   {', '.join(self.detector_names) or 'none'}; grace {self.grace_s:g} s after a fault ends"
+            + (
+                f", {self.process_grace_s:g} s after a process fault"
+                if any(e.event.kind in PROCESS_KINDS for e in self.events)
+                else ""
+            ),
             "",
             "per fault kind",
         ]
@@ -607,19 +618,22 @@ def score(scenario: Scenario, run: RunResult) -> Scorecard:
     cfg = scenario.config
     grace = cfg.grace_s
     end_of_run = run.duration_s
+
+    def until(e: TruthEvent) -> float:
+        """The end of a fault's window: its end plus the grace for its kind."""
+        return e.end_s + (cfg.process_grace_s if e.kind in PROCESS_KINDS else grace)
+
     by_tag: dict[str, list[AlertSpan]] = {}
     for a in run.alerts:
         by_tag.setdefault(a.tag_id, []).append(a)
     windows: dict[str, list[tuple[float, float]]] = {}
     for e in run.events:
         for tag in e.affected:
-            windows.setdefault(tag, []).append((e.start_s, e.end_s + grace))
+            windows.setdefault(tag, []).append((e.start_s, until(e)))
 
     events = []
     for e in run.events:
-        inside = [
-            a for tag in e.affected for a in by_tag.get(tag, []) if e.start_s <= a.raised_s < e.end_s + grace
-        ]
+        inside = [a for tag in e.affected for a in by_tag.get(tag, []) if e.start_s <= a.raised_s < until(e)]
         first = min(inside, key=lambda a: (a.raised_s, a.detector)) if inside else None
         events.append(
             EventScore(
@@ -642,7 +656,7 @@ def score(scenario: Scenario, run: RunResult) -> Scorecard:
         tag
         for e in events
         for tag in e.event.affected
-        if any(e.event.start_s <= a.raised_s < e.event.end_s + grace for a in by_tag.get(tag, []))
+        if any(e.event.start_s <= a.raised_s < until(e.event) for a in by_tag.get(tag, []))
     }
     alerted_clean = {a.tag_id for a in run.alerts} - faulty
     site = scenario.site
@@ -657,6 +671,7 @@ def score(scenario: Scenario, run: RunResult) -> Scorecard:
         tick_s=cfg.tick_s,
         batch_s=cfg.batch_s,
         grace_s=grace,
+        process_grace_s=cfg.process_grace_s,
         detector_names=tuple(
             n for n in type(site.detectors).model_fields if getattr(site.detectors, n).enabled
         ),

@@ -28,9 +28,11 @@ Loops, all on measured values, so noise and lags show in the actuators as on a r
 Phase setpoints are reached by ramps.
 
 Process faults (`faults`, kind -> severity 0..1, set by the plant while a fault is active):
-  cooling_failure    the jacket loses that fraction of its cooling capacity: at 1 it cannot get
-                     below the broth temperature, the broth heats with the culture's heat and the
-                     temperature PI winds down to its low clamp (saturated).
+  cooling_failure    the jacket loses that fraction of its cooling capacity (the coldest it can
+                     run rises from the 15 degC cooling water towards the broth temperature + 1;
+                     real jackets have margin, so below ~0.7 the loop still copes): at 1 the
+                     broth heats with the culture's heat and the temperature PI sits at its low
+                     clamp (saturated) without winding up.
   feed_pump_failure  the feed flow falls by that fraction (1: pump stopped): the substrate runs
                      out within minutes, uptake and growth stall, DO rises (the classic DO
                      spike) and agitation backs off.
@@ -259,11 +261,13 @@ class Bioreactor:
 
         # Temperature: jacket follows the PI output through its own lag; broth follows the jacket.
         # A cooling failure raises the coldest jacket temperature the utility can reach.
+        # The controller's low clamp is the coldest the jacket can reach, so its integral stops
+        # winding while the jacket cannot follow (no cold undershoot once cooling returns).
         t_meas = self.temperature + 0.015 * z[0]
-        self.jacket_cmd = self._temp_pi.update(sp["temperature"] - t_meas, dt_s)
         lost = faults.get("cooling_failure", 0.0)
-        coldest = _CW_SUPPLY + lost * (self.temperature + 1.0 - _CW_SUPPLY)
-        self.jacket = lag(self.jacket, max(self.jacket_cmd, coldest), dt_s, _JACKET_TAU_S)
+        self._temp_pi.low = _CW_SUPPLY + lost * (self.temperature + 1.0 - _CW_SUPPLY)
+        self.jacket_cmd = self._temp_pi.update(sp["temperature"] - t_meas, dt_s)
+        self.jacket = lag(self.jacket, self.jacket_cmd, dt_s, _JACKET_TAU_S)
         heat = self._heat(x) + self._heat_loss.step(dt_s, z[1]) / _BROTH_TAU_S
         self.temperature += dt_s * ((self.jacket - self.temperature) / _BROTH_TAU_S + heat)
 

@@ -299,6 +299,7 @@ def test_evaluate_scores_process_faults_on_the_tags_they_move(tmp_path: Path):
     assert cooling.event.tags == (f"{BR}.temperature",)
     assert 0.0 < cooling.delay_s < 600.0
     text = card.to_text()
+    assert text.splitlines()[3].endswith("grace 60 s after a fault ends, 300 s after a process fault")
     assert [line.split()[:4] for line in text.splitlines() if line.startswith("cooling_failure")] == [
         ["cooling_failure", "1", "1", "1.00"]
     ]

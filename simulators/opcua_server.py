@@ -82,6 +82,9 @@ _UNECE_CODES = {
     "min": "MIN",
     "h": "HUR",
 }
+# Unacknowledged batch events kept (a demo may run for weeks with nobody acknowledging): the
+# oldest beyond this are dropped, counted in `PlantOpcUaServer.unacknowledged_dropped`.
+MAX_UNACKNOWLEDGED = 1000
 _QUALITY = {"good": ua.StatusCodes.Good, "uncertain": ua.StatusCodes.Uncertain, "bad": ua.StatusCodes.Bad}
 
 
@@ -226,6 +229,7 @@ class PlantOpcUaServer:
         # Unacknowledged batch events by sequence number (their unit), and acknowledgements made.
         self.unacknowledged: dict[int, BatchEvent] = {}
         self.acknowledgements: list[tuple[int, str]] = []  # (sequence, comment)
+        self.unacknowledged_dropped = 0
 
     @property
     def namespace_index(self) -> int:
@@ -387,6 +391,13 @@ class PlantOpcUaServer:
         if generator is None:
             return
         self.unacknowledged[event.sequence] = event
+        stale_units = set()
+        while len(self.unacknowledged) > MAX_UNACKNOWLEDGED:
+            oldest = next(iter(self.unacknowledged))  # dicts keep insertion (= sequence) order
+            stale_units.add(self.unacknowledged.pop(oldest).unit)
+            self.unacknowledged_dropped += 1
+        for unit in stale_units - {event.unit}:
+            await self._count_unacknowledged(unit)
         message = f"{event.unit}: {event.transition.replace('_', ' ')} {event.batch_id} {event.phase}"
         for gen in (generator, self._server_events):
             e = gen.event

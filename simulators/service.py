@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ class SimulatorService:
         self._mqtt: PlantMqttPublisher | None = None
         self._running = False
         self._transitions = BatchTransitions()
-        # Every batch event of the run, in order (the OPC-UA server keeps the unacknowledged ones).
-        self.batch_events: list[BatchEvent] = []
+        # The run's latest batch events, in order (the OPC-UA server keeps the unacknowledged ones).
+        self.batch_events: deque[BatchEvent] = deque(maxlen=10_000)
         self.ticks = 0
 
     @property

@@ -130,7 +130,10 @@ async def test_batch_events_subscription_and_acknowledgement(service: SimulatorS
             )
 
 
-async def test_server_object_receives_every_units_batch_events(service: SimulatorService) -> None:
+async def test_server_object_receives_every_units_batch_events(service: SimulatorService, monkeypatch) -> None:
+    import simulators.opcua_server
+
+    monkeypatch.setattr(simulators.opcua_server, "MAX_UNACKNOWLEDGED", 3)  # nobody acknowledges here
     async with Client(service.opcua_url, timeout=5) as client:
         received: list = []
 
@@ -151,6 +154,13 @@ async def test_server_object_receives_every_units_batch_events(service: Simulato
         assert expected >= 3
         assert sorted(e.Sequence for e in received) == [e.sequence for e in service.batch_events]
         assert {e.Unit for e in received} >= {FILLER, "lyon.osd.tab1.press1"}
+        # Only the newest unacknowledged events are kept, and the counts say so.
+        kept = list(service.batch_events)[-3:]
+        assert list(service.opcua.unacknowledged.values()) == kept
+        assert service.opcua.unacknowledged_dropped == expected - 3
+        for unit in {e.unit for e in service.batch_events}:
+            count = await client.get_node(f"ns=2;s={unit}.unacknowledged_batch_events").read_value()
+            assert count == sum(e.unit == unit for e in kept), unit
 
 
 async def test_node_opcua_client_reads_and_writes_a_setpoint(service: SimulatorService) -> None:

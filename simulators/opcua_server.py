@@ -30,6 +30,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -160,6 +161,9 @@ class _PasswordUsers:
         return User(role=UserRole.User, name=username)
 
 
+_ADMIN = User(role=UserRole.Admin)  # asyncua's default for server-side writes
+
+
 class _SetpointWriteService(AttributeService):
     """asyncua's attribute service, except that a write of a setpoint variable goes to the
     plant first, which may refuse it with a status of its own (BadOutOfRange): asyncua's value
@@ -169,7 +173,7 @@ class _SetpointWriteService(AttributeService):
         super().__init__(aspace)
         self._on_write = on_write  # async (node id, attribute id, DataValue) -> StatusCode | None
 
-    async def write(self, params: ua.WriteParameters, user: User = User(role=UserRole.Admin)) -> list[ua.StatusCode]:
+    async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
         results = []
         for item in params.NodesToWrite:
             status = await self._on_write(item.NodeId, item.AttributeId, item.Value)
@@ -371,7 +375,7 @@ class PlantOpcUaServer:
         number = value.Value.Value if value.Value is not None else None
         if isinstance(number, bool) or not isinstance(number, int | float):
             return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
-        if number != number:  # NaN
+        if math.isnan(number):
             self.plant.clear_setpoint(unit, name)
             log.info("OPC-UA client cleared setpoint %s of %s (recipe value again)", name, unit)
         else:

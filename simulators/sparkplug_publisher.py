@@ -24,6 +24,8 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from google.protobuf.message import DecodeError
+
 from collector.sources.sparkplug_b_proto import DataType, Metric, Payload, PropertySet, PropertyValue
 from simulators.plant import PlantUnit
 
@@ -141,7 +143,7 @@ class SparkplugEdgeNode:
         """Whether an NCMD payload asks for a rebirth (by name, or by the alias the NBIRTH gave)."""
         try:
             message = Payload.FromString(payload)
-        except Exception:  # not a Sparkplug payload: not a request
+        except (DecodeError, ValueError, RuntimeError):  # not a Sparkplug payload: not a request
             return False
         return any(
             (m.name == REBIRTH_METRIC or (not m.name and m.HasField("alias") and m.alias == 0))

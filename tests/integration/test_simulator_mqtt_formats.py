@@ -6,10 +6,12 @@ rebirth on NCMD, NDEATH as the Last Will. JSON: the retained status topic and it
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 import aiomqtt
 import polars as pl
@@ -84,7 +86,7 @@ class Collector:
     def rows(self) -> pl.DataFrame:
         return pl.concat(self.batches) if self.batches else pl.DataFrame()
 
-    async def __aenter__(self) -> Collector:
+    async def __aenter__(self) -> Self:
         self.task = asyncio.create_task(self.source.run(self.emit))
         await until(lambda: self.source.health.connected, what=lambda: str(self.source.health.last_error))
         return self
@@ -179,7 +181,7 @@ async def test_sparkplug_births_aliases_sequence_rebirth_and_death(mosquitto, tm
             await until(lambda: len(messages) >= 4 + 256, what=lambda: f"{len(messages)} messages")
             seqs = [m.seq for t, m in messages if "/DDATA/" in t]
             assert 255 in seqs and seqs[seqs.index(255) + 1] == 0
-            assert all(b == (a + 1) % 256 for a, b in zip(seqs, seqs[1:]))
+            assert all(b == (a + 1) % 256 for a, b in itertools.pairwise(seqs))
             await until(lambda: collector.rows().height >= 3 * 259, what=lambda: f"{collector.rows().height} samples")
             assert collector.source.decoder.stats["sequence_gaps"] == 0
 

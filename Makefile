@@ -59,6 +59,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/historian.py
 	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/skab.py
+	$(BIN)/python bench/simulator.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data *.egg-info

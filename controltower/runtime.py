@@ -106,22 +106,7 @@ class ControlTower:
         self.metrics.alerts_active.set(len(self.alerts.active()))
 
     def health(self) -> dict[str, Any]:
-        sources = []
-        for s in self.sources:
-            h = s.health
-            sources.append(
-                {
-                    "name": h.name,
-                    "kind": h.kind,
-                    "connected": h.connected,
-                    "samples_in": h.samples_in,
-                    "batches_out": h.batches_out,
-                    "reconnects": h.reconnects,
-                    "rejected": dict(h.rejected),
-                    "last_error": h.last_error,
-                    "last_sample_at": h.last_sample_at.isoformat() if h.last_sample_at else None,
-                }
-            )
+        sources = [s.health.as_dict() for s in self.sources]
         spool = self.pipeline.spool_health()
         ok = (
             all(s["connected"] for s in sources)

@@ -10,13 +10,18 @@ import pytest
 
 from analytics.engine import DetectionEngine
 from analytics.models import ModelStore, fit_unit_model
-from analytics.monitors import on_delay
+from analytics.monitors import RowMonitor, on_delay
 from analytics.multivariate import PCADetector, QuantileThreshold, held_out_scores
 from analytics.multivariate.rows import wide_rows
 from controltower.runtime import load_unit_monitors
 from controltower.site import parse_site_config
 from simulators.plant import Plant
 from tests.analytics.simulated_unit import UNIT, batch_seconds, batches, bioreactor_site, simulate
+
+SITE = bioreactor_site()
+BATCH_S = batch_seconds(SITE)
+PH = f"{UNIT}.ph"
+FAULT_AT = 2 * BATCH_S + 1500.0  # into the growth phase of batch 3
 
 # --- the false-alarm rate on fresh normal data ---------------------------------------------------
 
@@ -61,7 +66,7 @@ def test_calibrated_pca_limits_hold_alpha_on_fresh_simulator_data():
     the fresh and the calibration samples each counted at their effective size (rows / design
     effect, the clustering of alarms measured on the fresh data; about 3-6 here), i.e. a
     tolerance of about +-0.7 %. The textbook SPE limit (Jackson-Mudholkar) alarms on about
-    2.5 % of these rows: outside it."""
+    2.5 % of these rows: outside it (asserted, so the test is known to have the power to fail)."""
     alpha = 0.01
     train = pl.concat(filler_rows(100, 6, 4))
     fresh = filler_rows(200, 6, 4)
@@ -80,6 +85,44 @@ def test_calibrated_pca_limits_hold_alpha_on_fresh_simulator_data():
         tolerance = 3 * np.sqrt(alpha * (1 - alpha) * (deff / n_fresh + deff / train.height))
         assert abs(rate - alpha) < tolerance, f"{name}: rate {rate:.4f}, tolerance {tolerance:.4f}, deff {deff:.1f}"
         assert tolerance < 0.01  # the test can tell 1 % from 2 %
+    # ... and does: the textbook SPE limit (Jackson-Mudholkar) fails it.
+    textbook = PCADetector(alpha=alpha, limits="textbook").fit(train)
+    rate = float(np.concatenate([textbook.statistics(r)[1] > textbook.spe_limit_ for r in fresh]).mean())
+    assert rate > alpha + tolerance
+
+
+@pytest.fixture(scope="module")
+def short_run() -> pl.DataFrame:
+    return simulate(SITE, seed=41, seconds=1.5 * BATCH_S)
+
+
+@pytest.fixture(scope="module")
+def good() -> pl.DataFrame:
+    return batches(simulate(SITE, seed=31, seconds=7.2 * BATCH_S), 2, 7)
+
+
+@pytest.fixture(scope="module")
+def faulted() -> pl.DataFrame:
+    return simulate(SITE, seed=32, seconds=3 * BATCH_S, faults=[(FAULT_AT, "ph", "bias", 1200.0, 0.1)])
+
+
+@pytest.mark.parametrize("kind", ["pca", "dpca", "iforest"])
+def test_row_monitor_scores_a_stream_as_one_frame(kind: str, short_run: pl.DataFrame):
+    """The live path scores micro-batches exactly as the whole recording at once: the forward fill
+    and dynamic PCA's lags carry across micro-batch boundaries."""
+    run = short_run
+    tags = tuple(t.tag_id for t in SITE.tag_table())
+    params = {"n_estimators": 50} if kind == "iforest" else None
+    fitted = fit_unit_model(kind, batches(run, 1, 1), unit=UNIT, variables=tags, params=params)
+    # Drop some samples so the forward fill has work to do.
+    live = batches(run, 2, 2).filter((pl.col("ts").dt.epoch("s") % 35 != 0) | (pl.col("tag_id") != tags[0]))
+    whole = RowMonitor(fitted).score(live)
+    monitor = RowMonitor(fitted)
+    chunks = live.with_columns((pl.col("ts").dt.epoch("s") // 45).alias("_c")).partition_by("_c", maintain_order=True)
+    streamed = pl.concat([monitor.score(c.drop("_c")) for c in chunks])
+    assert streamed.height == whole.height > 300
+    assert np.allclose(streamed["score"].to_numpy(), whole["score"].to_numpy(), rtol=1e-12, atol=1e-12)
+    assert streamed["contributors"].to_list() == whole["contributors"].to_list()
 
 
 def test_on_delay_counts_across_calls():
@@ -90,10 +133,6 @@ def test_on_delay_counts_across_calls():
 
 
 # --- the live engine ---------------------------------------------------------------------------
-
-SITE = bioreactor_site()
-BATCH_S = batch_seconds(SITE)
-PH = f"{UNIT}.ph"
 
 
 def stream(engine: DetectionEngine, frame: pl.DataFrame, step_s: float = 60.0) -> list:
@@ -106,8 +145,8 @@ def stream(engine: DetectionEngine, frame: pl.DataFrame, step_s: float = 60.0) -
 
 
 @pytest.mark.parametrize("kind", ["pca", "golden"])
-def test_live_engine_raises_a_unit_alert_naming_the_faulted_tag(kind: str, tmp_path):
-    good = batches(simulate(SITE, seed=31, seconds=7.2 * BATCH_S), 2, 7)
+def test_live_engine_raises_a_unit_alert_naming_the_faulted_tag(kind: str, tmp_path, good: pl.DataFrame,
+                                                               faulted: pl.DataFrame):
     # alpha per row: 1 % alarms cluster into a false alert every few hours on a batch unit, so
     # live models are fitted at 0.1 % (the `model fit` default).
     fitted = fit_unit_model(kind, good, unit=UNIT, variables=tuple(t.tag_id for t in SITE.tag_table()), alpha=0.001)
@@ -119,8 +158,8 @@ def test_live_engine_raises_a_unit_alert_naming_the_faulted_tag(kind: str, tmp_p
                                                for name, sub in SITE.detectors if name != "models"})
     engine = DetectionEngine(SITE.tag_table(), config, monitors=monitors)
     assert not engine.detectors
-    fault_at = 2 * BATCH_S + 1500.0  # into the growth phase of batch 3
-    live = simulate(SITE, seed=32, seconds=3 * BATCH_S, faults=[(fault_at, "ph", "bias", 1200.0, 0.1)])
+    fault_at = FAULT_AT
+    live = faulted
     start = live["ts"].min()
     # From the end of batch 1 (which starts from the settled plant, unlike the batches learnt):
     # the golden monitor sees batch 2 start, and scores batches 2 and 3.

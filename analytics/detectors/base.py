@@ -84,10 +84,16 @@ def sorted_by_tag(batch: pl.DataFrame, *lookups: pl.DataFrame, keys: pl.DataFram
     `tag_keys`) must cover the batch's tags; by default it is built from them."""
     if keys is None:
         keys = tag_keys(batch.get_column("tag_id"))
-    frame = batch.with_row_index("_arrival").join(keys, on="tag_id", how="left")
+    # The lookups join the small per-tag table first: one string-keyed join over the batch.
+    table = keys
     for lookup in lookups:
-        frame = frame.join(lookup, on="tag_id", how="left")
-    return frame.sort(TAG_KEY, "ts", "_arrival").drop("_arrival")
+        table = table.join(lookup, on="tag_id", how="left")
+    frame = batch.join(table, on="tag_id", how="left", maintain_order="left")
+    # Stable sorts keep arrival order among ties; a batch already in time order (the usual
+    # case) only needs its tags grouped, a much cheaper one-key sort.
+    if frame.get_column("ts").is_sorted():
+        return frame.sort(TAG_KEY, maintain_order=True)
+    return frame.sort(TAG_KEY, "ts", maintain_order=True)
 
 
 def per_tag(expr: pl.Expr) -> pl.Expr:
@@ -109,3 +115,14 @@ def carry_forward(expr: pl.Expr, seed: pl.Expr) -> pl.Expr:
 def as_scores(frame: pl.DataFrame) -> pl.DataFrame:
     """Select and cast the documented output columns."""
     return frame.select(pl.col(c).cast(dt) for c, dt in SCORE_SCHEMA.items())
+
+
+def on_flagged(frame: pl.DataFrame, flagged: pl.Expr, column: str, build) -> pl.DataFrame:
+    """`frame` with `column` (String) set to `build(rows)` on the rows where `flagged`, null elsewhere.
+    Reason texts are needed only on the few flagged rows: building them there, and scattering
+    them back, spares formatting (and joining) a string per sample."""
+    hits = frame.select(pl.arg_where(flagged)).to_series()
+    texts = pl.Series(column, [None] * frame.height, pl.String)
+    if hits.len():
+        texts = texts.scatter(hits, build(frame[hits]).cast(pl.String))
+    return frame.with_columns(texts)

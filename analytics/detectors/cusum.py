@@ -29,7 +29,7 @@ import polars as pl
 
 from analytics.detectors.base import per_tag
 from analytics.detectors.spc import fit_centres, standardised
-from analytics.detectors.stream import LevelMemory, split_usable, tail_of, upsert, with_tail
+from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, tail_of, upsert, with_tail
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "up": pl.Float64(), "down": pl.Float64()}
@@ -70,18 +70,19 @@ class CusumChart:
         if self.k < 0 or self.h <= 0:
             raise ValueError(f"need k >= 0 and h > 0, got k={self.k}, h={self.h}")
         rows, fresh = split_usable(batch, self.centres_)
+        keys = keys_of(rows)
         seeds = self.centres_.join(self._state, on="tag_id", how="left").select(
             "tag_id", pl.col("up").fill_null(0.0), pl.col("down").fill_null(0.0))
         y = standardised()
         stats = (
             fresh.select("_row", "tag_id", "value", "_tag")
-            .join(self.centres_, on="tag_id", how="left", maintain_order="left")
+            .pipe(on_key, self.centres_, keys)
             .select("_row", "tag_id", "_tag", (y - self.k).alias("up"), (-y - self.k).alias("down"))
         )
         stats = (
-            with_tail(stats, seeds, rows)
+            with_tail(stats, seeds, keys)
             .with_columns(cusum("up").alias("up"), cusum("down").alias("down"))
-            .join(self.centres_, on="tag_id", how="left", maintain_order="left")
+            .pipe(on_key, self.centres_, keys)
         )
         self._state = upsert(self._state, tail_of(stats, 1, list(_STATE_SCHEMA)))
 

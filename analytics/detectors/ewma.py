@@ -25,9 +25,9 @@ from typing import Self
 
 import polars as pl
 
-from analytics.detectors.spc import fit_centres
 from analytics.detectors.base import per_tag
-from analytics.detectors.stream import LevelMemory, split_usable, tail_of, upsert, with_tail
+from analytics.detectors.spc import fit_centres
+from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, tail_of, upsert, with_tail
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "value": pl.Float64(), "n": pl.Int64()}
@@ -63,6 +63,7 @@ class EwmaChart:
         if not 0 < self.lam <= 1 or self.L <= 0:
             raise ValueError(f"need 0 < lam <= 1 and L > 0, got lam={self.lam}, L={self.L}")
         rows, fresh = split_usable(batch, self.centres_)
+        keys = keys_of(rows)
         # Seed row per tag: the carried EWMA (or the centre) and the count of samples so far.
         seeds = (
             self.centres_.join(self._state, on="tag_id", how="left")
@@ -70,8 +71,8 @@ class EwmaChart:
         )
         q = 1.0 - self.lam
         stats = (
-            with_tail(fresh.select("_row", "tag_id", "value", "_tag", pl.lit(None, pl.Int64).alias("n")), seeds, rows)
-            .join(self.centres_, on="tag_id", how="left", maintain_order="left")
+            with_tail(fresh.select("_row", "tag_id", "value", "_tag", pl.lit(None, pl.Int64).alias("n")), seeds, keys)
+            .pipe(on_key, self.centres_, keys)
             .with_columns(
                 per_tag(pl.col("value").ewm_mean(alpha=self.lam, adjust=False)).alias("ewma"),
                 per_tag(pl.col("n").first() + pl.int_range(pl.len())).alias("n"),

@@ -30,7 +30,7 @@ from typing import Self
 
 import polars as pl
 
-from analytics.detectors.base import as_scores, carry_forward, last_of_tag, per_tag, sorted_by_tag, usable
+from analytics.detectors.base import as_scores, carry_forward, last_of_tag, on_flagged, per_tag, sorted_by_tag, usable
 from controltower.site import TagInfo
 
 # (limit, side, level): side +1 for a high limit, -1 for a low one.
@@ -172,8 +172,9 @@ class LimitDetector:
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
         params = self.params()
+        reasons = [f"{name}_reason" for name, _, _ in LIMITS]
         frame = (
-            sorted_by_tag(batch.select("ts", "tag_id", "value", "quality"), params, self._state)
+            sorted_by_tag(batch.select("ts", "tag_id", "value", "quality"), params.drop(reasons), self._state)
             .with_columns(
                 carry_forward(limit_marker(name, side), pl.col(f"{name}_was")).fill_null(False).alias(f"{name}_raw")
                 for name, side, _ in LIMITS
@@ -184,8 +185,11 @@ class LimitDetector:
         else:
             frame = frame.with_columns(pl.col(f"{name}_raw").alias(f"{name}_active") for name, _, _ in LIMITS)
         limit, reason = active_limit()
-        frame = frame.with_columns(limit_level().alias("level"), limit_score().alias("score"),
-                                   limit.alias("limit"), reason.alias("reason"))
+        frame = frame.with_columns(limit_level().alias("level"), limit_score().alias("score"), limit.alias("limit"))
+        by_tag = params.select("tag_id", *reasons)
+        frame = on_flagged(frame, pl.col("level") > 0, "reason",
+                           lambda rows: rows.join(by_tag, on="tag_id", how="left", maintain_order="left").select(reason)
+                           .to_series())
         self._remember(frame)
         return as_scores(frame)
 

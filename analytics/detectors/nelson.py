@@ -33,9 +33,9 @@ from typing import Self
 
 import polars as pl
 
-from analytics.detectors.base import per_tag
-from analytics.detectors.spc import CENTRES_SCHEMA, fit_centres, standardised
-from analytics.detectors.stream import LevelMemory, new_tails, split_usable, with_tail
+from analytics.detectors.base import on_flagged, per_tag
+from analytics.detectors.spc import fit_centres, standardised
+from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
 from controltower.site import TagInfo
 
 _TAIL_SCHEMA = {"tag_id": pl.String(), "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64()}
@@ -49,29 +49,47 @@ def count_in(flag: pl.Expr, window: int) -> pl.Expr:
     return per_tag(flag.cast(pl.Int32).rolling_sum(window))
 
 
-def rule_expressions(same_side_run: int) -> dict[int, tuple[pl.Expr, pl.Expr]]:
-    """Per rule: (fires, reason), from the `z` and `d` (difference with the previous sample) columns."""
+def rule_expressions(same_side_run: int) -> dict[int, pl.Expr]:
+    """Per rule: the expression that fires it, from the `z` and `d` (difference with the previous
+    sample) columns. Per-tag rolling: evaluate on the rows with the carried tail."""
     z, d = pl.col("z"), pl.col("d")
-    side = lambda up: pl.when(z > 0).then(pl.lit(up[0])).otherwise(pl.lit(up[1]))
-    above, below = count_in(z > 0, same_side_run) == same_side_run, count_in(z < 0, same_side_run) == same_side_run
-    rising, falling = count_in(d > 0, 5) == 5, count_in(d < 0, 5) == 5
-    alternating = count_in(d * per_tag(d.shift(1)) < 0, 12) == 12
-    two_of_three = (count_in(z > 2, 3) >= 2) | (count_in(z < -2, 3) >= 2)
-    four_of_five = (count_in(z > 1, 5) >= 4) | (count_in(z < -1, 5) >= 4)
-    hugging = count_in(z.abs() < 1, 15) == 15
-    mixture = (count_in(z.abs() > 1, 8) == 8) & (count_in(z > 1, 8) >= 1) & (count_in(z < -1, 8) >= 1)
+    n = same_side_run
     return {
-        1: (z.abs() > 3, pl.format("Nelson 1: beyond 3 sigma {} centre", side(("above", "below")))),
-        2: (above | below, pl.format(f"Nelson 2: {same_side_run} points in a row {{}} centre",
-                                     pl.when(above).then(pl.lit("above")).otherwise(pl.lit("below")))),
-        3: (rising | falling, pl.format("Nelson 3: 6 points in a row {}",
-                                        pl.when(rising).then(pl.lit("increasing")).otherwise(pl.lit("decreasing")))),
-        4: (alternating, pl.lit("Nelson 4: 14 points in a row alternating up and down")),
-        5: (two_of_three, pl.format("Nelson 5: 2 of 3 points beyond 2 sigma {} centre", side(("above", "below")))),
-        6: (four_of_five, pl.format("Nelson 6: 4 of 5 points beyond 1 sigma {} centre", side(("above", "below")))),
-        7: (hugging, pl.lit("Nelson 7: 15 points in a row within 1 sigma")),
-        8: (mixture, pl.lit("Nelson 8: 8 points in a row beyond 1 sigma, on both sides")),
+        1: z.abs() > 3,
+        2: (count_in(z > 0, n) == n) | (count_in(z < 0, n) == n),
+        3: (count_in(d > 0, 5) == 5) | (count_in(d < 0, 5) == 5),
+        4: count_in(d * per_tag(d.shift(1)) < 0, 12) == 12,
+        5: (count_in(z > 2, 3) >= 2) | (count_in(z < -2, 3) >= 2),
+        6: (count_in(z > 1, 5) >= 4) | (count_in(z < -1, 5) >= 4),
+        7: count_in(z.abs() < 1, 15) == 15,
+        8: (count_in(z.abs() > 1, 8) == 8) & (count_in(z > 1, 8) >= 1) & (count_in(z < -1, 8) >= 1),
     }
+
+
+def above_expressions() -> dict[int, pl.Expr]:
+    """Per rule with a side: True when it fires above the centre. Rules 1 and 2 end on the sample's
+    side; 2 of 3 (rule 5) or 4 of 5 (rule 6) may end on a sample of the other side."""
+    z = pl.col("z")
+    return {1: z > 0, 2: z > 0, 5: count_in(z > 2, 3) >= 2, 6: count_in(z > 1, 5) >= 4}
+
+
+def rule_reason(rule: int, same_side_run: int) -> pl.Expr:
+    """Reason text of `rule` on a row where it fires (`_above<rule>` columns give the side of
+    rules 1, 2, 5, 6); rule 3's direction is the last difference's."""
+    d = pl.col("d")
+    above = pl.col(f"_above{rule}")
+    side = lambda text: pl.when(above).then(pl.lit(text.format("above"))).otherwise(pl.lit(text.format("below")))
+    return {
+        1: side("Nelson 1: beyond 3 sigma {} centre"),
+        2: side(f"Nelson 2: {same_side_run} points in a row {{}} centre"),
+        3: pl.when(d > 0).then(pl.lit("Nelson 3: 6 points in a row increasing"))
+             .otherwise(pl.lit("Nelson 3: 6 points in a row decreasing")),
+        4: pl.lit("Nelson 4: 14 points in a row alternating up and down"),
+        5: side("Nelson 5: 2 of 3 points beyond 2 sigma {} centre"),
+        6: side("Nelson 6: 4 of 5 points beyond 1 sigma {} centre"),
+        7: pl.lit("Nelson 7: 15 points in a row within 1 sigma"),
+        8: pl.lit("Nelson 8: 8 points in a row beyond 1 sigma, on both sides"),
+    }[rule]
 
 
 class NelsonRules:
@@ -112,28 +130,33 @@ class NelsonRules:
         if not self.rules or not set(self.rules) <= set(ZONE) or self.same_side_run < 2:
             raise ValueError(f"rules must be among 1-8 and same_side_run >= 2, got {self.rules}, {self.same_side_run}")
         rows, fresh = split_usable(batch, self.centres_, self._tail.get_column("tag_id"))
+        keys = keys_of(rows)
         stats = (
-            with_tail(fresh.select("_row", *_TAIL_SCHEMA, "_tag"), self._tail, rows)
-            .join(self.centres_, on="tag_id", how="left", maintain_order="left")
+            with_tail(fresh.select("_row", *_TAIL_SCHEMA, "_tag"), self._tail, keys)
+            .pipe(on_key, self.centres_, keys)
             .with_columns(standardised().alias("z"), per_tag(pl.col("value").diff()).alias("d"))
         )
         self._tail = new_tails(self._tail, stats, max(self.same_side_run, 15) - 1)
 
         exprs = rule_expressions(self.same_side_run)
-        fires = {r: exprs[r][0].fill_null(False).alias(f"_r{r}") for r in sorted(self.rules)}
-        # Every per-tag (rolling) expression runs on the rows with the tail, before it is dropped.
-        stats = stats.with_columns(fires.values()).with_columns(
-            pl.concat_list(pl.when(pl.col(f"_r{r}")).then(exprs[r][1]) for r in fires).alias("_reasons"))
+        fires = {r: exprs[r].fill_null(False).alias(f"_r{r}") for r in sorted(self.rules)}
+        sides = {r: e.fill_null(False).alias(f"_above{r}") for r, e in above_expressions().items() if r in fires}
+        stats = stats.with_columns(*fires.values(), *sides.values())
         any_rule = pl.any_horizontal(pl.col(f"_r{r}") for r in fires)
-        zone = pl.when(False).then(pl.lit(None, pl.Float64))
-        for r in fires:
+        zone, reason = pl.when(False).then(pl.lit(None, pl.Float64)), pl.when(False).then(pl.lit(None, pl.String))
+        for r in fires:  # the lowest-numbered rule that fires names the condition
             zone = zone.when(pl.col(f"_r{r}")).then(pl.lit(ZONE[r]))
-        side = pl.when(pl.col("z") >= 0).then(1.0).otherwise(-1.0)
+            reason = reason.when(pl.col(f"_r{r}")).then(rule_reason(r, self.same_side_run))
+        above = pl.when(False).then(pl.lit(None, pl.Boolean))
+        for r in fires:
+            above = above.when(pl.col(f"_r{r}")).then(pl.col(f"_above{r}") if r in sides else pl.col("z") >= 0)
+        side = pl.when(above.otherwise(pl.col("z") >= 0)).then(1.0).otherwise(-1.0)
         scored = stats.filter(pl.col("_row").is_not_null()).select(
-            "_row",
+            "_row", "z", "d", *(f"_r{r}" for r in fires), *(f"_above{r}" for r in sides),
             pl.col("z").abs().alias("score"),
             any_rule.cast(pl.UInt8).alias("level_now"),
             (pl.col("centre") + side * zone.otherwise(None) * pl.col("sigma")).alias("limit_now"),
-            pl.col("_reasons").list.drop_nulls().list.first().alias("reason_now"),
         )
+        scored = on_flagged(scored, pl.col("level_now") > 0, "reason_now", lambda rows: rows.select(reason).to_series())
+        scored = scored.select("_row", "score", "level_now", "limit_now", "reason_now")
         return self._levels.merge(rows, scored)

@@ -28,7 +28,7 @@ from typing import Self
 import polars as pl
 
 from analytics.detectors.base import per_tag
-from analytics.detectors.stream import LevelMemory, new_tails, split_usable, with_tail
+from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
 from controltower.site import TagInfo
 
 MAD_TO_SIGMA = 1.4826
@@ -77,11 +77,12 @@ class RobustZScore:
             raise ValueError(f"need window >= 2 and 1 <= warmup <= window, got window={self.window}, warmup={self.warmup}")
         floors = std_floors(self.tags, self.min_std_fraction)
         rows, fresh = split_usable(batch, floors, self._tail.get_column("tag_id"))
+        keys = keys_of(rows)
         w, warm = self.window, self.warmup
         fresh = fresh.select("_row", "tag_id", "value", "_tag", pl.lit(None, pl.Float64).alias("dev"),
                              pl.lit(None, pl.Int64).alias("n_prev"))
         stats = (
-            with_tail(fresh, self._tail, rows)
+            with_tail(fresh, self._tail, keys)
             .with_columns(per_tag(pl.col("value").shift(1).rolling_median(w, min_samples=warm)).alias("median"))
             .with_columns(pl.coalesce(pl.col("dev"), (pl.col("value") - pl.col("median")).abs()).alias("dev"))
             .with_columns(
@@ -89,7 +90,7 @@ class RobustZScore:
                 pl.min_horizontal(per_tag(pl.col("n_prev").first().fill_null(0) + pl.int_range(pl.len())),
                                   pl.lit(w)).alias("n_prev"),
             )
-            .join(floors, on="tag_id", how="left", maintain_order="left")
+            .pipe(on_key, floors, keys)
         )
         self._tail = new_tails(self._tail, stats, w)
         scale = pl.max_horizontal(MAD_TO_SIGMA * pl.col("mad"), pl.col("floor"), pl.lit(1e-9))

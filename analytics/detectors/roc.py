@@ -21,7 +21,7 @@ from typing import Self
 import polars as pl
 
 from analytics.detectors.base import per_tag
-from analytics.detectors.stream import LevelMemory, new_tails, split_usable, with_tail
+from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
 from controltower.site import TagInfo
 
 _TAIL_SCHEMA = {"tag_id": pl.String(), "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64()}
@@ -59,9 +59,10 @@ class RateOfChangeDetector:
         """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
         params = self.params()
         rows, fresh = split_usable(batch, params, self._tail.get_column("tag_id"))
+        keys = keys_of(rows)
         stats = (
-            with_tail(fresh.select("_row", "tag_id", "ts", "value", "_tag"), self._tail, rows)
-            .join(params, on="tag_id", how="left", maintain_order="left")
+            with_tail(fresh.select("_row", "tag_id", "ts", "value", "_tag"), self._tail, keys)
+            .pipe(on_key, params, keys)
             .with_columns(rate_per_second().alias("rate"))
         )
         self._tail = new_tails(self._tail, stats, 1)

@@ -25,7 +25,7 @@ from typing import Self
 
 import polars as pl
 
-from analytics.detectors.base import TAG_KEY, as_scores, last_of_tag, per_tag, sorted_by_tag
+from analytics.detectors.base import TAG_KEY, as_scores, per_tag, sorted_by_tag
 from analytics.detectors.stream import upsert
 from controltower.samples import TIMESTAMP_DTYPE
 from controltower.site import TagInfo

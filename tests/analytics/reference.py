@@ -12,7 +12,6 @@ import polars as pl
 from analytics.detectors.limits import LIMITS, limit_span
 from controltower.site import TagInfo
 
-
 _SCHEMA = {"tag_id": pl.String, "ts": pl.Datetime("ns", "UTC"), "score": pl.Float64, "level": pl.Int64, "limit": pl.Float64}
 
 
@@ -269,3 +268,20 @@ class ReferenceRobustZScore(_PerTag):
             return None, 0, None
         z = abs(x - median) / max(1.4826 * mad, self.floors[tag], 1e-9)
         return z, int(z > self.threshold), "robust z" if z > self.threshold else None
+
+
+class ReferenceFlatline(_PerTag):
+    """FlatlineDetector, one sample at a time (levels only: the bench's baseline)."""
+
+    def __init__(self, tags: list[TagInfo], min_run: int = 30, tolerance: float = 0.0):
+        super().__init__({t.tag_id for t in tags})
+        self.min_run, self.tolerance = min_run, tolerance
+        self.state: dict[str, list] = {}
+
+    def step(self, tag, ts, x):
+        st = self.state.get(tag)
+        if st is None or abs(x - st[0]) > self.tolerance:
+            st = self.state[tag] = [x, 0]
+        st[1] += 1
+        stuck = st[1] >= self.min_run
+        return st[1] / self.min_run, int(stuck), "same value" if stuck else None

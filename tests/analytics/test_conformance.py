@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-import analytics.detectors as detectors
+from analytics import detectors
 from analytics.detectors import (
     SCORE_SCHEMA,
     BadQualityDetector,

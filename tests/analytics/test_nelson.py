@@ -70,3 +70,10 @@ def test_fit_learns_centre_and_sigma_and_unfitted_tags_are_not_scored():
     assert det.centres_["centre"][0] == 10.0
     out = det.score(pl.concat([batch(TID, [20.0]), batch(other.tag_id, [1e6])]))
     assert out["level"].to_list() == [1, 0] and out["score"][1] is None
+
+
+def test_side_of_two_of_three_is_the_side_of_the_pattern():
+    det = NelsonRules([TAG], rules=[5], given={TID: (0.0, 1.0)})
+    out = det.score(batch(TID, [2.5, 2.5, -0.5]))
+    assert out["reason"].to_list() == [None, None, "Nelson 5: 2 of 3 points beyond 2 sigma above centre"]
+    assert out["limit"].to_list() == [None, None, 2.0]

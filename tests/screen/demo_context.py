@@ -101,6 +101,8 @@ NOMINAL = {
     "temperature": (37.0, 0.08), "ph": (7.0, 0.01), "dissolved_oxygen": (45.0, 1.5), "agitation": (250.0, 3.0),
     "pressure": (0.3, 0.01), "compression_force": (12.0, 0.25), "tablet_weight": (250.0, 1.2),
     "speed": (50.0, 0.8), "fill_weight": (2.0, 0.006), "room_dp": (18.0, 0.4),
+    "feed_rate": (4.0, 0.05), "air_flow": (20.0, 0.2), "base_flow": (8.0, 0.3), "foam_level": (3.0, 0.3),
+    "biomass": (8.0, 0.05),
 }
 BATCHES = {f"{BIO}.br101": "B-BR101-2405-017", f"{TAB}.press1": "T-P1-2405-112"}
 

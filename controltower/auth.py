@@ -25,11 +25,13 @@ failed logins within `window_s`, for `lockout_s`; a good login resets the name's
 `SessionStore` keeps sessions server-side, in memory: the browser's cookie is a random 256-bit
 token that indexes it, so a logout or a removed user ends the session at once and no signing
 key is needed; a restart logs everyone out. A session expires after `idle_s` without a request
-and, whatever the activity, `max_age_s` after the login. Each session has its own CSRF token.
+and, whatever the activity, `max_age_s` after the login; a password change ends the user's
+sessions opened with the old one. Each session has its own CSRF token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
@@ -63,8 +65,6 @@ USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 10
 
 _hasher = PasswordHasher()
-# Verified against when the user is unknown, so that path costs as much as a real check.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
 def allowed(role: str | None, permission: str) -> bool:
@@ -94,10 +94,14 @@ def check_password_strength(password: str) -> None:
 
 
 class UserStore:
-    """Users in a YAML file: `users: [{username, role, password_hash, disabled}]`. Thread-safe."""
+    """Users in a YAML file: `users: [{username, role, password_hash, disabled}]`. Thread-safe.
+    `hasher` replaces argon2-cffi's default parameters (tests use cheap ones)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, hasher: PasswordHasher | None = None):
         self.path = Path(path)
+        self._hasher = hasher or _hasher
+        # Verified against when the user is unknown, so that path costs as much as a real check.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         self._lock = threading.Lock()
         self._users: dict[str, User] = {}
         self._stamp: tuple[int, int] | None = None
@@ -143,13 +147,13 @@ class UserStore:
         with self._lock:
             user = self._load().get(username)
         try:
-            _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+            self._hasher.verify(user.password_hash if user else self._dummy_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
         if user is None or user.disabled:
             return None
-        if _hasher.check_needs_rehash(user.password_hash):
-            self._replace(user, password_hash=_hasher.hash(password))
+        if self._hasher.check_needs_rehash(user.password_hash):
+            self._replace(user, password_hash=self._hasher.hash(password))
         return user
 
     # --- changing -----------------------------------------------------------------------------
@@ -164,13 +168,13 @@ class UserStore:
             users = dict(self._load())
             if username in users:
                 raise UserError(f"user {username!r} exists already (use passwd or remove)")
-            users[username] = User(username, role, _hasher.hash(password))
+            users[username] = User(username, role, self._hasher.hash(password))
             self._save(users)
             return users[username]
 
     def set_password(self, username: str, password: str) -> User:
         check_password_strength(password)
-        return self._replace(self._require(username), password_hash=_hasher.hash(password))
+        return self._replace(self._require(username), password_hash=self._hasher.hash(password))
 
     def set_role(self, username: str, role: str) -> User:
         if role not in ROLES:
@@ -273,6 +277,16 @@ class Session:
     csrf_token: str = field(repr=False)
     created: float
     last_seen: float
+    # Which password the session was opened with (a digest of its hash): a password change
+    # ends the user's other sessions.
+    credential: str = field(default="", repr=False)
+
+    def opened_with(self, user: User) -> bool:
+        return hmac.compare_digest(self.credential, credential_of(user))
+
+
+def credential_of(user: User) -> str:
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()
 
 
 class SessionStore:
@@ -287,7 +301,8 @@ class SessionStore:
 
     def create(self, user: User) -> Session:
         now = self._clock()
-        session = Session(secrets.token_urlsafe(32), user.username, user.role, secrets.token_urlsafe(32), now, now)
+        session = Session(secrets.token_urlsafe(32), user.username, user.role, secrets.token_urlsafe(32), now, now,
+                          credential_of(user))
         with self._lock:
             self._expire(now)
             self._sessions[session.token] = session

@@ -74,6 +74,9 @@ async def run_demo(options: DemoOptions, *, on_ready=None) -> None:
         tower = ControlTower(site, data_dir=options.data_dir)
         url = tower.start_screen(host=options.host, port=options.port)
         print(f"Demo control tower: {url}  (API {url}/api/health, metrics {url}/metrics); Ctrl-C to stop", flush=True)
+        if not site.screen.auth.enabled:
+            print("No login in the demo (screen.auth.enabled: false in the demo site): anyone on this machine can "
+                  "act on alarms. `controltower run` requires users (see docs/security.md).", flush=True)
         if on_ready is not None:
             on_ready(tower, simulator)
         sim_task = asyncio.create_task(simulator.run(None), name="simulator")

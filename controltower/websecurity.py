@@ -144,8 +144,8 @@ class WebSecurity:
             return None
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
         user = self.users.get(session.username) if session is not None else None
-        if session is not None and (user is None or user.disabled):
-            self.sessions.end(session.token)  # removed or disabled since the login
+        if session is not None and (user is None or user.disabled or not session.opened_with(user)):
+            self.sessions.end(session.token)  # removed, disabled or password changed since the login
             session = None
         if session is None:
             if request.method == "GET" and _is_page(path):

@@ -272,7 +272,9 @@ def secure_console_screen(tmp_path: Path):
     ctx.alerts = AlertBook(ctx.tags, journal=journal,
                            priority=PriorityMap({f"{BIO}.br101.temperature": {"alarm": "critical"}}))
     demo_scene(ctx, datetime.now(UTC))
-    users = UserStore(tmp_path / "users.yaml")
+    from tests.screen.test_auth import FAST
+
+    users = UserStore(tmp_path / "users.yaml", hasher=FAST)
     users.add("olga", "operator", "operator-pass-1")
     users.add("quinn", "quality_engineer", "quality-pass-1")
     trail = AuditTrail(tmp_path / "audit.jsonl")

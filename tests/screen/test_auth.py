@@ -7,12 +7,16 @@ import stat
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 
 from controltower.auth import (
     ALL_PERMISSIONS, PERMISSIONS, ROLES, LoginThrottle, SessionStore, UserError, UserStore, allowed,
 )
 
 PASSWORD = "correct-horse-battery"
+# Cheap argon2id parameters where a test is not about the default ones (which cost ~64 MiB and
+# a good part of a second per hash on purpose).
+FAST = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
 
 
 class Clock:
@@ -36,7 +40,7 @@ def test_passwords_are_argon2id_hashes_in_a_private_file(tmp_path: Path) -> None
 
 
 def test_user_changes_are_seen_by_another_store_on_the_same_file(tmp_path: Path) -> None:
-    server, cli = UserStore(tmp_path / "users.yaml"), UserStore(tmp_path / "users.yaml")
+    server, cli = UserStore(tmp_path / "users.yaml", hasher=FAST), UserStore(tmp_path / "users.yaml", hasher=FAST)
     cli.add("ana", "operator", PASSWORD)
     assert server.verify("ana", PASSWORD) is not None
     cli.set_role("ana", "quality_engineer")
@@ -48,7 +52,7 @@ def test_user_changes_are_seen_by_another_store_on_the_same_file(tmp_path: Path)
 
 
 def test_bad_user_input_is_refused_with_the_reason(tmp_path: Path) -> None:
-    store = UserStore(tmp_path / "users.yaml")
+    store = UserStore(tmp_path / "users.yaml", hasher=FAST)
     with pytest.raises(UserError, match="at least 10"):
         store.add("ana", "operator", "short")
     with pytest.raises(UserError, match="role: 'boss'"):
@@ -62,7 +66,7 @@ def test_bad_user_input_is_refused_with_the_reason(tmp_path: Path) -> None:
         store.remove("bob")
     (tmp_path / "bad.yaml").write_text("users:\n- username: x\n  role: king\n  password_hash: y\n")
     with pytest.raises(UserError, match=r"bad.yaml: users\[0\].role: 'king'"):
-        UserStore(tmp_path / "bad.yaml").list()
+        UserStore(tmp_path / "bad.yaml", hasher=FAST).list()
 
 
 def test_the_permission_table() -> None:
@@ -97,7 +101,7 @@ def test_lockout_after_repeated_failures_then_release() -> None:
 
 def test_sessions_expire_when_idle_and_at_max_age(tmp_path: Path) -> None:
     clock = Clock()
-    store = UserStore(tmp_path / "users.yaml")
+    store = UserStore(tmp_path / "users.yaml", hasher=FAST)
     user = store.add("ana", "operator", PASSWORD)
     sessions = SessionStore(idle_s=60, max_age_s=300, clock=clock)
     s = sessions.create(user)
@@ -113,3 +117,14 @@ def test_sessions_expire_when_idle_and_at_max_age(tmp_path: Path) -> None:
     s3 = sessions.create(user)
     assert sessions.end_user("ana") == 1 and sessions.get(s3.token) is None
     assert sessions.get(None) is None and sessions.get("forged") is None
+
+
+def test_a_hash_with_old_parameters_is_upgraded_at_the_next_good_login(tmp_path: Path) -> None:
+    UserStore(tmp_path / "users.yaml", hasher=FAST).add("ana", "operator", PASSWORD)
+    weak = (tmp_path / "users.yaml").read_text()
+    assert "m=8192,t=1" in weak
+    store = UserStore(tmp_path / "users.yaml")  # argon2-cffi's default parameters
+    assert store.verify("ana", PASSWORD + "!") is None and (tmp_path / "users.yaml").read_text() == weak
+    assert store.verify("ana", PASSWORD) is not None
+    assert "m=8192,t=1" not in (tmp_path / "users.yaml").read_text()
+    assert store.verify("ana", PASSWORD) is not None

@@ -19,6 +19,7 @@ from controltower.webserver import WebServer
 from controltower.websecurity import WebSecurity
 from tests.screen.conftest import NOW
 from tests.screen.demo_context import FILL, plant_history
+from tests.screen.test_auth import FAST
 
 PASSWORDS = {"olga": "operator-pass-1", "quinn": "quality-pass-1", "adam": "admin-pass-12"}
 FW = f"{FILL}.filler1.fill_weight"
@@ -76,7 +77,7 @@ class Client:
 def site(ctx, tmp_path: Path):
     from controltower.screen import create_app
 
-    users = UserStore(tmp_path / "users.yaml")
+    users = UserStore(tmp_path / "users.yaml", hasher=FAST)
     for name, role in (("olga", "operator"), ("quinn", "quality_engineer"), ("adam", "administrator")):
         users.add(name, role, PASSWORDS[name])
     config = AuthConfig(enabled=True, max_failed_logins=3, lockout_s=60)
@@ -225,11 +226,16 @@ def test_security_headers_on_every_response(site) -> None:
         assert headers["Referrer-Policy"] == "same-origin"
 
 
-def test_a_removed_user_loses_the_session_at_once(site, tmp_path: Path) -> None:
+def test_a_removed_user_or_a_changed_password_ends_the_session_at_once(site, tmp_path: Path) -> None:
     _, url, _ = site
-    c = Client(url)
-    c.login("olga")
-    UserStore(tmp_path / "users.yaml").remove("olga")  # as `controltower users remove` does
+    c, q = Client(url), Client(url)
+    c.login("olga"), q.login("quinn")
+    store = UserStore(tmp_path / "users.yaml", hasher=FAST)  # as `controltower users ...` does
+    store.set_role("quinn", "administrator")
+    assert q.call("GET", "/auth/session")[2]["role"] == "administrator"  # a role change applies at once
+    store.set_password("quinn", "a-new-password-2")
+    assert q.call("GET", "/api/lines")[0] == 401
+    store.remove("olga")
     assert c.call("GET", "/api/lines")[0] == 401
 
 

@@ -6,8 +6,9 @@ Names follow the collector's default templates (controltower.site.MqttSparkplugC
 group `{site}`, edge node `{area}-{line}`, device `{unit}`, metric `{tag}`.
 
 Per MQTT session (each connection attempt):
-  NDEATH   spBv1.0/{group}/NDEATH/{edge}, metric bdSeq; registered as the connection's Will, so the
-           broker announces a node that vanished; also sent on a clean stop.
+  NDEATH   spBv1.0/{group}/NDEATH/{edge}, metric bdSeq (Int64, as Eclipse Tahu sends it);
+           registered as the connection's Will, so the broker announces a node that vanished;
+           also sent on a clean stop.
   NBIRTH   seq 0, metrics bdSeq (the same as the Will's) and "Node Control/Rebirth" (false).
   DBIRTH   per unit: every tag (Double, with its alias and property engUnit), batch_id and phase
            (String), all with their current values.
@@ -77,7 +78,7 @@ class SparkplugEdgeNode:
 
     def death(self, at: datetime | None = None) -> tuple[str, bytes]:
         """NDEATH with this session's bdSeq (the Will, or sent on a clean stop)."""
-        payload = Payload(metrics=[Metric(name="bdSeq", datatype=DataType.UINT64, long_value=self.bd_seq)])
+        payload = Payload(metrics=[Metric(name="bdSeq", datatype=DataType.INT64, long_value=self.bd_seq)])
         if at is not None:
             payload.timestamp = _ms(at)
         return self.topic("NDEATH"), payload.SerializeToString()
@@ -92,7 +93,7 @@ class SparkplugEdgeNode:
             timestamp=ms,
             seq=self.seq,
             metrics=[
-                Metric(name="bdSeq", timestamp=ms, datatype=DataType.UINT64, long_value=self.bd_seq),
+                Metric(name="bdSeq", timestamp=ms, datatype=DataType.INT64, long_value=self.bd_seq),
                 Metric(name=REBIRTH_METRIC, alias=0, timestamp=ms, datatype=DataType.BOOLEAN, boolean_value=False),
             ],
         )

@@ -152,9 +152,11 @@ class GoldenMonitor(_Monitor):
 
 
 def load_monitors(root: Path, units: list[str], *, pin: dict[str, dict[str, int]] | None = None,
-                  on_delay_rows: int = 5, alarm_score: float = 3.0) -> list[_Monitor]:
+                  on_delay_rows: int = 5, alarm_score: float = 3.0,
+                  known_tags: set[str] | None = None) -> list[_Monitor]:
     """A monitor per stored (unit, kind) for the given units: the pinned version, else the newest.
-    A model that cannot be loaded is logged and skipped (the other detectors still run)."""
+    A model that cannot be loaded, or that reads a tag not in `known_tags` (the site's), is
+    logged and skipped (the other detectors still run)."""
     store = ModelStore(root)
     monitors: list[_Monitor] = []
     for unit in units:
@@ -165,6 +167,11 @@ def load_monitors(root: Path, units: list[str], *, pin: dict[str, dict[str, int]
                 fitted = store.load(unit, kind, (pin or {}).get(unit, {}).get(kind))
             except ModelStoreError as exc:
                 log.error("model not loaded: %s", exc)
+                continue
+            unknown = sorted(set(fitted.variables) - known_tags) if known_tags is not None else []
+            if unknown:
+                log.error("%s model v%s of %s not loaded: it reads tags the site does not have: %s",
+                          kind, fitted.manifest.get("version"), unit, ", ".join(unknown))
                 continue
             if kind == "golden" and tuple(fitted.model.phases_) != (WHOLE_BATCH,):
                 # The live stream carries no phase: only a model aligned on time into the batch fits it.

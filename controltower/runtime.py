@@ -64,7 +64,7 @@ def load_unit_monitors(site: SiteConfig, data_dir: Path) -> list:
 
     units = sorted({t.unit_id for t in site.tag_table()})
     return load_monitors(root, units, pin=config.pin, on_delay_rows=config.on_delay_rows,
-                         alarm_score=config.alarm_score)
+                         alarm_score=config.alarm_score, known_tags={t.tag_id for t in site.tag_table()})
 
 
 class ControlTower:

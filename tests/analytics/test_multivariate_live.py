@@ -153,6 +153,10 @@ def test_live_engine_raises_a_unit_alert_naming_the_faulted_tag(kind: str, tmp_p
     ModelStore(tmp_path / "models").save(fitted)
     monitors = load_unit_monitors(SITE, tmp_path)
     assert [(m.unit, m.name, m.version) for m in monitors] == [(UNIT, kind, 1)]
+    # A model reading a tag the site no longer has is not loaded (and says why in the log).
+    fewer = SITE.model_copy(deep=True)
+    fewer.sites[0].areas[0].lines[0].units[0].tags.pop()
+    assert load_unit_monitors(fewer, tmp_path) == []
     # The univariate detectors are off here: this is about the models (and keeps the test fast).
     config = SITE.detectors.model_copy(update={name: sub.model_copy(update={"enabled": False})
                                                for name, sub in SITE.detectors if name != "models"})

@@ -1,9 +1,15 @@
-"""A simulated site: every unit's process model, its batches and the sensor faults, stepped
-in simulated time, producing samples in the product's columnar schema.
+"""A simulated site: every unit's process model, its batches and the faults, stepped in
+simulated time, producing samples in the product's columnar schema.
 
     plant = Plant(site, seed=7, start=datetime(2024, 5, 1, tzinfo=UTC))
     frame = plant.step(0.5)          # one row per tag, ts = plant.now
     plant.unit_state("lyon.usp.bio1.br101")  # ("BR101-0001", "inoculation")
+    plant.inject("lyon.usp.bio1.br101.ph", "bias", 600, 0.3)           # a sensor fault on a tag
+    plant.inject("lyon.usp.bio1.br101", "cooling_failure", 600, 1.0)   # a process fault on a unit
+
+Sensor faults change the readings after the models have stepped; process faults are handed to
+the unit's model (its `faults`, kind -> severity) before each sub-step, so they act on the
+process state and show through its physics and loops.
 
 A reading a fault took away (dropout) is NaN in `advance`'s array and, in the frames of
 `step` and `run`, a null value with quality bad.

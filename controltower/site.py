@@ -676,6 +676,8 @@ class SimulationConfig(Strict):
     mqtt_payload: Literal["json_unit", "json_tag", "batched_json", "sparkplug_b"] = "json_unit"
     # Per line ("site.area.line") the payload, when it differs from mqtt_payload.
     mqtt_payloads: dict[str, Literal["json_unit", "json_tag", "batched_json", "sparkplug_b"]] = {}
+    # Every fault injected, appended as CSV; a path ending in .parquet also writes Parquet (with
+    # the CSV beside it). Columns and formats: simulators/README.md.
     ground_truth_path: str = "ground_truth.csv"
     faults: list[FaultConfig] = []
 

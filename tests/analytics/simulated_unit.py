@@ -41,14 +41,15 @@ def batch_seconds(site: SiteConfig) -> float:
 def simulate(site: SiteConfig, seed: int, seconds: float, dt_s: float = 5.0,
              faults: list[tuple] = ()) -> pl.DataFrame:
     """`seconds` of the plant from START (samples every `dt_s`); `faults`: (at_s, tag, kind,
-    duration_s, magnitude) injected at `at_s` seconds."""
+    duration_s, magnitude) injected at `at_s` seconds; tag None: a process fault of the unit
+    (magnitude = severity in (0, 1])."""
     plant = Plant(site, seed=seed, start=START)
     frames, done = [], 0.0
     for at_s, tag, kind, duration_s, magnitude in sorted(faults):
         if at_s > done:
             frames.append(plant.run(at_s - done, dt_s))
             done = at_s
-        plant.inject(f"{UNIT}.{tag}", kind, duration_s, magnitude)
+        plant.inject(f"{UNIT}.{tag}" if tag else UNIT, kind, duration_s, magnitude)
     frames.append(plant.run(seconds - done, dt_s))
     return pl.concat(frames)
 

@@ -115,3 +115,20 @@ def test_rolling_sum_and_errors(good: pl.DataFrame):
     cut = pl.concat([batches(good, 2, 5), batches(good, 6, 6).head(1000)])
     model = GoldenBatch().fit(cut)
     assert model.partial_ == ("BR101-0006",) and "BR101-0006" not in model.batches_
+
+
+def test_a_process_fault_is_flagged_on_the_tags_it_moves(golden: GoldenBatch):
+    """A failing feed pump (severity 0.5) starves the culture: oxygen demand falls, so the DO
+    cascade lowers the agitation; within the limits, but off the golden trajectory."""
+    start, length = BATCH_S + 1500.0, 900.0
+    run = simulate(SITE, seed=13, seconds=2 * BATCH_S, faults=[(start, None, "feed_pump_failure", length, 0.5)])
+    result = golden.score(batches(run, 2, 2))
+    rows = result.rows.with_columns((pl.col("ts").dt.epoch("s") - pl.col("ts").dt.epoch("s").min()).alias("_t"))
+    assert rows.filter(pl.col("_t") < 1490)["envelope_alarm"].mean() < 0.03
+    late = rows.filter((pl.col("_t") > 1500 + length / 2) & (pl.col("_t") < 1500 + length))
+    assert late.select(pl.col("envelope_alarm") | pl.col("mv_alarm")).to_series().mean() > 0.8
+    moved = {f"{UNIT}.{t}" for t in ("dissolved_oxygen", "agitation")}
+    worst = late.filter(pl.col("envelope_alarm"))["violations"].str.split(";").list.first().str.split(":").list.first()
+    assert worst.is_in(list(moved)).mean() > 0.9
+    summary = result.batches.row(0, named=True)
+    assert summary["batch_alarm"] and summary["contributors"].split(";")[0] in moved

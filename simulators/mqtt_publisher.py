@@ -52,6 +52,7 @@ from datetime import datetime
 from urllib.parse import urlparse
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -303,20 +304,25 @@ def _plain(values: dict[str, tuple[float | None, str]]) -> dict[str, float | Non
     return {tag_id: v for tag_id, (v, _) in values.items()}
 
 
-async def _publish_tick(client: aiomqtt.Client, messages: list[_Message]) -> None:
-    """Publish a tick's messages in order, awaiting only the last: the broker acknowledges in
-    order, so its acknowledgement means the tick is through (and a slow broker holds the next
-    tick back). Awaiting each QoS 1 publish would cost a round trip per message, and aiomqtt's
-    publish its own bookkeeping per message; paho's publish (aiomqtt's `_client`) only queues."""
-    if not messages:
-        return
+def _publish_tick(client: aiomqtt.Client, messages: list[_Message]) -> mqtt.MQTTMessageInfo | None:
+    """Queue a tick's messages, in order, with paho's publish (aiomqtt's `_client`: it only
+    queues), and return the last one's MQTTMessageInfo. Awaiting each QoS 1 publish would cost a
+    broker round trip per message, and aiomqtt's publish its own bookkeeping per message."""
     paho = client._client
-    for topic, payload, qos, retain in messages[:-1]:
+    info = None
+    for topic, payload, qos, retain in messages:
         info = paho.publish(topic, payload, qos, retain)
-        if info.rc != 0:  # not connected: the connection's supervisor reconnects
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:  # not connected: the connection's supervisor reconnects
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-    topic, payload, qos, retain = messages[-1]
-    await client.publish(topic, payload, qos=qos, retain=retain)
+    return info
+
+
+async def _acknowledged(info: mqtt.MQTTMessageInfo | None) -> None:
+    """Until the broker has acknowledged this message, and so (it acknowledges in order) every one
+    before it. Polled: paho's MQTTMessageInfo has nothing to await; a lost connection ends the
+    send task from outside."""
+    while info is not None and not info.is_published():
+        await asyncio.sleep(0.001)
 
 
 class _Connection:
@@ -395,6 +401,7 @@ class _Connection:
 
     async def _send(self, client: aiomqtt.Client) -> object:
         channel, stats = self.channel, self.owner.stats
+        previous: mqtt.MQTTMessageInfo | None = None  # the last message of the tick before
         while True:
             item = await self.queue.get()
             if item is _STOP:
@@ -406,8 +413,12 @@ class _Connection:
                 messages = channel.rebirth()
             else:
                 messages = channel.encode(item)
-            await _publish_tick(client, messages)
+            last = _publish_tick(client, messages)
             stats.published += len(messages)
+            # One tick on the wire while the one before is acknowledged: a slow broker holds the
+            # next tick back (the queue absorbs it), without a pause per tick for the round trip.
+            await _acknowledged(previous)
+            previous = last
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

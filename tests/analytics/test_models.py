@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from analytics.models import KEY_ENV, ModelStore, ModelStoreError, fingerprint, fit_unit_model
+from analytics.monitors import load_monitors
 from analytics.multivariate.rows import wide_rows
 from collector.sinks.duckdb import DuckDbHistorian
 from controltower.cli import main
@@ -60,6 +61,9 @@ def test_fingerprint_versions_and_tampering(samples: pl.DataFrame, tmp_path: Pat
     assert store.versions(UNIT, "pca") == [1, 2, 3] and store.load(UNIT, "pca").manifest["version"] == 3
     assert store.load(UNIT, "pca", 2).manifest["version"] == 2
     assert [m["version"] for m in store.list()] == [1, 2, 3]
+    # The live engine takes the newest, or the version the site pins.
+    assert [m.version for m in load_monitors(tmp_path, [UNIT])] == [3]
+    assert [m.version for m in load_monitors(tmp_path, [UNIT], pin={UNIT: {"pca": 2}})] == [2]
     v1 = tmp_path / UNIT / "pca" / "v0001"
     # An altered array file is refused.
     payload = bytearray((v1 / "arrays.npz").read_bytes())

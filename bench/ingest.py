@@ -325,7 +325,17 @@ async def latencies(args, broker: Server, targets: list[Target], work: Path) -> 
     return rows
 
 
+def code_version() -> str:
+    """The collector's commit (and whether it had edits): the code under test is what was imported at start."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "collector"], capture_output=True,
+                           text=True, check=False).stdout.strip()
+    return f"collector at commit {head}{' with uncommitted edits' if dirty else ''}" if head else ""
+
+
 async def soak(args, work: Path) -> dict:
+    args.soak_note = code_version()
     broker = start_mosquitto(work / "mosquitto")
     samples = []
     try:
@@ -375,6 +385,7 @@ def soak_summary(samples: list[dict], sent: dict, stored: int, latency: dict, ar
         return {"first": values[0], "last": values[-1], "max": max(values), "slope_per_h": slope_per_hour(samples, key)}
 
     return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "seconds": args.soak, "rate": args.soak_rate,
+            "note": args.soak_note,
             "units": args.units, "tags": args.tags, "sent": sent["values"], "stored": stored, "latency": latency,
             "rss_mb": stats("rss_mb"), "open_files": stats("open_files"), "broker_rss_mb": stats("broker_rss_mb"),
             "samples": samples}
@@ -383,7 +394,7 @@ def soak_summary(samples: list[dict], sent: dict, stored: int, latency: dict, ar
 # --- report ---------------------------------------------------------------------------------------
 
 
-def section(args, through: list[dict], lat: list[dict], soak_result: dict | None, opcua: dict | None) -> str:
+def section(args, through: list[dict], lat: list[dict], soak_results: list[dict], opcua: dict | None) -> str:
     lines = [
         "## Ingest",
         "",
@@ -419,9 +430,9 @@ def section(args, through: list[dict], lat: list[dict], soak_result: dict | None
                          f"{r['p95_ms']:.0f} ms | {r['p99_ms']:.0f} ms |")
     if opcua:
         lines += ["", opcua["text"]]
-    if soak_result:
-        s = soak_result
-        lines += ["", (f"Soak ({s['date']}, `--soak {s['seconds']} --soak-rate {s['rate']}`): batched JSON at "
+    for s in soak_results:
+        lines += ["", (f"Soak ({s['date']}, `--soak {s['seconds']:.0f} --soak-rate {s['rate']:.0f}`"
+                       f"{', ' + s['note'] if s.get('note') else ''}): batched JSON at "
                       f"{s['rate']:,} values/s into DuckDB (spool on) for {s['seconds'] / 60:.0f} min; "
                       f"{s['stored']:,} of {s['sent']:,} values stored; latency p50 {s['latency']['p50_ms']} ms, "
                       f"p99 {s['latency']['p99_ms']} ms. Collector process sampled every "
@@ -440,8 +451,8 @@ def report_saved(args) -> None:
     saved = json.loads(Path(args.report).read_text())
     run_args = argparse.Namespace(**saved["args"])
     sys.argv[1:] = saved["argv"]
-    soak_result = json.loads(Path(args.with_soak).read_text()) if args.with_soak else None
-    text = section(run_args, saved["through"], saved["lat"], soak_result, saved["opcua"])
+    soak_results = [json.loads(Path(f).read_text()) for f in args.with_soak or []]
+    text = section(run_args, saved["through"], saved["lat"], soak_results, saved["opcua"])
     print(text)
     if not args.no_write:
         write_section("Ingest", text)
@@ -485,8 +496,8 @@ async def main_async(args) -> None:
         if args.save:
             Path(args.save).write_text(json.dumps({"argv": sys.argv[1:], "args": vars(args), "through": through,
                                                    "lat": lat, "opcua": opcua}))
-        soak_result = json.loads(Path(args.with_soak).read_text()) if args.with_soak else None
-        text = section(args, through, lat, soak_result, opcua)
+        soak_results = [json.loads(Path(f).read_text()) for f in args.with_soak or []]
+        text = section(args, through, lat, soak_results, opcua)
         print(text)
         if not args.no_write:
             write_section("Ingest", text)
@@ -513,7 +524,7 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=float, default=10_000, help="soak: values per second")
     parser.add_argument("--soak-every", type=float, default=30, help="soak: seconds between RSS samples")
     parser.add_argument("--soak-out", help="soak: write the result (JSON) here")
-    parser.add_argument("--with-soak", help="a soak result (JSON) to put in the doc section")
+    parser.add_argument("--with-soak", nargs="+", help="soak results (JSON) to put in the doc section")
     parser.add_argument("--save", help="also write the figures of this run (JSON) here")
     parser.add_argument("--report", help="write the doc section from a --save file (with --with-soak), measure nothing")
     args = parser.parse_args()

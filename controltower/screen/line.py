@@ -144,6 +144,7 @@ def line_status(ctx: TowerContext, now: datetime, line_id: str, last_key: str | 
         return {"head": no_update, "key": key}
     counts = alarms["priority"].value_counts()
     by_prio = dict(zip(counts["priority"].to_list(), counts["count"].to_list()))
+    chips = [html.Span(f"{u} {b}", className="batch-chip mono") for u, b in batches.rows() if b]
     head = [
         html.Div(className="line-state-row", children=[
             html.Span([html.Span(STATE_ICON[state], className="icon"), " ",
@@ -154,8 +155,7 @@ def line_status(ctx: TowerContext, now: datetime, line_id: str, last_key: str | 
             *[html.Span(f"{PRIORITY_ICON[p]} {by_prio.get(p, 0)} {p}",
                         className=f"summary-item prio-{p}" + ("" if by_prio.get(p) else " count-zero"))
               for p in ("critical", "high", "medium", "low")],
-            html.Span(["Batches: "] + [html.Span(f"{u} {b}", className="batch-chip mono") for u, b in batches.rows()
-                                        if b] or "Batches: —", className="line-batches"),
+            html.Span(["Batches: ", *chips] if chips else "Batches: —", className="line-batches"),
         ]),
         _alarm_rows(alarms),
     ]
@@ -385,7 +385,7 @@ def register_callbacks(app: Dash, ctx: TowerContext, clock: Callable[[], datetim
     )
     def _status(_n: int, line_id: str, last_key: str | None):
         s = line_status(ctx, clock(), line_id, last_key)
-        return s["head"], s["key"]
+        return s["head"], no_update if s["head"] is no_update else s["key"]
 
 
 # --- formatting ---------------------------------------------------------------------------------

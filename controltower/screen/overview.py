@@ -300,7 +300,8 @@ def register_callbacks(app: Dash, ctx: TowerContext, clock: Callable[[], datetim
     )
     def _tiles(_n: int, last_keys: dict[str, Any] | None):
         t = render_tiles(ctx, clock(), last_keys)
-        return t["children"], t["keys"]
+        unchanged = t["children"] is no_update
+        return t["children"], no_update if unchanged else t["keys"]
 
     @app.callback(
         Output(ids.ACTIVE_ALERTS_COUNT, "children"),
@@ -313,7 +314,7 @@ def register_callbacks(app: Dash, ctx: TowerContext, clock: Callable[[], datetim
     )
     def _alerts(_n: int, last_key: str | None):
         a = render_alerts(ctx, last_key)
-        return a["active_count"], a["active"], a["cleared"], a["key"]
+        return a["active_count"], a["active"], a["cleared"], no_update if a["key"] == last_key else a["key"]
 
 
 # --- formatting ---------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def header_update(ctx: TowerContext, now: datetime, seen: list[str] | None, last
     return (
         header["clock"], header["freshness"], header["freshness_class"],
         header["summary"] if changed else no_update,
-        key,
+        key if changed else no_update,
         cue["class"] if changed else no_update,
         cue["text"] if changed else no_update,
         cue["now"] if cue["now"] != (last_now or []) else no_update,

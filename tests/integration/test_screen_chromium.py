@@ -1,8 +1,10 @@
 """The control room screen in a real headless Chromium: the Dash app served by WebServer on a
 free port over a context built from real parts (demo site, LiveState, AlertBook, DuckDB
-historian). Checks the line tiles and their state texts, the active alert rows, the trend, and
-that the interval refresh shows a new alarm. Set CONTROLTOWER_SCREENSHOT=path to save a
-screenshot (docs/screenshot.png is made this way)."""
+historian). Checks the line tiles and their state texts, the active alert rows, a click on a
+tile opening the line page with its trends, and that the interval refresh shows a new alarm.
+Screenshots of each page go to $CONTROLTOWER_ARTEFACTS (default tests/artefacts/, not in git);
+set CONTROLTOWER_SCREENSHOT / CONTROLTOWER_LINE_SCREENSHOT=path to save the README's pictures
+(docs/screenshot.png, docs/line.png are made this way)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,15 @@ from tests.conftest import require_binary
 pytestmark = pytest.mark.integration
 
 BIO, TAB, FILL = "lyon.usp.bio1", "lyon.osd.tab1", "lyon.ff.fill1"
+ARTEFACTS = Path(os.environ.get("CONTROLTOWER_ARTEFACTS") or Path(__file__).resolve().parents[1] / "artefacts")
+
+
+def _artefact(driver, name: str) -> Path:
+    """A screenshot of the page as it is, in the artefacts folder."""
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTEFACTS / name
+    assert driver.save_screenshot(str(path)), f"could not save the screenshot to {path}"
+    return path
 
 
 @pytest.fixture
@@ -30,6 +41,9 @@ def screen(tmp_path: Path):
     from tests.screen.demo_context import build_context, demo_scene
 
     ctx = build_context(tmp_path)
+    # The scene's samples end when the test starts: on a busy machine they must not turn stale
+    # (10 s by default) before the checks; staleness has tests of its own (tests/screen).
+    ctx.site = ctx.site.model_copy(update={"screen": ctx.site.screen.model_copy(update={"stale_after_s": 300.0})})
     demo_scene(ctx, datetime.now(UTC))
     server = WebServer(create_app(ctx), host="127.0.0.1", port=0).start()
     try:
@@ -85,15 +99,11 @@ def _row_texts(driver, selector: str) -> list[str]:
 
 
 def _tile_states(driver) -> dict[str, tuple[str, str]]:
-    from selenium.webdriver.common.by import By
-
-    out = {}
-    for tile in driver.find_elements(By.CSS_SELECTOR, ".tile"):
-        out[tile.get_attribute("data-line")] = (
-            tile.get_attribute("data-state"),
-            tile.find_element(By.CSS_SELECTOR, ".tile-state").text,
-        )
-    return out
+    """line id -> (data-state, state text) of every tile, read by the page in one call."""
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.tile')).map(t => [t.dataset.line, t.dataset.state, "
+        "(t.querySelector('.tile-state') || {}).innerText || '']);")
+    return {line: (state, text) for line, state, text in rows}
 
 
 def test_screen_shows_lines_alerts_and_trend_in_chromium(screen, browser) -> None:
@@ -117,10 +127,50 @@ def test_screen_shows_lines_alerts_and_trend_in_chromium(screen, browser) -> Non
     cleared = _wait(driver, lambda d: _row_texts(d, "tr.alert-row.alert-cleared"), what="a cleared alert row")
     assert len(cleared) == 1 and "Dissolved oxygen" in cleared[0]
 
-    # The trend of the first unit (the bioreactor): one trace per tag, drawn.
-    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".trend-graph .scatterlayer .trace")) == 5,
-          what="five trend traces")
-    assert "Broth temperature" in driver.find_element(By.CSS_SELECTOR, ".trend-graph").text
+    _artefact(driver, "overview.png")
+    shot = os.environ.get("CONTROLTOWER_SCREENSHOT")
+    if shot:  # the demo scene as it is now, whole page
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1600, max(900, min(int(height) + 20, 2400)))
+        time.sleep(0.8)
+        assert driver.save_screenshot(str(shot)), f"could not save the screenshot to {shot}"
+        driver.set_window_size(1600, 1500)
+
+    # A click on the filling line's tile opens its page (no reload): the unit's trends (its tags
+    # and the anomaly score), its state in words, its alarm.
+    traces = len([t for t in ctx.tags if t.unit_id == f"{FILL}.filler1"]) + 1
+    driver.find_element(By.ID, f"tile-{FILL}").click()
+    _wait(driver, lambda d: d.current_url.endswith(f"/line/{FILL}"), what="the line page's URL")
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".unit-graph .scatterlayer .trace")) == traces,
+          what="a trace per tag and the score on the filler's graph")
+    graph = driver.find_element(By.CSS_SELECTOR, ".unit-graph").text
+    assert "Fill weight" in graph and "Anomaly score" in graph and "UCL" in graph and "HH 2.06" in graph
+    state = _wait(driver, lambda d: d.find_elements(By.ID, "line-state"), what="the line state")[0]
+    assert state.get_attribute("data-state") == "alarm" and "ALARM" in state.text
+    assert "ACTIVE · UNACK" in driver.find_element(By.ID, "line-status").text
+    time.sleep(1.5)  # a refresh or two: the Patch increments must not break the figure
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".unit-graph .scatterlayer .trace")) == traces
+    _artefact(driver, "line-filling.png")
+
+    # Back to the overview by the breadcrumb, on to the bioreactor, whose page shades its batch.
+    driver.find_element(By.CSS_SELECTOR, ".crumbs a").click()
+    _wait(driver, lambda d: len(_tile_states(d)) == 3, what="the overview again")
+    driver.find_element(By.ID, f"tile-{BIO}").click()
+    _wait(driver, lambda d: "B-BR101-2405-017" in d.find_element(By.CSS_SELECTOR, ".unit-graph").text,
+          what="the batch label on the bioreactor's trends")
+    time.sleep(0.5)
+    _artefact(driver, "line-bioreactor.png")
+    line_shot = os.environ.get("CONTROLTOWER_LINE_SCREENSHOT")
+    if line_shot:  # the whole page
+        Path(line_shot).parent.mkdir(parents=True, exist_ok=True)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1600, max(900, min(int(height) + 160, 2400)))
+        time.sleep(0.8)
+        assert driver.save_screenshot(str(line_shot)), f"could not save the screenshot to {line_shot}"
+        driver.set_window_size(1600, 1500)
+    driver.find_element(By.CSS_SELECTOR, ".crumbs a").click()
+    _wait(driver, lambda d: len(_tile_states(d)) == 3, what="the overview again")
 
     # The interval refresh: a new alarm on the bioreactor line reaches its tile within a few seconds.
     ctx.event(datetime.now(UTC) - timedelta(seconds=1), f"{BIO}.br101.temperature", 2, 39.4, 39.0,
@@ -133,18 +183,54 @@ def test_screen_shows_lines_alerts_and_trend_in_chromium(screen, browser) -> Non
     severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     assert not severe, f"browser console errors: {severe}"
 
-    shot = os.environ.get("CONTROLTOWER_SCREENSHOT")
-    if shot:
-        # Back to the demo scene for the picture: the bioreactor alarm cleared again.
-        ctx.event(datetime.now(UTC), f"{BIO}.br101.temperature", 0, 37.2)
-        _wait(driver, lambda d: _tile_states(d).get(BIO, ("",))[0] == "normal", what="the bioreactor back to normal")
-        time.sleep(1.0)
-        Path(shot).parent.mkdir(parents=True, exist_ok=True)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1600, max(900, min(int(height) + 20, 2400)))
-        time.sleep(0.8)
-        assert driver.save_screenshot(str(shot)), f"could not save the screenshot to {shot}"
     assert time.monotonic() - started < 60
+
+
+def test_overview_of_3_sites_by_22_lines_fits_a_full_hd_screen(tmp_path: Path, browser) -> None:
+    """The generated 3 x 22 enterprise: all 66 tiles, grouped by site, on one 1920 x 1080 screen
+    without scrolling."""
+    from selenium.webdriver.common.by import By
+
+    from analytics.alerts import AlertBook
+    from collector.sinks.duckdb import DuckDbHistorian
+    from controltower.live import LiveState
+    from controltower.metrics import Metrics
+    from controltower.screen import create_app
+    from controltower.webserver import WebServer
+    from simulators.enterprise import build_enterprise
+    from simulators.plant import Plant
+    from tests.screen.demo_context import DemoContext
+
+    site = build_enterprise(3, 22, seed=7)
+    if getattr(site.screen, "auth", None) is not None:  # served on 127.0.0.1 without login, as the demo
+        auth = site.screen.auth.model_copy(update={"enabled": False})
+        site = site.model_copy(update={"screen": site.screen.model_copy(update={"auth": auth})})
+    tags = site.tag_table()
+    ctx = DemoContext(site=site, tags=tags, live=LiveState(tags), alerts=AlertBook(tags),
+                      historian=DuckDbHistorian(tmp_path / "historian.duckdb"), metrics=Metrics(),
+                      started_at=datetime.now(UTC))
+    # Samples up to a minute ahead, so the lines stay fresh however slow the machine is today.
+    plant = Plant(site, seed=7, start=datetime.now(UTC) - timedelta(seconds=30))
+    ctx.feed(plant.run(90, 1.0))
+    alarm_tag, warning_tag = tags[5].tag_id, tags[700].tag_id
+    ctx.event(datetime.now(UTC), alarm_tag, 2, 1e3, 1.0, reason="above alarm high")
+    ctx.event(datetime.now(UTC), warning_tag, 1, 1e3, 1.0, reason="above warning high")
+    server = WebServer(create_app(ctx), host="127.0.0.1", port=0).start()
+    driver = browser
+    try:
+        driver.set_window_size(1920, 1080)
+        driver.get(server.url + "/")
+        states = _wait(driver, lambda d: (s := _tile_states(d)) and len(s) == 66 and s, what="66 tiles")
+        assert sorted({v[0] for v in states.values()}) == ["alarm", "normal", "warning"]
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".site-group")) == 3
+        bottom = driver.execute_script(
+            "return Math.max(...Array.from(document.querySelectorAll('.tile')).map(t => t.getBoundingClientRect().bottom));")
+        viewport = driver.execute_script("return window.innerHeight")
+        _artefact(driver, "overview-3x22.png")
+        assert bottom <= viewport, f"the last tile ends at {bottom}px, below the {viewport}px screen"
+    finally:
+        server.stop()
+        ctx.historian.close()
 
 
 # --- the alarm console ----------------------------------------------------------------------------
@@ -191,6 +277,13 @@ def test_alarm_console_acknowledges_an_alarm_in_chromium(console_screen, browser
     fill_weight = next(a for a in ctx.alerts.alarm_list() if a.tag_id == f"{FILL}.filler1.fill_weight")
 
     driver.get(server.url + "/")
+    # The overview flags the unacknowledged critical alarm with a flashing banner, until "Seen".
+    _wait(driver, lambda d: "1 unacknowledged CRITICAL alarm (1 new)" in d.find_element(By.ID, "critical-banner").text
+          and "critical-banner-new" in d.find_element(By.ID, "critical-banner").get_attribute("class"),
+          what="the flashing critical banner on the overview")
+    driver.find_element(By.ID, "critical-seen-button").click()
+    _wait(driver, lambda d: "critical-banner-new" not in (c := d.find_element(By.ID, "critical-banner")).get_attribute(
+        "class") and "critical-banner-on" in c.get_attribute("class"), what="the banner steady once seen")
     link = _wait(driver, lambda d: d.find_elements(By.ID, "nav-alarms"), what="the overview's link to the alarm console")
     link[0].click()
     _wait(driver, lambda d: _grid_cell(d, fill_weight.id, "state_label") == "● ACTIVE · UNACK",
@@ -235,6 +328,7 @@ def test_alarm_console_acknowledges_an_alarm_in_chromium(console_screen, browser
 
     severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     assert not severe, f"browser console errors: {severe}"
+    _artefact(driver, "alarms.png")
 
     shot = os.environ.get("CONTROLTOWER_CONSOLE_SCREENSHOT")
     if shot:

@@ -78,8 +78,9 @@ def test_full_figures_then_small_patches(ctx) -> None:
     figures, state, caption = line.line_update(ctx, BIO, UNITS, None, NOW)
     assert all(isinstance(f, dict) for f in figures) and "anomaly score: z-score" in caption
     br101 = figures[0]
-    assert [t["name"] for t in br101["data"]] == ["temperature", "ph", "dissolved_oxygen", "agitation", "pressure",
-                                                 "anomaly score"]
+    names = [t.tag.id for t in ctx.tags if t.unit_id == UNITS[0]]
+    assert names[:5] == ["temperature", "ph", "dissolved_oxygen", "agitation", "pressure"]
+    assert [t["name"] for t in br101["data"]] == [*names, "anomaly score"]
     labels = {a["text"] for a in br101["layout"]["annotations"]}
     assert {"HH 39", "H 38", "L 36", "LL 35", "UCL 8", "▮ B-BR101-2405-017"} <= labels
     assert br101["layout"]["xaxis"]["range"] == [int((NOW - timedelta(minutes=10)).timestamp() * 1000),
@@ -97,7 +98,7 @@ def test_full_figures_then_small_patches(ctx) -> None:
     # The sample at NOW (the first read ended just before it) and the new one; no overlap.
     assert extends[0]["params"]["value"] == [int(NOW.timestamp() * 1000), int(NOW.timestamp() * 1000) + 1000]
     assert extends[1]["params"]["value"][-1] == 1.0
-    assert sum(len(t["x"]) for t in br101["data"][:5]) == 5 * 599  # 1 Hz samples up to NOW, NOW excluded
+    assert sum(len(t["x"]) for t in br101["data"][:-1]) == len(names) * 599  # 1 Hz up to NOW, NOW excluded
     assert state2["until"] > state["until"]
     # The refresh is a small fraction of the full figures.
     full, inc = _json_bytes(figures), _json_bytes(patches)

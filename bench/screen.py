@@ -1,0 +1,350 @@
+"""The screen's refresh callbacks at 3 sites x 22 lines: server time and payload bytes.
+
+    .venv/bin/python bench/screen.py               # prints the table, updates docs/benchmarks.md
+    .venv/bin/python bench/screen.py --no-write --minutes 5 --ticks 20
+
+A real `ControlTower` over the generated enterprise (`simulators/enterprise.py`, what
+`controltower simulate --sites 3 --lines 22` runs): the simulated plant (`simulators/plant.py`)
+runs `--minutes` of 1 Hz samples with a few faults, which go through the DuckDB historian, the
+live state and the detection engine, as in the product. Then each refresh callback is called as
+the browser calls it, an HTTP POST to `/_dash-update-component` through Flask's test client,
+`--ticks` times, with one more simulated second fed to the tower (outside the timing) and the
+clock advanced by one refresh interval between ticks. Measured per callback: the server time of
+the POST (median and p95) and the response bytes; per screen: the bytes per second at the
+refresh interval (every callback that ticks on that screen).
+
+Baselines, in the same run: the overview re-sending every tile and alert table every tick (as it
+did before the keys and `Patch`), and the line page re-sending its full figures every tick
+(instead of `Patch` increments). Targets (issue 6): under 100 ms server time per refresh, well
+under 100 kB/s per open screen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import polars as pl
+from benchdoc import write_section
+
+from controltower.runtime import ControlTower
+from controltower.screen import create_app, ids
+from controltower.screen import queries as q
+from simulators.enterprise import build_enterprise
+from simulators.plant import Plant
+
+TITLE = "Screen refresh at 3 sites x 22 lines"
+TARGET_MS = 100.0
+TARGET_BYTES_PER_S = 100_000
+
+
+class Tower:
+    """The tower, the simulated plant feeding it and a clock the screen reads."""
+
+    def __init__(self, sites: int, lines: int, minutes: float, data_dir: Path):
+        self.site = _without_login(build_enterprise(sites, lines, seed=7))
+        self.tower = ControlTower(self.site, data_dir=data_dir)
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes)
+        self.plant = Plant(self.site, seed=7, start=start)
+        self.now = start
+        tags = [t.tag_id for t in self.tower.tags]
+        # A few faults, so tiles, alarms and scores are not all quiet.
+        for k, tag in enumerate(tags[:: max(1, len(tags) // 6)][:6]):
+            self.plant.inject(tag, ("spike", "drift", "bias")[k % 3], duration_s=minutes * 60, magnitude=50.0)
+        done = 0.0
+        while done < minutes * 60:
+            self.feed(min(60.0, minutes * 60 - done))
+            done += 60.0
+
+    def feed(self, seconds: float) -> pl.DataFrame:
+        frame = self.plant.run(seconds, 1.0)
+        t = self.tower
+        t.historian.write_sync(frame)
+        t.live.update(frame)
+        t.engine.process(frame)
+        self.now = self.plant.start + timedelta(seconds=self.plant.elapsed_s)
+        return frame
+
+    def clock(self) -> datetime:
+        return self.now
+
+
+def _without_login(site):
+    """The site with the screen's login off (on 127.0.0.1, as the demo): the bench measures the
+    refresh, not the session check."""
+    screen = site.screen
+    if getattr(screen, "auth", None) is None or not screen.auth.enabled:
+        return site
+    auth = screen.auth.model_copy(update={"enabled": False})
+    return site.model_copy(update={"screen": screen.model_copy(update={"auth": auth})})
+
+
+class DashClient:
+    """POSTs a callback's inputs to a Dash app the way the renderer does; returns the response."""
+
+    def __init__(self, app, prefix: str = "/"):
+        self.client = app.server.test_client()
+        self.app = app
+        self.prefix = prefix
+
+    def key(self, app, contains: str) -> str:
+        found = [k for k in app.callback_map if contains in k]
+        if len(found) != 1:
+            raise KeyError(f"{contains!r}: {found}")
+        return found[0]
+
+    def call(self, app, contains: str, outputs, inputs, state=(), changed=None) -> tuple[float, int, dict | None]:
+        """(seconds, response bytes, decoded response or None for 204) of one callback POST."""
+        key = self.key(app, contains)
+        body = {
+            "output": key,
+            "outputs": outputs,
+            "inputs": [{"id": i, "property": p, "value": v} for i, p, v in inputs],
+            "state": [{"id": i, "property": p, "value": v} for i, p, v in state],
+            "changedPropIds": changed if changed is not None else [f"{inputs[0][0]}.{inputs[0][1]}"],
+        }
+        data = json.dumps(body)
+        started = time.perf_counter()
+        resp = self.client.post(f"{self.prefix}_dash-update-component", data=data, content_type="application/json")
+        took = time.perf_counter() - started
+        if resp.status_code not in (200, 204):
+            raise RuntimeError(f"{contains}: HTTP {resp.status_code} {resp.data[:300]!r}")
+        return took, len(resp.data), (json.loads(resp.data) if resp.status_code == 200 else None)
+
+
+def out(component: str, prop: str) -> dict:
+    return {"id": component, "property": prop}
+
+
+def value(response: dict | None, component: str, prop: str, default=None):
+    if not response:
+        return default
+    return response.get("response", {}).get(component, {}).get(prop, default)
+
+
+class Series:
+    def __init__(self, name: str):
+        self.name = name
+        self.ms: list[float] = []
+        self.bytes: list[int] = []
+
+    def add(self, seconds: float, size: int) -> None:
+        self.ms.append(seconds * 1000)
+        self.bytes.append(size)
+
+    def row(self) -> dict:
+        ms = sorted(self.ms)
+        return {"name": self.name, "n": len(ms), "median_ms": statistics.median(ms),
+                "p95_ms": ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))],
+                "median_bytes": statistics.median(self.bytes), "max_bytes": max(self.bytes)}
+
+
+def run(args) -> tuple[list[dict], dict, dict]:
+    with tempfile.TemporaryDirectory(prefix="bench-screen-") as tmp:
+        built = time.perf_counter()
+        world = Tower(args.sites, args.lines, args.minutes, Path(tmp))
+        fill_s = time.perf_counter() - built
+        tower = world.tower
+        app = create_app(tower, clock=world.clock)
+        from controltower.screen.console import PATH as CONSOLE_PATH
+
+        console_app = next(a for a in _dash_apps(app) if a.config.url_base_pathname == CONSOLE_PATH)
+        main = DashClient(app)
+        console = DashClient(console_app, CONSOLE_PATH)
+        refresh_s = world.site.screen.refresh_ms / 1000
+        # The line page: the line with the most tags.
+        per_line = pl.DataFrame({"line": [t.line_id for t in tower.tags]}).group_by("line").len().sort(
+            ["len", "line"], descending=[True, False])
+        line_id = per_line["line"][0]
+        units = [u["unit_id"] for u in q.line_info(tower, line_id)["units"]]
+        graphs = [out({"type": ids.LINE_UNIT_GRAPH, "unit": u}, "figure") for u in units]
+
+        s = {name: Series(name) for name in (
+            "header (every page)", "overview tiles", "overview alerts", "overview tiles, full re-send (baseline)",
+            "overview alerts, full re-send (baseline)", "line page: first render", "line page: refresh (Patch)",
+            "line page: full figures every tick (baseline)", "line page status", "console grid", "console journal",
+            "console selected")}
+
+        tile_keys = alerts_key = header_key = critical_now = line_state = status_key = rows_key = journal_key = None
+        seen: list[str] = []
+        first_tiles = main.call(app, ids.TILE_KEYS, [out(ids.LINE_TILES, "children"), out(ids.TILE_KEYS, "data")],
+                                [(ids.INTERVAL, "n_intervals", 0)], [(ids.TILE_KEYS, "data", None)])
+        tile_keys = value(first_tiles[2], ids.TILE_KEYS, "data")
+        n_first = main.call(app, ids.LINE_TREND_STATE, [graphs, out(ids.LINE_TREND_STATE, "data"),
+                                                         out(ids.LINE_CAPTION, "children")],
+                            [(ids.LINE_TICK, "n_intervals", 0)],
+                            [(ids.LINE_ID, "data", line_id), (ids.LINE_TREND_STATE, "data", None)])
+        line_state = value(n_first[2], ids.LINE_TREND_STATE, "data")
+        for tick in range(1, args.ticks + 1):
+            world.feed(refresh_s)
+            r = main.call(app, ids.HEADER_KEY,
+                          [out(ids.CLOCK, "children"), out(ids.FRESHNESS, "children"), out(ids.FRESHNESS, "className"),
+                           out(ids.SUMMARY, "children"), out(ids.HEADER_KEY, "data"),
+                           out(ids.CRITICAL_BANNER, "className"), out(ids.CRITICAL_BANNER_TEXT, "children"),
+                           out(ids.CRITICAL_NOW, "data"), out(ids.CRITICAL_NEW, "data")],
+                          [(ids.SHELL_TICK, "n_intervals", tick), (ids.CRITICAL_SEEN, "data", seen)],
+                          [(ids.HEADER_KEY, "data", header_key), (ids.CRITICAL_NOW, "data", critical_now)])
+            s["header (every page)"].add(r[0], r[1])
+            header_key = value(r[2], ids.HEADER_KEY, "data", header_key)
+            critical_now = value(r[2], ids.CRITICAL_NOW, "data", critical_now)
+
+            tiles_out = [out(ids.LINE_TILES, "children"), out(ids.TILE_KEYS, "data")]
+            r = main.call(app, ids.TILE_KEYS, tiles_out, [(ids.INTERVAL, "n_intervals", tick)],
+                          [(ids.TILE_KEYS, "data", tile_keys)])
+            s["overview tiles"].add(r[0], r[1])
+            tile_keys = value(r[2], ids.TILE_KEYS, "data", tile_keys)
+            r = main.call(app, ids.TILE_KEYS, tiles_out, [(ids.INTERVAL, "n_intervals", tick)],
+                          [(ids.TILE_KEYS, "data", None)])
+            s["overview tiles, full re-send (baseline)"].add(r[0], r[1])
+
+            alerts_out = [out(ids.ACTIVE_ALERTS_COUNT, "children"), out(ids.ACTIVE_ALERTS, "children"),
+                          out(ids.CLEARED_ALERTS, "children"), out(ids.ALERTS_KEY, "data")]
+            r = main.call(app, ids.ALERTS_KEY, alerts_out, [(ids.INTERVAL, "n_intervals", tick)],
+                          [(ids.ALERTS_KEY, "data", alerts_key)])
+            s["overview alerts"].add(r[0], r[1])
+            alerts_key = value(r[2], ids.ALERTS_KEY, "data", alerts_key)
+            r = main.call(app, ids.ALERTS_KEY, alerts_out, [(ids.INTERVAL, "n_intervals", tick)],
+                          [(ids.ALERTS_KEY, "data", None)])
+            s["overview alerts, full re-send (baseline)"].add(r[0], r[1])
+
+            trend_out = [graphs, out(ids.LINE_TREND_STATE, "data"), out(ids.LINE_CAPTION, "children")]
+            r = main.call(app, ids.LINE_TREND_STATE, trend_out, [(ids.LINE_TICK, "n_intervals", tick)],
+                          [(ids.LINE_ID, "data", line_id), (ids.LINE_TREND_STATE, "data", line_state)])
+            s["line page: refresh (Patch)"].add(r[0], r[1])
+            line_state = value(r[2], ids.LINE_TREND_STATE, "data", line_state)
+            r = main.call(app, ids.LINE_TREND_STATE, trend_out, [(ids.LINE_TICK, "n_intervals", 0)],
+                          [(ids.LINE_ID, "data", line_id), (ids.LINE_TREND_STATE, "data", None)])
+            s["line page: first render"].add(r[0], r[1])
+            s["line page: full figures every tick (baseline)"].add(r[0], r[1])
+            r = main.call(app, ids.LINE_STATUS_KEY, [out(ids.LINE_STATUS, "children"), out(ids.LINE_STATUS_KEY, "data")],
+                          [(ids.LINE_TICK, "n_intervals", tick)],
+                          [(ids.LINE_ID, "data", line_id), (ids.LINE_STATUS_KEY, "data", status_key)])
+            s["line page status"].add(r[0], r[1])
+            status_key = value(r[2], ids.LINE_STATUS_KEY, "data", status_key)
+
+            r = console.call(console_app, ids.CONSOLE_ROWS_KEY,
+                             [out(ids.CONSOLE_GRID, "rowData"), out(ids.CONSOLE_ROWS_KEY, "data"),
+                              out(ids.CONSOLE_COUNT, "children"), out(ids.CONSOLE_SUMMARY, "children"),
+                              out(ids.CONSOLE_CUE, "children"), out(ids.CONSOLE_CUE, "className"),
+                              out(ids.CONSOLE_SEEN_CRITICAL, "data"), out(ids.CONSOLE_NEW_CRITICAL, "data"),
+                              out(ids.CONSOLE_CLOCK, "children")],
+                             [(ids.CONSOLE_TICK, "n_intervals", tick), (ids.CONSOLE_VERSION, "data", 0),
+                              (ids.CONSOLE_VIEW, "value", "alarms"),
+                              (ids.CONSOLE_PRIORITIES, "value", ["critical", "high", "medium", "low"])],
+                             [(ids.CONSOLE_ROWS_KEY, "data", rows_key), (ids.CONSOLE_SEEN_CRITICAL, "data", [])])
+            s["console grid"].add(r[0], r[1])
+            rows_key = value(r[2], ids.CONSOLE_ROWS_KEY, "data", rows_key)
+            r = console.call(console_app, ids.CONSOLE_JOURNAL_KEY,
+                             [out(ids.CONSOLE_JOURNAL, "children"), out(ids.CONSOLE_JOURNAL_KEY, "data")],
+                             [(ids.CONSOLE_JOURNAL_SEARCH, "value", None), (ids.CONSOLE_VERSION, "data", 0),
+                              (ids.CONSOLE_TICK, "n_intervals", tick)],
+                             [(ids.CONSOLE_JOURNAL_KEY, "data", journal_key)],
+                             changed=[f"{ids.CONSOLE_TICK}.n_intervals"])
+            s["console journal"].add(r[0], r[1])
+            journal_key = value(r[2], ids.CONSOLE_JOURNAL_KEY, "data", journal_key)
+            r = console.call(console_app, ids.CONSOLE_SELECTED, out(ids.CONSOLE_SELECTED, "children"),
+                             [(ids.CONSOLE_GRID, "selectedRows", None), (ids.CONSOLE_VERSION, "data", 0),
+                              (ids.CONSOLE_TICK, "n_intervals", tick)], changed=[f"{ids.CONSOLE_TICK}.n_intervals"])
+            s["console selected"].add(r[0], r[1])
+
+        rows = [x.row() for x in s.values()]
+        by = {r["name"]: r for r in rows}
+
+        def per_s(*names: str) -> float:
+            return sum(statistics.mean(s[n].bytes) for n in names) / refresh_s
+
+        screens = {
+            "overview": per_s("header (every page)", "overview tiles", "overview alerts"),
+            "overview, before (full re-send)": per_s("header (every page)", "overview tiles, full re-send (baseline)",
+                                                     "overview alerts, full re-send (baseline)"),
+            "line page": per_s("header (every page)", "line page: refresh (Patch)", "line page status"),
+            "line page, full figures every tick": per_s("header (every page)",
+                                                        "line page: full figures every tick (baseline)",
+                                                        "line page status"),
+            "alarm console": per_s("console grid", "console journal", "console selected"),
+        }
+        info = {"fill_s": fill_s, "tags": len(tower.tags), "lines": len(q.line_catalog(tower)),
+                "line_id": line_id, "line_tags": int(per_line["len"][0]), "units": len(units),
+                "active_alerts": len(tower.alerts.active()), "refresh_s": refresh_s,
+                "window_s": world.site.screen.trend_window_s, "samples": tower.historian.count(),
+                "first_line_render_bytes": n_first[1], "by": by}
+        tower.close()
+        return rows, screens, info
+
+
+def _dash_apps(app):
+    """The Dash apps on `app`'s Flask server (the overview's and the console's)."""
+    import gc
+
+    import dash
+
+    return [o for o in gc.get_objects() if isinstance(o, dash.Dash) and o.server is app.server]
+
+
+def report(rows: list[dict], screens: dict, info: dict, args) -> str:
+    lines = [
+        f"## {TITLE}",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d}, `.venv/bin/python bench/screen.py --minutes {args.minutes:g} "
+        f"--ticks {args.ticks}` ({platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.machine()}, 2 shared cores). A real `ControlTower` over the generated enterprise "
+        f"({args.sites} sites x {args.lines} lines: {info['lines']} lines, {info['tags']} tags), its DuckDB "
+        f"historian filled with {args.minutes:g} min of the simulated plant at 1 Hz ({info['samples']:,} samples, "
+        f"through the live state and the detection engine: {info['active_alerts']} active alerts) in "
+        f"{info['fill_s']:.0f} s. Each callback is an HTTP POST to `/_dash-update-component` (Flask test "
+        f"client, the body the browser sends), {args.ticks} ticks, one simulated second fed between ticks "
+        f"(not timed). Line page: `{info['line_id']}` ({info['units']} units, {info['line_tags']} tags, "
+        f"window {info['window_s']:.0f} s, LTTB to {q.LINE_TREND_POINTS} points per tag).",
+        "",
+        "| callback | server ms (median) | p95 | response bytes (median) | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | {r['median_bytes']:,.0f} | "
+                     f"{r['max_bytes']:,} |")
+    lines += ["", f"Bytes per second per open screen at the {info['refresh_s']:g} s refresh (all its ticking "
+                  "callbacks; target well under 100 kB/s):", "", "| screen | bytes/s |", "|---|---:|"]
+    for name, bps in screens.items():
+        lines.append(f"| {name} | {bps:,.0f} |")
+    by = info["by"]
+    worst = max((r for r in rows if "baseline" not in r["name"]), key=lambda r: r["p95_ms"])
+    lines += [
+        "",
+        f"Slowest refresh callback (p95): {worst['name']}, {worst['p95_ms']:.0f} ms "
+        f"({'within' if worst['p95_ms'] < TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target). "
+        f"Line page: a refresh sends {by['line page: refresh (Patch)']['median_bytes']:,.0f} B against "
+        f"{by['line page: first render']['median_bytes']:,.0f} B for the full figures "
+        f"(x{by['line page: first render']['median_bytes'] / max(1, by['line page: refresh (Patch)']['median_bytes']):.0f}); "
+        f"overview: {screens['overview']:,.0f} B/s against {screens['overview, before (full re-send)']:,.0f} B/s "
+        "re-sending every tile and table.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--lines", type=int, default=22)
+    parser.add_argument("--minutes", type=float, default=10.0, help="simulated history before the ticks")
+    parser.add_argument("--ticks", type=int, default=30)
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args()
+    rows, screens, info = run(args)
+    text = report(rows, screens, info, args)
+    print(text)
+    if not args.no_write:
+        write_section(TITLE, text)
+
+
+if __name__ == "__main__":
+    main()

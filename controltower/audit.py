@@ -109,6 +109,10 @@ class AuditTrail:
     def keyed(self) -> bool:
         return self._key is not None
 
+    def key_for_verify(self) -> bytes | None:
+        """The key, for `verify_trail` in this process only (never shown or logged)."""
+        return self._key
+
     def record(self, actor: str, action: str, target: str | None = None, *, old: Any = None, new: Any = None,
                reason: str | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
         """Append one record and return it as written. Raises AuditError when it cannot be written."""

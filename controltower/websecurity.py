@@ -118,6 +118,7 @@ class WebSecurity:
         server.add_url_rule("/login", "ct_login", self._login, methods=["POST"])
         server.add_url_rule("/logout", "ct_logout", self._logout, methods=["POST"])
         server.add_url_rule("/auth/session", "ct_session", self._session_info, methods=["GET"])
+        server.add_url_rule("/api/audit", "ct_audit", self._audit_records, methods=["GET"])
         if self.enabled:
             n = len(self.users.list())
             log.info("authentication on: %d user(s) in %s", n, self.users.path)
@@ -264,6 +265,25 @@ class WebSecurity:
         permissions = sorted(p for p in _all_permissions() if principal.may(p))
         return jsonify({"auth": True, "user": principal.username, "role": principal.role,
                         "permissions": permissions, "csrf_token": session.csrf_token})
+
+    def _audit_records(self) -> Response:
+        """GET /api/audit[?limit=200]: {"verified": {ok, count, problem}, "records": newest first};
+        needs audit.read (quality engineer, administrator)."""
+        try:
+            acting_user("audit.read")
+        except NotAllowed as exc:
+            return _refuse(exc.status, exc.message)
+        if self.audit is None:
+            return _refuse(503, "this control tower keeps no audit trail")
+        raw = request.args.get("limit") or "200"
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            return _refuse(400, f"limit: an integer between 1 and 10000, got {raw[:20]!r}")
+        from controltower.audit import verify_trail
+
+        result = verify_trail(self.audit.path, key=self.audit.key_for_verify())
+        records = self.audit.records()[-int(raw):][::-1]
+        return jsonify({"verified": {"ok": result.ok, "count": result.count, "problem": result.problem},
+                        "records": records})
 
     def _set_cookies(self, response: Response, token: str, csrf: str) -> None:
         secure = self.config.secure_cookies

@@ -282,3 +282,16 @@ def test_the_console_callback_checks_the_role_on_the_server(site) -> None:
     # Without the CSRF header the callback does not run at all.
     status, _, _ = operator.call("POST", "/alarms/_dash-update-component", {"output": "x"})
     assert status == 403
+
+
+def test_the_audit_trail_is_readable_by_quality_and_admin_only(site) -> None:
+    _, url, _ = site
+    operator, quality = Client(url), Client(url)
+    operator.login("olga"), quality.login("quinn")
+    status, _, body = operator.call("GET", "/api/audit")
+    assert status == 403 and "may not audit.read" in body["error"]
+    status, _, body = quality.call("GET", "/api/audit?limit=1")
+    assert status == 200 and body["verified"]["ok"] and body["verified"]["count"] == 2
+    assert [(r["actor"], r["action"]) for r in body["records"]] == [("quinn", "login")]
+    assert quality.call("GET", "/api/audit?limit=0")[0] == 400
+    assert Client(url).call("GET", "/api/audit")[0] == 401

@@ -37,7 +37,7 @@ from controltower.audit import AuditError
 from controltower.batch_report import report_csv, report_html
 from controltower.batch_review import BatchNotFound, BatchReview, list_batches, review_batch
 from controltower.deviations import FILE_NAME as DEVIATIONS_FILE
-from controltower.deviations import DeviationError, DeviationLog
+from controltower.deviations import DeviationError, DeviationLog, DeviationRecord
 from controltower.websecurity import (
     NotAllowed,
     acting_user,
@@ -78,14 +78,19 @@ def review_json(review: BatchReview) -> dict[str, Any]:
     }
 
 
+def batch_stores(ctx: TowerContext, data_dir: Path):
+    """(model store, deviation log) of the tower whose data directory is `data_dir`."""
+    from analytics.models import ModelStore
+
+    return (ModelStore(ctx.site.resolve_path(ctx.site.detectors.models.dir, data_dir)),
+            DeviationLog(Path(data_dir) / DEVIATIONS_FILE))
+
+
 def register_batch_api(server: Flask, ctx: TowerContext, *, data_dir: Path, now=None) -> Blueprint:
     """Add the /api/batches routes to `server`; the model store and the deviation log are the
     ones under `data_dir` (the tower's)."""
-    from analytics.models import ModelStore
-
     clock = now or (lambda: datetime.now(UTC))
-    models = ModelStore(ctx.site.resolve_path(ctx.site.detectors.models.dir, data_dir))
-    deviations = DeviationLog(Path(data_dir) / DEVIATIONS_FILE)
+    models, deviations = batch_stores(ctx, data_dir)
     bp = Blueprint("controltower_batches", __name__)
 
     def window() -> tuple[datetime, datetime]:
@@ -141,29 +146,7 @@ def register_batch_api(server: Flask, ctx: TowerContext, *, data_dir: Path, now=
     @bp.post("/api/batches/<unit>/<batch_id>/deviations")
     def add_deviation(unit: str, batch_id: str) -> Response:
         body = _body()
-        signer, signed_name = _signer(body)
-        found = review(unit, batch_id)  # the batch must exist
-        at = None
-        if body.get("at"):
-            try:
-                at = timeparse.parse_time(str(body["at"]), clock())
-            except ValueError as exc:
-                raise BadParameter(f"at: {exc}") from None
-        tags = body.get("tags") or []
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise BadParameter("tags: a list of tag ids")
-        unknown = [t for t in tags if t not in found.tags]
-        if unknown:
-            raise BadParameter(f"tags: {', '.join(unknown)} not tag(s) of unit {unit}")
-        try:
-            record = deviations.add(batch_id=batch_id, unit=unit, classification=str(body.get("classification", "")),
-                                    comment=str(body.get("comment", "")), signed_by=signer, signed_name=signed_name,
-                                    meaning=str(body.get("meaning", "")), at=at, tags=tags,
-                                    supersedes=body.get("supersedes") or None, now=clock())
-        except DeviationError as exc:
-            raise BadParameter(str(exc)) from None
-        audit_record(signer, "deviation.record", f"{unit} batch {batch_id}", new=record.to_dict(),
-                     reason=record.comment)
+        record = sign_deviation(review(unit, batch_id), deviations, body, clock())
         return _json({"deviation": record.to_dict()}, 201)
 
     @bp.errorhandler(BadParameter)
@@ -184,6 +167,36 @@ def register_batch_api(server: Flask, ctx: TowerContext, *, data_dir: Path, now=
 
     server.register_blueprint(bp)
     return bp
+
+
+def sign_deviation(review: BatchReview, deviations: DeviationLog, body: dict[str, Any], now: datetime) -> DeviationRecord:
+    """Sign and append a deviation record about `review`'s batch from a request body (the API's
+    or the screen's form): the signer re-authenticated (`_signer`), the fields checked, the
+    record written, then audited. BadParameter names a bad field; NotAllowed for the signer."""
+    signer, signed_name = _signer(body)
+    at = None
+    if body.get("at"):
+        try:
+            at = timeparse.parse_time(str(body["at"]), now)
+        except ValueError as exc:
+            raise BadParameter(f"at: {exc}") from None
+    tags = body.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise BadParameter("tags: a list of tag ids")
+    unknown = [t for t in tags if t not in review.tags]
+    if unknown:
+        raise BadParameter(f"tags: {', '.join(unknown)} not tag(s) of unit {review.unit}")
+    try:
+        record = deviations.add(batch_id=review.batch_id, unit=review.unit,
+                                classification=str(body.get("classification") or ""),
+                                comment=str(body.get("comment") or ""), signed_by=signer, signed_name=signed_name,
+                                meaning=str(body.get("meaning") or ""), at=at, tags=tags,
+                                supersedes=body.get("supersedes") or None, now=now)
+    except DeviationError as exc:
+        raise BadParameter(str(exc)) from None
+    audit_record(signer, "deviation.record", f"{review.unit} batch {review.batch_id}", new=record.to_dict(),
+                 reason=record.comment)
+    return record
 
 
 def _signer(body: dict[str, Any]) -> tuple[str, str]:

@@ -5,7 +5,7 @@
 
 The overview is at `/`, each line's page at `/line/<site>.<area>.<line>` (`shell` routes between
 them), the alarm console (`console`, its own Dash app on the same server) at
-`/alarms/`. `security` (`controltower.websecurity`) puts the login, the CSRF and role checks and
+`/alarms/`, the batch review (`batches`, another one) at `/batches/`. `security` (`controltower.websecurity`) puts the login, the CSRF and role checks and
 the security headers in front of all of it; without one, the site's `screen.auth` must be off. The layout is a function, so each page load renders the current state at once and the
 interval then keeps it fresh.
 """
@@ -22,7 +22,7 @@ from flask import Flask
 
 from controltower.api import register_api
 from controltower.batch_api import register_batch_api
-from controltower.screen import console, line, overview, shell
+from controltower.screen import batches, console, line, overview, shell
 from controltower.websecurity import WebSecurity
 
 if TYPE_CHECKING:
@@ -43,9 +43,10 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
         security = WebSecurity(ctx.site.screen.auth)
     server = Flask("controltower.screen")
     security.install(server)
+    data_dir = Path(getattr(ctx, "data_dir", None) or ctx.site.data_dir)
     if api:
         register_api(server, ctx, now=now)
-        register_batch_api(server, ctx, data_dir=Path(getattr(ctx, "data_dir", None) or ctx.site.data_dir), now=now)
+        register_batch_api(server, ctx, data_dir=data_dir, now=now)
     app = dash.Dash(
         "controltower.screen",
         server=server,
@@ -64,5 +65,8 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
     # The alarm console: a second Dash app on the same server, under console.PATH.
     alarms = console.create_console(server, ctx, now, assets_folder=str(ASSETS),
                                     title=f"Alarms · {ctx.site.enterprise} · control tower")
-    security.set_script_hashes([*app.csp_hashes(), *alarms.csp_hashes()])
+    # Batch review for quality engineers: a third Dash app, under batches.PATH.
+    reviews = batches.create_batch_review(server, ctx, now, data_dir=data_dir, assets_folder=str(ASSETS),
+                                          title=f"Batch review · {ctx.site.enterprise} · control tower")
+    security.set_script_hashes([*app.csp_hashes(), *alarms.csp_hashes(), *reviews.csp_hashes()])
     return app

@@ -7,7 +7,7 @@ from dash import dcc, html
 
 from controltower.websecurity import auth_enabled, current_csrf_token, current_principal
 
-PAGES = (("overview", "◧ Overview", "/"), ("alarms", "⚠ Alarms", "/alarms/"))
+PAGES = (("overview", "◧ Overview", "/"), ("alarms", "⚠ Alarms", "/alarms/"), ("batches", "▤ Batches", "/batches/"))
 
 
 def brand(enterprise: str, subtitle: str) -> html.Div:
@@ -18,7 +18,7 @@ def brand(enterprise: str, subtitle: str) -> html.Div:
 
 
 def nav(current: str) -> html.Nav:
-    """Links to every page, `current` ("overview" or "alarms") marked, then the user box."""
+    """Links to every page, `current` ("overview", "alarms" or "batches") marked, then the user box."""
     return html.Nav(
         className="nav",
         children=[

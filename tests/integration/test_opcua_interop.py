@@ -231,3 +231,52 @@ async def test_percent_and_absolute_deadbands_on_node_opcua(tmp_path: Path) -> N
     assert 3 <= pressures.height <= 10, pressures
     steps = pressures["value"].diff().drop_nulls()
     assert (steps > 0.00025).all() and (steps < 0.00045).all(), steps.to_list()
+
+
+async def test_a_frozen_server_is_detected_without_the_connection_closing(tmp_path: Path) -> None:
+    """A server that stops answering while its socket stays open (SIGSTOP: as a hung PLC or a
+    pulled cable looks) is detected by the keep-alive probe: the tags go stale within seconds,
+    and once it answers again the source reconnects, resubscribes and records the gap."""
+    import os
+    import signal
+
+    from collector.gaps import GapLog
+
+    port = free_port()
+    proc, _ = await asyncio.to_thread(start_node, "opcua_server.js", str(port), str(tmp_path))
+    site = interop_site(f"opc.tcp://127.0.0.1:{port}/ua/plant", publish_timeout_s=3)
+    source = OpcUaSource(site.sources[0], site.tag_table(), data_dir=tmp_path)
+    batches: list[pl.DataFrame] = []
+
+    async def emit(batch: pl.DataFrame) -> None:
+        batches.append(batch)
+
+    def frame(since: int = 0) -> pl.DataFrame:
+        return pl.concat(batches[since:]) if batches[since:] else pl.DataFrame(schema={"value": pl.Float64})
+
+    async def until(check, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {source.health}"
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(source.run(emit))
+    try:
+        await until(lambda: frame().height >= 6, 20, "values")
+        os.kill(proc.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        await until(lambda: source.health.stale_since is not None, 15, "the loss to be detected")
+        assert time.monotonic() - frozen < 10
+        stale = frame().filter(pl.col("value").is_null())
+        assert stale["tag_id"].n_unique() == 2 and (stale["quality"].cast(str) == "bad").all()
+        os.kill(proc.pid, signal.SIGCONT)
+        seen = len(batches)
+        await until(lambda: source.health.gaps == 1 and frame(seen)["value"].drop_nulls().len() >= 4, 40,
+                    "values after the server answers again")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        stop_process(proc)
+    [gap] = GapLog(tmp_path / "gaps.jsonl").read()
+    assert gap.tags == 2 and gap.closed_by == "reconnect" and gap.duration_s > 0

@@ -3,6 +3,7 @@
     controltower demo [--port 8050] [--data-dir DIR] [--duration S] [--seed N]
     controltower run --config FILE [--data-dir DIR] [--port N] [--duration S]
     controltower simulate (--config FILE | --sites N [--lines M]) [--speed X] [--seed N] [--duration S] [--opcua-url U] [--mqtt-url U]
+                          [--mqtt-payload json_unit|json_tag|batched_json|sparkplug_b]
     controltower evaluate --scenario FILE [--json]
     controltower inject TAG|UNIT --kind spike|drift|stuck|...|cooling_failure|... [--duration S] [--magnitude X]
                         [--mqtt-url U] [--prefix P]
@@ -133,6 +134,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=_positive_float)
     simulate.add_argument("--opcua-url", help="serve OPC-UA here instead of simulation.opcua_url ('none' disables)")
     simulate.add_argument("--mqtt-url", help="publish to this broker instead of simulation.mqtt_url ('none' disables)")
+    simulate.add_argument(
+        "--mqtt-payload",
+        choices=["json_unit", "json_tag", "batched_json", "sparkplug_b"],
+        help="MQTT payload format of every line instead of simulation.mqtt_payload (see simulators/README.md)",
+    )
 
     inject = sub.add_parser("inject", help="inject a fault into a running simulator (over its MQTT command topic)")
     inject.add_argument("tag", metavar="TARGET",
@@ -225,6 +231,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             site = build_enterprise(args.sites, args.lines, seed=args.seed if args.seed is not None else 42)
         else:
             site = load_site_config(args.config)
+        if args.mqtt_payload is not None:
+            from controltower.site import SimulationConfig
+
+            simulation = (site.simulation or SimulationConfig()).model_copy(
+                update={"mqtt_payload": args.mqtt_payload, "mqtt_payloads": {}}
+            )
+            site = site.model_copy(update={"simulation": simulation})
         overrides: dict[str, Any] = {}
         for name in ("opcua_url", "mqtt_url"):
             value = getattr(args, name)

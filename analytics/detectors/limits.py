@@ -30,7 +30,15 @@ from typing import Self
 
 import polars as pl
 
-from analytics.detectors.base import as_scores, carry_forward, last_of_tag, on_flagged, per_tag, sorted_by_tag, usable
+from analytics.detectors.base import (
+    as_scores,
+    carry_forward,
+    last_of_tag,
+    on_flagged,
+    per_tag,
+    sorted_by_tag,
+    usable,
+)
 from controltower.site import TagInfo
 
 # (limit, side, level): side +1 for a high limit, -1 for a low one.

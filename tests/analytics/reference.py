@@ -3,6 +3,7 @@ tests compare against, and the baseline of bench/detectors.py."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import deque
@@ -185,13 +186,13 @@ class ReferenceNelson(_PerTag):
         self.values: dict[str, deque] = {}
 
     def fired(self, v: list[float], z: list[float]) -> list[int]:
-        d = [b - a for a, b in zip(v, v[1:])]
+        d = [b - a for a, b in itertools.pairwise(v)]
         last = lambda seq, n: seq[-n:] if len(seq) >= n else None
         checks = {
             1: abs(z[-1]) > 3,
             2: (w := last(z, self.n2)) is not None and (all(q > 0 for q in w) or all(q < 0 for q in w)),
             3: (w := last(d, 5)) is not None and (all(q > 0 for q in w) or all(q < 0 for q in w)),
-            4: (w := last(d, 13)) is not None and all(a * b < 0 for a, b in zip(w, w[1:])),
+            4: (w := last(d, 13)) is not None and all(a * b < 0 for a, b in itertools.pairwise(w)),
             5: (w := last(z, 3)) is not None and (sum(q > 2 for q in w) >= 2 or sum(q < -2 for q in w) >= 2),
             6: (w := last(z, 5)) is not None and (sum(q > 1 for q in w) >= 4 or sum(q < -1 for q in w) >= 4),
             7: (w := last(z, 15)) is not None and all(abs(q) < 1 for q in w),

@@ -16,7 +16,7 @@ TAG = make_tag(**TEMPERATURE)
 TID = TAG.tag_id
 NO_FLATLINE = FlatlineConfig(enabled=False)
 NO_QUALITY = QualityDetectorConfig(enabled=False)
-NO_CLOCK = dict(rate_of_change=RateOfChangeConfig(enabled=False), stale=StaleConfig(enabled=False))
+NO_CLOCK = {"rate_of_change": RateOfChangeConfig(enabled=False), "stale": StaleConfig(enabled=False)}
 LIMITS_ONLY = DetectorsConfig(zscore=ZScoreConfig(enabled=False), flatline=NO_FLATLINE, quality=NO_QUALITY, **NO_CLOCK)
 
 

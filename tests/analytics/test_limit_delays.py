@@ -1,5 +1,7 @@
 """ISA-18.2 on-delay and off-delay of the limit detector, by samples and by seconds."""
 
+import itertools
+
 import polars as pl
 
 from analytics.detectors import LimitDetector
@@ -11,7 +13,7 @@ def levels(values, chunks=(), step_s=1.0, **limits) -> list[int]:
     det = LimitDetector([tag])
     cuts = [0, *chunks, len(values)]
     return pl.concat(det.score(batch(tag.tag_id, values[a:b], start=a, step_s=step_s))
-                     for a, b in zip(cuts, cuts[1:]))["level"].to_list()
+                     for a, b in itertools.pairwise(cuts))["level"].to_list()
 
 
 def test_no_delay_is_the_old_behaviour():

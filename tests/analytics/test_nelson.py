@@ -1,6 +1,8 @@
 """Nelson / Western Electric run rules on short crafted series, centre 0 and sigma 1 (so the
 values are the z's), each rule alone, levels and reasons worked out by hand."""
 
+import itertools
+
 import polars as pl
 import pytest
 
@@ -16,7 +18,7 @@ def levels(rule: int, values: list, run: int = 9, chunks: tuple[int, ...] = ()) 
     """Levels of `rule` alone over `values`, scored in one batch or split at `chunks`."""
     det = NelsonRules([TAG], rules=[rule], same_side_run=run, given={TID: (0.0, 1.0)})
     cuts = [0, *chunks, len(values)]
-    out = [det.score(batch(TID, values[a:b], start=a)) for a, b in zip(cuts, cuts[1:])]
+    out = [det.score(batch(TID, values[a:b], start=a)) for a, b in itertools.pairwise(cuts)]
     return pl.concat(out)["level"].to_list()
 
 

@@ -8,7 +8,8 @@
 Roles and what each may do are `PERMISSIONS` (role -> permissions), the only table the API
 routes and the screen's callbacks consult (`controltower.websecurity.acting_user`):
 
-    operator          view, alarm.ack, alarm.shelve, alarm.unshelve, setpoint.write
+    operator          view, alarm.ack, alarm.shelve, alarm.unshelve, setpoint.write,
+                      simulation.inject (the demo plant only)
     quality_engineer  view, alarm.ack, deviation.record, batch.review, audit.read
     administrator     all of the above, tag.suppress (out of service), users.manage,
                       model.change, config.change
@@ -52,11 +53,11 @@ ROLES = ("operator", "quality_engineer", "administrator")
 _VIEW = frozenset({"view"})
 _ALARM = frozenset({"alarm.ack", "alarm.shelve", "alarm.unshelve"})
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "operator": _VIEW | _ALARM | {"setpoint.write"},
+    "operator": _VIEW | _ALARM | {"setpoint.write", "simulation.inject"},
     "quality_engineer": _VIEW | {"alarm.ack", "deviation.record", "batch.review", "audit.read"},
     "administrator": _VIEW | _ALARM | {
         "setpoint.write", "deviation.record", "batch.review", "audit.read", "tag.suppress", "users.manage",
-        "model.change", "config.change",
+        "model.change", "config.change", "simulation.inject",
     },
 }
 ALL_PERMISSIONS = frozenset().union(*PERMISSIONS.values())
@@ -153,7 +154,7 @@ class UserStore:
         if user is None or user.disabled:
             return None
         if self._hasher.check_needs_rehash(user.password_hash):
-            self._replace(user, password_hash=self._hasher.hash(password))
+            user = self._replace(user, password_hash=self._hasher.hash(password))
         return user
 
     # --- changing -----------------------------------------------------------------------------

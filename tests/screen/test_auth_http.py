@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from argon2 import PasswordHasher
 
 from controltower.audit import AuditTrail, verify_trail
 from controltower.auth import LoginThrottle, UserStore
@@ -295,3 +296,14 @@ def test_the_audit_trail_is_readable_by_quality_and_admin_only(site) -> None:
     assert [(r["actor"], r["action"]) for r in body["records"]] == [("quinn", "login")]
     assert quality.call("GET", "/api/audit?limit=0")[0] == 400
     assert Client(url).call("GET", "/api/audit")[0] == 401
+
+
+def test_a_login_that_upgrades_the_hash_keeps_its_session(site, tmp_path: Path) -> None:
+    """The session is tied to the password's hash; the upgrade at login must not end it."""
+    _, url, _ = site
+    UserStore(tmp_path / "users.yaml", hasher=PasswordHasher(time_cost=1, memory_cost=4096, parallelism=1)
+              ).set_password("olga", "older-params-1")
+    c = Client(url)
+    c.login("olga", "older-params-1")  # the server's store upgrades to its own parameters
+    assert "m=4096" not in (tmp_path / "users.yaml").read_text()
+    assert c.call("GET", "/api/lines")[0] == 200

@@ -175,7 +175,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     history.add_argument("--data-dir", type=Path, help="data directory (default: data/demo for the demo site)")
     history.add_argument(
         "--url", help="read through a running control tower's API instead (e.g. http://127.0.0.1:8050): "
-        "the embedded historian's file is locked while the tower runs"
+        "the embedded historian's file is locked while the tower runs; with auth on, set CONTROLTOWER_USER "
+        "and CONTROLTOWER_PASSWORD"
     )
     return parser
 
@@ -372,14 +373,15 @@ def _history_from_historian(args: argparse.Namespace, since: datetime, until: da
 def _history_from_api(args: argparse.Namespace, since: datetime, until: datetime | None) -> pl.DataFrame:
     from urllib.error import HTTPError, URLError
     from urllib.parse import quote, urlencode
-    from urllib.request import urlopen
 
     from controltower.samples import samples_frame
+    from controltower.security_cli import api_opener
 
     query = {"since": since.isoformat()} | ({"until": until.isoformat()} if until else {})
     url = f"{args.url.rstrip('/')}/api/tags/{quote(args.tag, safe='')}/history?{urlencode(query)}"
     try:
-        with urlopen(url, timeout=30) as response:
+        # Logged in as $CONTROLTOWER_USER (password $CONTROLTOWER_PASSWORD) when set.
+        with api_opener(args.url).open(url, timeout=30) as response:
             rows = json.loads(response.read())
     except HTTPError as exc:
         try:

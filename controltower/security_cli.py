@@ -6,7 +6,8 @@
     controltower audit verify (--config F | --data-dir D) [--expect-head SEQ:HASH]
     controltower audit show (--config F | --data-dir D) [--limit N]
 
-A password is never an argument (it would sit in the shell history and the process list): it
+`controltower history --url` logs in as CONTROLTOWER_USER with CONTROLTOWER_PASSWORD when the
+first is set (`api_opener`). A password is never an argument (it would sit in the shell history and the process list): it
 comes from the CONTROLTOWER_PASSWORD environment variable, from standard input with
 --password-stdin (the first line), or from a prompt asked twice. Each user change is an audit
 record under "cli:<the OS user>". `audit verify` exits 0 and prints OK, the record count and the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from controltower.audit import AuditError, audit_key_from_env, open_trail, parse
 from controltower.auth import ROLES, UserError, UserStore
 
 PASSWORD_ENV = "CONTROLTOWER_PASSWORD"
+USER_ENV = "CONTROLTOWER_USER"
 
 
 def _where(parser: argparse.ArgumentParser) -> None:
@@ -139,3 +142,22 @@ def run_audit(args: argparse.Namespace) -> int:
     result = verify_trail(path, key=key, expect_head=args.expect_head)
     print(result.text(path), file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
+
+
+def api_opener(base_url: str):
+    """A urllib opener for a control tower's API: logged in (a session cookie) when
+    CONTROLTOWER_USER is set, with the password from CONTROLTOWER_PASSWORD; else anonymous (a
+    tower with auth on then answers 401, which the caller reports). Raises urllib's HTTPError
+    when the login is refused."""
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    user = os.environ.get(USER_ENV)
+    if user:
+        body = json.dumps({"username": user, "password": os.environ.get(PASSWORD_ENV, "")}).encode()
+        request = urllib.request.Request(base_url.rstrip("/") + "/login", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with opener.open(request, timeout=30) as response:
+            response.read()
+    return opener

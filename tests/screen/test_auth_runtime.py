@@ -32,7 +32,7 @@ def status_of(url: str, data: bytes | None = None, headers: dict | None = None) 
         return err.code, err.read()
 
 
-def test_run_requires_a_login_and_records_the_configuration(tmp_path: Path, monkeypatch) -> None:
+def test_run_requires_a_login_and_records_the_configuration(tmp_path: Path, monkeypatch, capsys) -> None:
     import io
 
     from controltower.cli import main
@@ -48,10 +48,19 @@ def test_run_requires_a_login_and_records_the_configuration(tmp_path: Path, monk
         status, body = status_of(url + "/login", json.dumps({"username": "ana", "password": "a-long-password"}).encode(),
                                  {"Content-Type": "application/json"})
         assert status == 200 and json.loads(body)["role"] == "operator"
+        # `controltower history --url` logs in from the environment.
+        history = ["history", "lyon.usp.bio1.br101.ph", "--since", "1h", "--url", url]
+        monkeypatch.delenv("CONTROLTOWER_USER", raising=False)
+        assert main(history) == 2
+        assert "login required" in capsys.readouterr().err
+        monkeypatch.setenv("CONTROLTOWER_USER", "ana")
+        monkeypatch.setenv("CONTROLTOWER_PASSWORD", "a-long-password")
+        assert main(history) == 0
+        assert capsys.readouterr().out.startswith("ts,")
     finally:
         tower.close()
     actions = [r["action"] for r in tower.audit.records()]
-    assert actions == ["user.add", "config.change", "login"]
+    assert actions == ["user.add", "config.change", "login", "login"]
     # The same configuration again: no new record; a changed one: recorded, old and new hashes.
     ControlTower(site, data_dir=data).close()
     assert [r["action"] for r in tower.audit.records()].count("config.change") == 1

@@ -4,7 +4,8 @@ r"""`controltower demo`: the whole product in one process on embedded defaults.
                     --MQTT----> embedded broker --> MQTT source --> detectors --> alerts --> screen
                                                                 \-> DuckDB historian --/
 
-The plant is `config/demo-site.yaml`; its scheduled faults raise the first alert within a minute.
+The plant is `config/demo-site.yaml`; its scheduled faults raise the first alert within a minute,
+and the screen's demo plant panel (/simulator/) injects more.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from controltower.demo_plant import DemoPlant
 from controltower.embedded_broker import EmbeddedBroker
 from controltower.runtime import ControlTower
 from controltower.site import SiteConfig, load_site_config
@@ -72,6 +74,7 @@ async def run_demo(options: DemoOptions, *, on_ready=None) -> None:
     try:
         await simulator.start()
         tower = ControlTower(site, data_dir=options.data_dir)
+        tower.demo_plant = DemoPlant(simulator, asyncio.get_running_loop())  # the screen's fault panel
         url = tower.start_screen(host=options.host, port=options.port)
         print(f"Demo control tower: {url}  (API {url}/api/health, metrics {url}/metrics); Ctrl-C to stop", flush=True)
         if not site.screen.auth.enabled:

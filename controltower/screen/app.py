@@ -5,7 +5,8 @@
 
 The overview is at `/`, each line's page at `/line/<site>.<area>.<line>` (`shell` routes between
 them), the alarm console (`console`, its own Dash app on the same server) at
-`/alarms/`, the batch review (`batches`, another one) at `/batches/`. `security` (`controltower.websecurity`) puts the login, the CSRF and role checks and
+`/alarms/`, the batch review (`batches`, another one) at `/batches/`, and in the demo the
+plant panel (`demo_panel`) at `/simulator/`. `security` (`controltower.websecurity`) puts the login, the CSRF and role checks and
 the security headers in front of all of it; without one, the site's `screen.auth` must be off. The layout is a function, so each page load renders the current state at once and the
 interval then keeps it fresh.
 """
@@ -22,7 +23,8 @@ from flask import Flask
 
 from controltower.api import register_api
 from controltower.batch_api import register_batch_api
-from controltower.screen import batches, console, line, overview, shell
+from controltower.demo_plant import register_demo_plant_api
+from controltower.screen import batches, console, demo_panel, line, overview, shell
 from controltower.websecurity import WebSecurity
 
 if TYPE_CHECKING:
@@ -68,5 +70,13 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
     # Batch review for quality engineers: a third Dash app, under batches.PATH.
     reviews = batches.create_batch_review(server, ctx, now, data_dir=data_dir, assets_folder=str(ASSETS),
                                           title=f"Batch review · {ctx.site.enterprise} · control tower")
-    security.set_script_hashes([*app.csp_hashes(), *alarms.csp_hashes(), *reviews.csp_hashes()])
+    hashes = [*app.csp_hashes(), *alarms.csp_hashes(), *reviews.csp_hashes()]
+    # The demo plant panel, only when the tower runs its own simulator (`controltower demo`).
+    plant = getattr(ctx, "demo_plant", None)
+    if plant is not None and api:
+        register_demo_plant_api(server, plant)
+        panel = demo_panel.create_demo_panel(server, ctx, plant, assets_folder=str(ASSETS),
+                                             title=f"Demo plant · {ctx.site.enterprise} · control tower")
+        hashes += panel.csp_hashes()
+    security.set_script_hashes(hashes)
     return app

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dash import dcc, html
 
+from controltower.demo_plant import has_demo_plant
 from controltower.websecurity import auth_enabled, current_csrf_token, current_principal
 
 PAGES = (("overview", "◧ Overview", "/"), ("alarms", "⚠ Alarms", "/alarms/"), ("batches", "▤ Batches", "/batches/"))
+DEMO_PAGE = (("demo", "⚡ Demo plant", "/simulator/"),)  # only in `controltower demo`
 
 
 def brand(enterprise: str, subtitle: str) -> html.Div:
@@ -18,12 +20,12 @@ def brand(enterprise: str, subtitle: str) -> html.Div:
 
 
 def nav(current: str) -> html.Nav:
-    """Links to every page, `current` ("overview", "alarms" or "batches") marked, then the user box."""
+    """Links to every page, `current` ("overview", "alarms", "batches" or "demo") marked, then the user box."""
     return html.Nav(
         className="nav",
         children=[
             html.A(label, href=href, id=f"nav-{name}", className="nav-link nav-current" if name == current else "nav-link")
-            for name, label, href in PAGES
+            for name, label, href in PAGES + (DEMO_PAGE if has_demo_plant() else ())
         ] + user_box(),
     )
 

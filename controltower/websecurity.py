@@ -223,13 +223,17 @@ class WebSecurity:
 
         wait = max(self.throttle.locked_for(user_key), self.address_throttle.locked_for(address_key))
         if wait > 0:
-            self._audit(username or "?", "login.refused", username, reason=f"locked out, {wait:.0f} s left",
+            named = username if self.users.get(username) is not None else _unknown_name(username)
+            self._audit(named, "login.refused", named, reason=f"locked out, {wait:.0f} s left",
                         details={"address": address})
             return failed(429, f"Too many failed logins: try again in {max(1, round(wait / 60))} min.")
         user = self.users.verify(username, password) if username and password else None
         if user is None:
             locked = self.throttle.failed(user_key) | self.address_throttle.failed(address_key)
-            self._audit(username or "?", "login.failed", username,
+            # A name that is no user may be a password typed in the wrong field: only a digest of
+            # it is recorded (enough to see the same name tried again).
+            named = username if self.users.get(username) is not None else _unknown_name(username)
+            self._audit(named, "login.failed", named,
                         reason="locked out after this failure" if locked else "bad user name or password",
                         details={"address": address})
             return failed(401, "Wrong user name or password.")
@@ -348,6 +352,12 @@ def audit_record(actor: str | None, action: str, target: str | None, **fields: A
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _unknown_name(name: str) -> str:
+    import hashlib
+
+    return "unknown:" + hashlib.sha256(name.encode()).hexdigest()[:12] if name else "unknown:(empty)"
 
 
 def _all_permissions() -> frozenset[str]:

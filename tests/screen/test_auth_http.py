@@ -198,6 +198,11 @@ def test_lockout_after_failed_logins_is_audited(site) -> None:
     # The form login shows the message on the page, the password never echoed.
     status, _, page = Client(url).call("POST", "/login", form={"username": "quinn", "password": "nope-nope-nope"})
     assert status == 401 and "Wrong user name or password" in page and "nope-nope-nope" not in page
+    # A password typed into the name field is not written down.
+    Client(url).call("POST", "/login", {"username": "my-Secret-pw", "password": "x"})
+    last = trail.records()[-1]
+    assert last["action"] == "login.failed" and last["actor"].startswith("unknown:")
+    assert "my-Secret-pw" not in trail.path.read_text()
 
 
 def test_form_login_redirects_to_a_local_next_only(site) -> None:

@@ -57,14 +57,21 @@ class Tower:
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes)
         self.plant = Plant(self.site, seed=7, start=start)
         self.now = start
-        tags = [t.tag_id for t in self.tower.tags]
-        # A few faults, so tiles, alarms and scores are not all quiet.
-        for k, tag in enumerate(tags[:: max(1, len(tags) // 6)][:6]):
-            self.plant.inject(tag, ("spike", "drift", "bias")[k % 3], duration_s=minutes * 60, magnitude=50.0)
-        done = 0.0
+        done, self._faulted = 0.0, False
         while done < minutes * 60:
-            self.feed(min(60.0, minutes * 60 - done))
-            done += 60.0
+            if done >= minutes * 30 and not self._faulted:
+                self._faults()
+            self.feed(min(30.0, minutes * 60 - done))
+            done += 30.0
+
+    def _faults(self) -> None:
+        """Halfway through the history, a step of twice the alarm span on a few tags spread over
+        the enterprise: alarms stay active, tiles and scores are not all quiet."""
+        self._faulted = True
+        tags = [t for t in self.tower.tags if t.tag.limits.alarm_high is not None and t.tag.limits.alarm_low is not None]
+        for info in tags[:: max(1, len(tags) // 8)][:8]:
+            span = info.tag.limits.alarm_high - info.tag.limits.alarm_low
+            self.plant.inject(info.tag_id, "bias", duration_s=3600.0, magnitude=2 * span)
 
     def feed(self, seconds: float) -> pl.DataFrame:
         frame = self.plant.run(seconds, 1.0)
@@ -317,16 +324,24 @@ def report(rows: list[dict], screens: dict, info: dict, args) -> str:
     for name, bps in screens.items():
         lines.append(f"| {name} | {bps:,.0f} |")
     by = info["by"]
-    worst = max((r for r in rows if "baseline" not in r["name"]), key=lambda r: r["p95_ms"])
+    refreshes = [r for r in rows if "baseline" not in r["name"] and "first render" not in r["name"]]
+    worst = max(refreshes, key=lambda r: r["median_ms"])
+    worst_p95 = max(refreshes, key=lambda r: r["p95_ms"])
+    first = by["line page: first render"]
     lines += [
         "",
-        f"Slowest refresh callback (p95): {worst['name']}, {worst['p95_ms']:.0f} ms "
-        f"({'within' if worst['p95_ms'] < TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target). "
+        f"Slowest refresh callback: {worst['name']}, median {worst['median_ms']:.0f} ms "
+        f"({'within' if worst['median_ms'] < TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target); highest p95: "
+        f"{worst_p95['name']}, {worst_p95['p95_ms']:.0f} ms (the machine is shared: p95 carries other processes' "
+        f"load). Opening the line page (not a refresh): median {first['median_ms']:.0f} ms, "
+        f"{first['median_bytes'] / 1000:,.0f} kB once. "
         f"Line page: a refresh sends {by['line page: refresh (Patch)']['median_bytes']:,.0f} B against "
         f"{by['line page: first render']['median_bytes']:,.0f} B for the full figures "
         f"(x{by['line page: first render']['median_bytes'] / max(1, by['line page: refresh (Patch)']['median_bytes']):.0f}); "
         f"overview: {screens['overview']:,.0f} B/s against {screens['overview, before (full re-send)']:,.0f} B/s "
-        "re-sending every tile and table.",
+        "re-sending every tile and table. The line page also redraws its figures in full every "
+        f"{info['window_s'] * FULL_REBUILD_FRACTION:.0f} s (to drop what scrolled out) or when a batch starts: "
+        f"{first['median_bytes'] / (info['window_s'] * FULL_REBUILD_FRACTION):,.0f} B/s more on average.",
     ]
     return "\n".join(lines) + "\n"
 

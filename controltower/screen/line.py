@@ -211,7 +211,8 @@ def line_update(
             full = True  # a batch started: redraw the shading
     if full:
         trends = q.line_trends(ctx, line_id, cut, window_s)
-        figures = [unit_figure(trends, u) for u in unit_ids]
+        by_tag = trends.samples.partition_by("tag_id", as_dict=True)
+        figures = [unit_figure(trends, u, by_tag) for u in unit_ids]
         caption = (f"Last {_age_text(window_s)} · UTC · {trends.samples.height} points shown "
                    f"(LTTB, ≤ {q.LINE_TREND_POINTS} per tag) · anomaly score: {trends.anomaly.label}"
                    + (f", control limit {trends.anomaly.limit:g}" if trends.anomaly.limit is not None else ""))
@@ -221,7 +222,9 @@ def line_update(
         }
         return figures, new_state, caption
     new_state = {**state, "until": cut.isoformat(), "batches": {**known, **last_batches}}
-    return [unit_patch(trends, u) for u in unit_ids], new_state, no_update
+    by_tag = trends.samples.partition_by("tag_id", as_dict=True)
+    by_unit = trends.anomaly.scores.partition_by("unit_id", as_dict=True)
+    return [unit_patch(trends, u, by_tag, by_unit) for u in unit_ids], new_state, no_update
 
 
 def _last_batches(batches: pl.DataFrame) -> dict[str, str]:
@@ -232,12 +235,15 @@ def _last_batches(batches: pl.DataFrame) -> dict[str, str]:
     return dict(zip(last["unit_id"].to_list(), last["batch_id"].to_list()))
 
 
-def unit_figure(trends: q.LineTrends, unit_id: str) -> dict[str, Any]:
+def unit_figure(trends: q.LineTrends, unit_id: str, by_tag: dict | None = None) -> dict[str, Any]:
     """One subplot per tag of the unit and one for its anomaly score, sharing the time axis:
     the normal band (between the warning limits) shaded, warning limits dashed amber, alarm
     limits solid red, all labelled (H/HH/L/LL) for readers who do not tell colours apart; the
     score's control limit dashed and labelled "UCL"; batches shaded in alternating tones and
-    labelled with their id. A plain plotly dict (graph objects cost more than a refresh)."""
+    labelled with their id. A plain plotly dict (graph objects cost more than a refresh).
+    `by_tag`: the samples already partitioned by tag, when drawing many units."""
+    by_tag = by_tag if by_tag is not None else trends.samples.partition_by("tag_id", as_dict=True)
+    empty = trends.samples.clear()
     tags = trends.tags.filter(pl.col("unit_id") == unit_id).to_dicts()
     rows = len(tags) + 1
     spacing = min(0.06, 0.3 / rows)
@@ -247,7 +253,6 @@ def unit_figure(trends: q.LineTrends, unit_id: str) -> dict[str, Any]:
     shapes: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     layout: dict[str, Any] = {}
-    samples = trends.samples.filter(pl.col("unit_id") == unit_id)
     for i in range(rows):
         xa, ya = _axis_key("xaxis", i), _axis_key("yaxis", i)
         x, y = xa.replace("axis", ""), ya.replace("axis", "")
@@ -262,7 +267,7 @@ def unit_figure(trends: q.LineTrends, unit_id: str) -> dict[str, Any]:
         }
         if i < len(tags):
             tag = tags[i]
-            rows_t = samples.filter(pl.col("tag_id") == tag["tag_id"])
+            rows_t = by_tag.get((tag["tag_id"],), empty)
             data.append(_trace(x, y, tag["name"], rows_t["ts"], rows_t["value"], PALETTE["trace"],
                                f"%{{y:.4g}} {tag['eng_unit'] or ''}<extra>{tag['name']}</extra>"))
             title = f"{tag['description']} [{tag['eng_unit']}]" if tag["eng_unit"] else tag["description"]
@@ -307,19 +312,21 @@ def unit_figure(trends: q.LineTrends, unit_id: str) -> dict[str, Any]:
     return {"data": data, "layout": layout}
 
 
-def unit_patch(trends: q.LineTrends, unit_id: str) -> Patch:
+def unit_patch(trends: q.LineTrends, unit_id: str, by_tag: dict | None = None, by_unit: dict | None = None) -> Patch:
     """Appends the unit's new samples and scores (trace order as in `unit_figure`) and slides
-    the shared time axis (the other axes match the first)."""
+    the shared time axis (the other axes match the first). `by_tag` / `by_unit`: the samples
+    and scores already partitioned (`partition_by(..., as_dict=True)`), when patching many units."""
+    by_tag = by_tag if by_tag is not None else trends.samples.partition_by("tag_id", as_dict=True)
+    by_unit = by_unit if by_unit is not None else trends.anomaly.scores.partition_by("unit_id", as_dict=True)
     patch = Patch()
     tags = trends.tags.filter(pl.col("unit_id") == unit_id)["tag_id"].to_list()
-    samples = trends.samples.filter(pl.col("unit_id") == unit_id)
     for i, tag_id in enumerate(tags):
-        rows = samples.filter(pl.col("tag_id") == tag_id)
-        if rows.height:
+        rows = by_tag.get((tag_id,))
+        if rows is not None and rows.height:
             patch["data"][i]["x"].extend(_ms_list(rows["ts"]))
             patch["data"][i]["y"].extend(_values(rows["value"]))
-    scores = trends.anomaly.scores.filter(pl.col("unit_id") == unit_id)
-    if scores.height:
+    scores = by_unit.get((unit_id,))
+    if scores is not None and scores.height:
         patch["data"][len(tags)]["x"].extend(_ms_list(scores["ts"]))
         patch["data"][len(tags)]["y"].extend(_values(scores["score"]))
     patch["layout"]["xaxis"]["range"] = [_ms(trends.start), _ms(trends.end)]

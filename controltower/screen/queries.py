@@ -16,6 +16,8 @@ the `stale` column is kept separately and `state_text` carries both ("alarm · s
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -560,30 +562,74 @@ class AnomalyScores:
 SCORE_SCHEMA: dict[str, pl.DataType] = {"unit_id": pl.String(), "ts": TIMESTAMP_DTYPE, "score": pl.Float64()}
 
 
-def unit_anomaly(ctx: TowerContext, raw: pl.DataFrame, tags: Sequence[TagInfo]) -> AnomalyScores:
-    """The anomaly score of each unit over the raw samples `raw` (sample schema, the unit's tags),
-    with its control limit. Today: the engine's rolling z-score, the largest over the unit's
-    tags at each time, against the z-score threshold; a live multivariate model (T-squared or
-    SPE with its limit) replaces it behind this one function. Empty scores when the z-score is
-    disabled."""
-    from analytics.detectors.zscore import RollingZScore
+class ZScoreAnomaly:
+    """A unit-level anomaly score from the engine's rolling z-score: at each time, the largest z
+    of the unit's tags, against the z-score threshold as its control limit. Streaming like the
+    detector it wraps: each `score(raw)` continues from the samples scored before, so an
+    incremental screen update scores only its new samples."""
 
-    z = ctx.site.detectors.zscore
-    if not z.enabled or raw.is_empty():
-        return AnomalyScores(pl.DataFrame(schema=SCORE_SCHEMA), z.threshold if z.enabled else None,
-                             f"z-score (rolling {z.window})", z.window)
-    detector = RollingZScore(list(tags), window=z.window, threshold=z.threshold,
-                             min_std_fraction=z.min_std_fraction, warmup=min(30, z.window))
-    scored = detector.score(raw)
-    scores = (
-        scored.drop_nulls("score")
-        .with_columns(unit_id=pl.col("tag_id").str.replace(r"\.[^.]+$", ""))
-        .group_by("unit_id", "ts")
-        .agg(pl.col("score").max())
-        .sort("unit_id", "ts")
-        .select([pl.col(c).cast(dt) for c, dt in SCORE_SCHEMA.items()])
-    )
-    return AnomalyScores(scores, z.threshold, f"z-score (rolling {z.window})", z.window)
+    def __init__(self, ctx: TowerContext, tags: Sequence[TagInfo]):
+        from analytics.detectors.zscore import RollingZScore
+
+        z = ctx.site.detectors.zscore
+        self.enabled = z.enabled
+        self.limit: float | None = z.threshold if z.enabled else None
+        self.label = f"z-score (rolling {z.window})"
+        self.lookback_samples = z.window
+        self._detector = RollingZScore(list(tags), window=z.window, threshold=z.threshold,
+                                       min_std_fraction=z.min_std_fraction, warmup=min(30, z.window))
+
+    def score(self, raw: pl.DataFrame) -> pl.DataFrame:
+        """Scores (`SCORE_SCHEMA`) of the raw samples (sample schema), newer than those before."""
+        if not self.enabled or raw.is_empty():
+            return pl.DataFrame(schema=SCORE_SCHEMA)
+        return (
+            self._detector.score(raw)
+            .drop_nulls("score")
+            .with_columns(unit_id=pl.col("tag_id").str.replace(r"\.[^.]+$", ""))
+            .group_by("unit_id", "ts")
+            .agg(pl.col("score").max())
+            .sort("unit_id", "ts")
+            .select([pl.col(c).cast(dt) for c, dt in SCORE_SCHEMA.items()])
+        )
+
+
+def anomaly_scorer(ctx: TowerContext, tags: Sequence[TagInfo]) -> ZScoreAnomaly:
+    """The scorer of the units of `tags` (see `ZScoreAnomaly` for what it offers: `score(raw)`,
+    `limit`, `label`, `lookback_samples`). Today the rolling z-score; a live multivariate model
+    (T-squared or SPE with its limit) replaces it here, in this one function."""
+    return ZScoreAnomaly(ctx, tags)
+
+
+def unit_anomaly(ctx: TowerContext, raw: pl.DataFrame, tags: Sequence[TagInfo]) -> AnomalyScores:
+    """The anomaly score of each unit over the raw samples `raw` (sample schema, the units'
+    tags), with its control limit, scored from scratch (see `anomaly_scorer`)."""
+    scorer = anomaly_scorer(ctx, tags)
+    return AnomalyScores(scorer.score(raw), scorer.limit, scorer.label, scorer.lookback_samples)
+
+
+# Scorers carried between a line page's refreshes, by (tower, line) with the time they have
+# scored up to: a refresh that continues from there scores only its new samples, instead of
+# reading and scoring the scorer's whole look-back again. Another browser on the same line at
+# another point in time simply rebuilds it. Bounded; guarded for the threaded web server.
+_SCORERS: OrderedDict[tuple[int, str], tuple[Any, datetime]] = OrderedDict()
+_SCORERS_LOCK = threading.Lock()
+_SCORERS_MAX = 64
+
+
+def _carried_scorer(ctx: TowerContext, line_id: str, since: datetime) -> Any | None:
+    with _SCORERS_LOCK:
+        found = _SCORERS.pop((id(ctx), line_id), None)
+    if found is not None and found[1] == since:
+        return found[0]
+    return None
+
+
+def _carry_scorer(ctx: TowerContext, line_id: str, scorer: Any, until: datetime) -> None:
+    with _SCORERS_LOCK:
+        _SCORERS[(id(ctx), line_id)] = (scorer, until)
+        while len(_SCORERS) > _SCORERS_MAX:
+            _SCORERS.popitem(last=False)
 
 
 BATCH_SCHEMA: dict[str, pl.DataType] = {
@@ -661,15 +707,18 @@ def line_trends(
     tags = [t for t in ctx.tags if t.line_id == line_id]
     start = now - timedelta(seconds=window_s)
     want_from = max(start, since) if since is not None else start
+    scorer = _carried_scorer(ctx, line_id, since) if since is not None else None
     lookback = 0.0
-    if since is not None:
-        z = ctx.site.detectors.zscore
-        lookback = (z.window + 1) * (spacing_s or 1.0)
+    if scorer is None:
+        scorer = anomaly_scorer(ctx, tags)
+        if since is not None:  # the scorer needs its window of samples before `since`
+            lookback = (scorer.lookback_samples + 1) * (spacing_s or 1.0)
     raw = ctx.historian.read([t.tag_id for t in tags], want_from - timedelta(seconds=lookback), now)
-    anomaly = unit_anomaly(ctx, raw, tags)
-    anomaly = AnomalyScores(anomaly.scores.filter(pl.col("ts") >= want_from), anomaly.limit, anomaly.label,
-                            anomaly.lookback_samples)
-    wanted = raw.filter(pl.col("ts") >= want_from)
+    scores = scorer.score(raw)
+    _carry_scorer(ctx, line_id, scorer, now)
+    anomaly = AnomalyScores(scores.filter(pl.col("ts") >= want_from), scorer.limit, scorer.label,
+                            scorer.lookback_samples)
+    wanted = raw.filter(pl.col("ts") >= want_from) if lookback else raw
     share = (now - want_from).total_seconds() / window_s if window_s else 1.0
     n_points = max(3, int(round(points * min(1.0, share))))
     samples = lttb(wanted.select("tag_id", "ts", "value"), n_points)

@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 
 import plotly
+import pytest
 import polars as pl
 from dash import Patch, no_update
 
@@ -134,3 +135,23 @@ def test_critical_cue_flashes_until_seen(ctx) -> None:
     assert seen["class"] == "critical-banner critical-banner-on" and seen["new"] is None
     ctx.alerts.acknowledge(cue["now"][0], "ana", "")
     assert shell.critical_cue(ctx, NOW, cue["now"], cue["now"], None)["class"] == "critical-banner"
+
+
+def test_incremental_scores_equal_scoring_from_scratch(ctx) -> None:
+    """A refresh continues the carried scorer (or rebuilds it from its look-back when another
+    refresh came between): either way its scores are those of scoring the whole history."""
+    demo_scene(ctx, NOW)
+    full = q.line_trends(ctx, BIO, NOW, 600)
+    ctx.feed(ctx.samples([(NOW + timedelta(seconds=s), t.tag_id, 37.0 + s / 10) for s in (1, 2)
+                          for t in ctx.tags if t.line_id == BIO]))
+    end = NOW + timedelta(seconds=3)
+    tags = [t for t in ctx.tags if t.line_id == BIO]
+    everything = q.unit_anomaly(ctx, ctx.historian.read([t.tag_id for t in tags], NOW - timedelta(minutes=10), end),
+                                tags).scores.filter(pl.col("ts") >= NOW)
+    carried = q.line_trends(ctx, BIO, end, 600, since=NOW, spacing_s=full.spacing_s).anomaly.scores
+    q._SCORERS.clear()
+    rebuilt = q.line_trends(ctx, BIO, end, 600, since=NOW, spacing_s=full.spacing_s).anomaly.scores
+    assert everything.height == 3 and everything["score"].max() > 0
+    for got in (carried, rebuilt):
+        assert got["ts"].to_list() == everything["ts"].to_list()
+        assert got["score"].to_list() == pytest.approx(everything["score"].to_list(), rel=1e-9)

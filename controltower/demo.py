@@ -18,7 +18,7 @@ from pathlib import Path
 from controltower.demo_plant import DemoPlant
 from controltower.embedded_broker import EmbeddedBroker
 from controltower.runtime import ControlTower
-from controltower.site import SiteConfig, load_site_config
+from controltower.site import LOOPBACK_HOSTS, SiteConfig, load_site_config
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ async def run_demo(options: DemoOptions, *, on_ready=None) -> None:
     from simulators.service import SimulatorService
 
     site = load_site_config(options.config)
+    if not site.screen.auth.enabled and options.host not in LOOPBACK_HOSTS:
+        # Refused before anything starts (the screen would refuse it too, later).
+        raise ValueError(f"--host {options.host}: the demo has no login (screen.auth.enabled: false in "
+                         f"{options.config}), so it may only listen on a loopback address ({', '.join(LOOPBACK_HOSTS)})")
     broker = None if options.mqtt_url else EmbeddedBroker(port=options.mqtt_port)
     mqtt_url = options.mqtt_url or broker.url
     opcua_url = f"opc.tcp://127.0.0.1:{options.opcua_port}/controltower/sim"

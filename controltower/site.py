@@ -165,6 +165,39 @@ class Tag(Strict):
         return "opcua" if self.opcua is not None else "mqtt"
 
 
+# An OPC-UA node id as text: `ns=2;s=...`, `nsu=urn:...;i=42`, `i=2258`, `g=...`, `b=...`.
+NODE_ID_PATTERN = r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$"
+
+
+class Setpoint(Strict):
+    """A value the control tower may write to the plant (`controltower.setpoint_api`): an OPC-UA
+    node, the range an operator may write (checked before writing; the server may be stricter)
+    and its engineering unit. Writes need the `setpoint.write` permission and are audited."""
+
+    id: Identifier
+    description: str = ""
+    node_id: str
+    unit: str = ""  # engineering unit, e.g. "degC"
+    low: float
+    high: float
+    # The OPC-UA source whose url, security and user the write uses; may be left out when the
+    # site has one OPC-UA source.
+    source: str | None = None
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, node_id: str) -> str:
+        if not re.match(NODE_ID_PATTERN, node_id):
+            raise ValueError(f"{node_id[:80]!r} is not an OPC-UA node id; write it as e.g. \"ns=2;s=plant.unit.sp.name\"")
+        return node_id
+
+    @model_validator(mode="after")
+    def _range(self) -> Setpoint:
+        if not (self.low == self.low and self.high == self.high) or self.low >= self.high:  # NaN compares false
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
 class Unit(Strict):
     id: Identifier
     name: str = ""
@@ -173,10 +206,13 @@ class Unit(Strict):
     # Optional OPC-UA node holding the unit's current batch id; its value is stamped on the unit's samples.
     batch_node_id: str | None = None
     tags: list[Tag] = Field(min_length=1)
+    # Setpoints an operator may change from the control tower (see Setpoint); none by default.
+    setpoints: list[Setpoint] = []
 
     @model_validator(mode="after")
     def _unique_tags(self) -> Unit:
         _reject_duplicates("tag", [t.id for t in self.tags])
+        _reject_duplicates("setpoint", [s.id for s in self.setpoints])
         return self
 
 
@@ -716,6 +752,9 @@ class SiteConfig(Strict):
                         f"tag {path}: its {tag.binding_kind} binding needs 'source' to name one of "
                         f"{candidates or 'the sources (there is no ' + tag.binding_kind + ' source)'}"
                     )
+        for key, path, setpoint in self._iter_setpoint_keys():
+            if self.sources:  # as for tags: a file without sources (the simulator's alone) binds nothing
+                self._setpoint_source(setpoint, f"{key}.source", path)
         known = {p for p, _ in self.iter_tags()}
         if self.simulation is not None:
             unit_kinds = {
@@ -754,6 +793,43 @@ class SiteConfig(Strict):
                     for unit in line.units:
                         for tag in unit.tags:
                             yield f"{site.id}.{area.id}.{line.id}.{unit.id}.{tag.id}", tag
+
+    def _iter_setpoint_keys(self) -> Iterator[tuple[str, str, Setpoint]]:
+        """(key path in the file, full id site.area.line.unit.setpoint, setpoint) of every setpoint."""
+        for i, site in enumerate(self.sites):
+            for j, area in enumerate(site.areas):
+                for k, line in enumerate(area.lines):
+                    for m, unit in enumerate(line.units):
+                        for n, setpoint in enumerate(unit.setpoints):
+                            yield (f"sites[{i}].areas[{j}].lines[{k}].units[{m}].setpoints[{n}]",
+                                   f"{site.id}.{area.id}.{line.id}.{unit.id}.{setpoint.id}", setpoint)
+
+    def unit_setpoints(self) -> dict[str, list[Setpoint]]:
+        """The setpoints of every unit that has some, by unit path site.area.line.unit."""
+        found: dict[str, list[Setpoint]] = {}
+        for _, path, setpoint in self._iter_setpoint_keys():
+            found.setdefault(path.rsplit(".", 1)[0], []).append(setpoint)
+        return found
+
+    def setpoint_source(self, setpoint: Setpoint) -> OpcUaSourceConfig:
+        """The OPC-UA source a setpoint is written through (checked when the file was read)."""
+        return self._setpoint_source(setpoint, "source", setpoint.id)
+
+    def _setpoint_source(self, setpoint: Setpoint, key: str, path: str) -> OpcUaSourceConfig:
+        opcua = [s for s in self.sources if s.kind == "opcua"]
+        if setpoint.source is not None:
+            found = next((s for s in self.sources if s.name == setpoint.source), None)
+            if found is None:
+                raise ValueError(f"{key}: setpoint {path}: source {setpoint.source!r} is not among sources "
+                                 f"{sorted(s.name for s in self.sources)}")
+            if found.kind != "opcua":
+                raise ValueError(f"{key}: setpoint {path}: source {setpoint.source!r} is {found.kind}; "
+                                 "setpoints are written over OPC-UA, name an opcua source")
+            return found
+        if len(opcua) != 1:
+            raise ValueError(f"{key}: setpoint {path}: name the OPC-UA source to write through, one of "
+                             f"{[s.name for s in opcua] or '(there is no opcua source)'}")
+        return opcua[0]
 
     def tag_table(self) -> list[TagInfo]:
         """One flat record per tag: its full id, ISA-95 path, limits and binding."""

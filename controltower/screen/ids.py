@@ -39,10 +39,6 @@ ACTIVE_ALERTS = "alerts-active"
 ACTIVE_ALERTS_COUNT = "alerts-active-count"
 CLEARED_ALERTS = "alerts-cleared"
 
-UNIT_SELECT = "trend-unit"
-TREND_GRAPH = "trend-graph"
-TREND_STATE = "trend-state"
-TREND_CAPTION = "trend-caption"
 
 # --- the alarm console (/alarms/) ---------------------------------------------------------------
 

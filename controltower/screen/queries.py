@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 STATES = ("normal", "warning", "alarm", "stale")
 SEVERITIES = ("warning", "alarm")
-# The trend keeps about this many points per tag: that many time buckets, each contributing the
-# sample at its minimum and at its maximum, so a short spike survives the downsampling.
-DEFAULT_TREND_BUCKETS = 600
 
 LINE_STATE_SCHEMA: dict[str, pl.DataType] = {
     "line_id": pl.String(),
@@ -85,15 +82,6 @@ class UnknownTagError(KeyError):
 
     def __str__(self) -> str:
         return f"unknown tag {self.tag_id!r}"
-
-
-class UnknownUnitError(KeyError):
-    def __init__(self, unit_id: str):
-        super().__init__(unit_id)
-        self.unit_id = unit_id
-
-    def __str__(self) -> str:
-        return f"unknown unit {self.unit_id!r}"
 
 
 # --- the site -----------------------------------------------------------------------------------
@@ -378,67 +366,8 @@ def tag_history(ctx: TowerContext, tag_id: str, since: datetime, until: datetime
     return frame.sort("ts").select("ts", "value", "quality", "batch_id")
 
 
-@dataclass(frozen=True)
-class UnitTrend:
-    """What the trend of one unit shows: its tags (in site-file order) with their limits, and
-    their samples over the window, downsampled."""
-
-    unit_id: str
-    unit_name: str
-    start: datetime
-    end: datetime
-    # tag_id, name (short tag id), description, eng_unit, alarm_low, warning_low, warning_high, alarm_high
-    tags: pl.DataFrame
-    # tag_id, ts, value (sorted by tag then time)
-    samples: pl.DataFrame
-
-
-def unit_tags(ctx: TowerContext, unit_id: str) -> list[TagInfo]:
-    tags = [t for t in ctx.tags if t.unit_id == unit_id]
-    if not tags:
-        raise UnknownUnitError(unit_id)
-    return tags
-
-
-def data_clock(ctx: TowerContext, unit_id: str, now: datetime) -> datetime:
-    """The time a unit's trend ends at: the wall clock, or the unit's newest sample time when the
-    plant's clock runs ahead of ours (an accelerated simulator, a skewed plant clock), so that
-    the newest data is always on screen."""
-    ids = [t.tag_id for t in unit_tags(ctx, unit_id)]
-    newest = ctx.live.latest().filter(pl.col("tag_id").is_in(ids))["ts"].max()
-    return max(now, newest) if newest is not None else now
-
-
-def unit_trend(
-    ctx: TowerContext,
-    unit_id: str,
-    now: datetime,
-    window_s: float | None = None,
-    *,
-    buckets: int = DEFAULT_TREND_BUCKETS,
-    since: datetime | None = None,
-) -> UnitTrend:
-    """The unit's tags with their limits and their history over [now - window_s, now) from the
-    historian, downsampled to at most `2 * buckets` points per tag (see `downsample`). `since`
-    (later than the window start) reads only newer samples, for incremental screen updates;
-    buckets stay aligned to the same grid, so increments join up with the first read."""
-    window_s = window_s if window_s is not None else ctx.site.screen.trend_window_s
-    tags = unit_tags(ctx, unit_id)
-    start = now - timedelta(seconds=window_s)
-    read_from = max(start, since) if since is not None else start
-    raw = ctx.historian.read([t.tag_id for t in tags], read_from, now)
-    samples = downsample(raw.select("tag_id", "ts", "value"), bucket_width(window_s, buckets))
-    return UnitTrend(
-        unit_id=unit_id,
-        unit_name=_unit_name(ctx, unit_id),
-        start=start,
-        end=now,
-        tags=tag_limits(tags),
-        samples=samples,
-    )
-
-
 def tag_limits(tags: Sequence[TagInfo]) -> pl.DataFrame:
+    """One row per tag: tag_id, name (short id), description, eng_unit and its four limits."""
     return pl.DataFrame(
         [
             {
@@ -464,31 +393,6 @@ def tag_limits(tags: Sequence[TagInfo]) -> pl.DataFrame:
             "alarm_high": pl.Float64(),
         },
     )
-
-
-def bucket_width(window_s: float, buckets: int = DEFAULT_TREND_BUCKETS) -> timedelta:
-    """Width of one downsampling bucket: the window over `buckets`, rounded up to a whole ms."""
-    ms = max(1, -(-int(window_s * 1000) // max(1, buckets)))
-    return timedelta(milliseconds=ms)
-
-
-def downsample(samples: pl.DataFrame, width: timedelta) -> pl.DataFrame:
-    """Per tag, per time bucket of `width` (aligned to the epoch), keep the sample at the bucket's
-    minimum and the one at its maximum (one row when they coincide). Null values are dropped.
-    In: tag_id, ts, value. Out: the same columns, sorted by tag then time."""
-    frame = samples.drop_nulls("value").sort("tag_id", "ts")
-    if frame.is_empty():
-        return frame.select("tag_id", "ts", "value")
-    every = f"{int(width.total_seconds() * 1_000_000)}us"
-    buckets = frame.group_by_dynamic("ts", every=every, group_by="tag_id", start_by="window").agg(
-        pl.col("ts").get(pl.col("value").arg_min()).alias("ts_lo"),
-        pl.col("value").min().alias("v_lo"),
-        pl.col("ts").get(pl.col("value").arg_max()).alias("ts_hi"),
-        pl.col("value").max().alias("v_hi"),
-    )
-    lo = buckets.select("tag_id", pl.col("ts_lo").alias("ts"), pl.col("v_lo").alias("value"))
-    hi = buckets.select("tag_id", pl.col("ts_hi").alias("ts"), pl.col("v_hi").alias("value"))
-    return pl.concat([lo, hi]).unique(["tag_id", "ts"], keep="first").sort("tag_id", "ts")
 
 
 PRIORITY_COUNT_SCHEMA: dict[str, pl.DataType] = {
@@ -745,13 +649,6 @@ def line_trends(
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _unit_name(ctx: TowerContext, unit_id: str) -> str:
-    for u in unit_catalog(ctx):
-        if u["unit_id"] == unit_id:
-            return u["name"]
-    return unit_id
 
 
 def _as_utc(value: Any) -> datetime | None:

@@ -1,5 +1,5 @@
 """The query layer over a context of real parts: line states (normal, warning, alarm, stale and
-their combinations), alerts, tag history and the downsampled unit trend."""
+their combinations), alerts, tag history and the line page's downsampled trends."""
 
 from __future__ import annotations
 
@@ -122,44 +122,32 @@ def test_tag_history_is_one_tag_in_its_window_oldest_first(ctx) -> None:
         q.tag_history(ctx, f"{BIO}.br101.nope", NOW - timedelta(seconds=60))
 
 
-def test_unit_trend_bounds_points_and_keeps_a_spike(ctx) -> None:
+def test_line_trends_bound_points_and_keep_a_spike(ctx) -> None:
     ctx.feed(plant_history(ctx, NOW, seconds=3600))
     spike_at = NOW - timedelta(seconds=1234)
     ctx.feed(ctx.samples([(spike_at, f"{FILL}.filler1.fill_weight", 2.5)]))
-    trend = q.unit_trend(ctx, f"{FILL}.filler1", NOW, 3600, buckets=100)
-    assert trend.unit_name == "Filler F-1 (8 needles)"
+    trend = q.line_trends(ctx, FILL, NOW, 3600, points=100)
     assert trend.tags["name"].to_list() == ["fill_weight", "speed", "room_dp"]
     limits = trend.tags.row(0, named=True)
     assert (limits["alarm_low"], limits["warning_low"], limits["warning_high"], limits["alarm_high"]) == (1.94, 1.96, 2.04, 2.06)
     per_tag = trend.samples.group_by("tag_id").len()
-    assert per_tag["len"].max() <= 200  # two points (min and max) per bucket at most
-    assert per_tag.height == 3
+    assert per_tag["len"].max() == 100 and per_tag.height == 3  # LTTB: 100 points per tag
     fw = trend.samples.filter(pl.col("tag_id") == f"{FILL}.filler1.fill_weight")
     assert fw["value"].max() == 2.5 and spike_at in fw["ts"].to_list()
     assert trend.samples["ts"].min() >= NOW - timedelta(seconds=3600)
 
-    with pytest.raises(q.UnknownUnitError):
-        q.unit_trend(ctx, f"{FILL}.nope", NOW, 60)
+    with pytest.raises(q.UnknownLineError):
+        q.line_trends(ctx, "lyon.ff.nope", NOW, 60)
 
 
-def test_unit_trend_since_reads_only_newer_samples_on_the_same_grid(ctx) -> None:
+def test_line_trends_since_reads_only_newer_samples(ctx) -> None:
     ctx.feed(plant_history(ctx, NOW, seconds=600))
-    full = q.unit_trend(ctx, f"{BIO}.br101", NOW, 600, buckets=60)
     cut = NOW - timedelta(seconds=100)
-    head = q.unit_trend(ctx, f"{BIO}.br101", cut, 600, buckets=60)
-    tail = q.unit_trend(ctx, f"{BIO}.br101", NOW, 600, buckets=60, since=cut)
-    assert tail.samples["ts"].min() >= cut
-    joined = pl.concat([head.samples.filter(pl.col("ts") >= NOW - timedelta(seconds=600)), tail.samples])
-    assert joined.sort("tag_id", "ts").equals(full.samples)
-
-
-def test_downsample_keeps_raw_samples_when_there_are_few() -> None:
-    frame = pl.DataFrame(
-        {"tag_id": ["a", "a", "b"], "ts": [NOW, NOW + timedelta(seconds=5), NOW], "value": [1.0, None, 3.0]},
-        schema={"tag_id": pl.String, "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64},
-    )
-    out = q.downsample(frame, timedelta(seconds=1))
-    assert out.rows() == [("a", NOW, 1.0), ("b", NOW, 3.0)]  # nulls dropped, one row per single-sample bucket
+    head = q.line_trends(ctx, BIO, cut, 600)
+    tail = q.line_trends(ctx, BIO, NOW, 600, since=cut, spacing_s=head.spacing_s)
+    assert tail.samples["ts"].min() >= cut and tail.anomaly.scores["ts"].min() >= cut
+    # 100 s of the 600 s window: its share of the points, and all 100 samples fit in it.
+    assert tail.samples.group_by("tag_id").len()["len"].max() == 100
 
 
 def test_freshness_over_the_site(ctx) -> None:
@@ -171,10 +159,11 @@ def test_freshness_over_the_site(ctx) -> None:
 
 def test_trend_follows_a_plant_clock_that_runs_ahead(ctx) -> None:
     """An accelerated simulator (or a plant clock ahead of ours) stamps samples after our 'now':
-    the unit's trend must end at its newest sample, not hide it."""
+    the line's trends must end at its newest sample, not hide it."""
     ahead = NOW + timedelta(minutes=3)
     ctx.feed(plant_history(ctx, ahead, seconds=60))
-    assert q.data_clock(ctx, f"{BIO}.br101", NOW) == ctx.live.latest()["ts"].max()
-    assert q.data_clock(ctx, f"{BIO}.br101", ahead + timedelta(minutes=1)) == ahead + timedelta(minutes=1)
-    trend = q.unit_trend(ctx, f"{BIO}.br101", q.data_clock(ctx, f"{BIO}.br101", NOW) + timedelta(seconds=1), 600)
+    newest = ctx.live.latest().filter(pl.col("tag_id").str.starts_with(BIO + "."))["ts"].max()
+    assert q.line_data_clock(ctx, BIO, NOW) == newest
+    assert q.line_data_clock(ctx, BIO, ahead + timedelta(minutes=1)) == ahead + timedelta(minutes=1)
+    trend = q.line_trends(ctx, BIO, q.line_data_clock(ctx, BIO, NOW) + timedelta(seconds=1), 600)
     assert trend.samples["ts"].max() > NOW + timedelta(minutes=2)

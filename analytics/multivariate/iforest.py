@@ -11,9 +11,11 @@ Contributions: each variable's deviation from its training median in robust z un
 |x_j - median_j| / (1.4826 · MAD_j) (falling back to the standard deviation when the MAD is 0).
 They rank variables; they do not sum to the score (the forest has no additive decomposition).
 
-After `fit` the trees are kept as plain arrays (`IsolationTrees`) and scoring walks them with
-NumPy, level by level for all rows and trees at once: the same scores as scikit-learn's, and
-a fitted detector is plain data (`analytics.models` saves it without pickle).
+After `fit` the trees are kept as plain arrays (`IsolationTrees`), the learned state: a fitted
+detector is plain data (`analytics.models` saves it without pickle). A detector fitted in this
+process scores with scikit-learn's compiled trees (a few times faster on large frames); a
+loaded one walks the arrays with NumPy, level by level for all rows and trees at once. Both
+give the same scores (to rounding, tested).
 """
 
 from __future__ import annotations
@@ -78,19 +80,30 @@ class IsolationTrees:
     def arrays(self) -> dict[str, np.ndarray]:
         return {f: getattr(self, f) for f in self.FIELDS}
 
-    def score(self, A: np.ndarray) -> np.ndarray:
+    def _walk_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(children (2 nodes,): left then right of each node, feature, threshold) with every leaf
+        its own child (threshold +inf), so a level of the walk needs no leaf test."""
+        if getattr(self, "_walk", None) is None:
+            own = np.arange(self.left.size, dtype=np.intp)
+            leaf = self.left < 0
+            children = np.column_stack([np.where(leaf, own, self.left), np.where(leaf, own, self.right)])
+            self._walk = (children.astype(np.intp).ravel(), np.where(leaf, 0, self.feature).astype(np.intp),
+                          np.where(leaf, np.inf, self.threshold))
+        return self._walk
+
+    def score(self, A: np.ndarray, chunk: int = 2048) -> np.ndarray:
         """Anomaly score 2^(-mean path / c(max_samples)) of each row of A (n, p), (n,)."""
+        children, feature, threshold = self._walk_arrays()
         X = A.astype(np.float32).astype(np.float64)
-        node = np.broadcast_to(self.roots, (X.shape[0], self.roots.size)).copy()  # (n, trees)
-        rows = np.arange(X.shape[0])[:, None]
-        for _ in range(self.depth):
-            left = self.left[node]
-            inner = left >= 0
-            if not inner.any():
-                break
-            go_left = X[rows, self.feature[node]] <= self.threshold[node]
-            node = np.where(inner, np.where(go_left, left, self.right[node]), node)
-        total = self.path[node].sum(axis=1)
+        total = np.empty(X.shape[0])
+        for lo in range(0, X.shape[0], chunk):  # chunks of rows stay in cache
+            part = X[lo: lo + chunk]
+            node = np.broadcast_to(self.roots.astype(np.intp), (part.shape[0], self.roots.size)).copy()
+            flat = np.arange(part.shape[0], dtype=np.intp)[:, None] * part.shape[1]
+            values = part.ravel()
+            for _ in range(self.depth):
+                node = children[2 * node + (values[flat + feature[node]] > threshold[node])]
+            total[lo: lo + chunk] = self.path[node].sum(axis=1)
         return np.power(2.0, -total / self.norm) if self.norm else np.ones(X.shape[0])
 
 
@@ -111,6 +124,7 @@ class IsolationForestDetector(BaseEstimator):
         forest = IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
                                  random_state=self.random_state, n_jobs=1).fit(A)
         self.trees_ = IsolationTrees.from_sklearn(forest)
+        self._forest = forest  # a speed-up only, never saved (not learned state)
         self.median_, self.scale_ = robust_scale(A)
         return self
 
@@ -118,7 +132,8 @@ class IsolationForestDetector(BaseEstimator):
         A = as_matrix(X, self.variables_)
         if A.shape[0] == 0:
             return np.empty(0)
-        return self.trees_.score(A)
+        forest = getattr(self, "_forest", None)
+        return -forest.score_samples(A) if forest is not None else self.trees_.score(A)
 
     def contributions(self, X: pl.DataFrame) -> pl.DataFrame:
         A = as_matrix(X, self.variables_)

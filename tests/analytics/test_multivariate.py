@@ -172,3 +172,12 @@ def test_postprocessing_steps():
     e = ewma(np.array([0.0, 0.0, 4.0, 4.0]), halflife=1.0)
     assert e[1] == 0.0 and 0 < e[2] < e[3] < 4.0
     assert QuantileThreshold(0.25).fit(np.arange(1.0, 9.0)).threshold_ == 7.0
+
+
+def test_isolation_forest_arrays_score_as_scikit_learn(train: pl.DataFrame):
+    """The plain-array trees (what the model store saves) give scikit-learn's scores."""
+    det = IsolationForestDetector(n_estimators=50, random_state=3).fit(train)
+    test = normal_rows(500, seed=9).with_columns(pl.col("x2") * 3)
+    arrays = det.trees_.score(test.to_numpy())
+    assert np.allclose(arrays, det.score_samples(test), rtol=1e-12, atol=0)
+    assert np.allclose(arrays[:7], det.trees_.score(test[:7].to_numpy()), rtol=0, atol=0)

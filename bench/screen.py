@@ -40,6 +40,7 @@ from benchdoc import write_section
 from controltower.runtime import ControlTower
 from controltower.screen import create_app, ids
 from controltower.screen import queries as q
+from controltower.screen.line import FULL_REBUILD_FRACTION
 from simulators.enterprise import build_enterprise
 from simulators.plant import Plant
 

@@ -22,20 +22,11 @@ from typing import Self
 
 import polars as pl
 
-from analytics.detectors.base import (
-    TAG_KEY,
-    as_scores,
-    carry_forward,
-    last_of_tag,
-    per_tag,
-    sorted_by_tag,
-    tag_keys,
-    usable,
-)
+from analytics.detectors.base import TAG_KEY, last_of_tag, on_flagged, per_tag
+from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, upsert
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "value_was": pl.Float64(), "run_was": pl.UInt32()}
-_LEVEL_SCHEMA = {"tag_id": pl.String(), "level_was": pl.UInt8(), "limit_was": pl.Float64(), "reason_was": pl.String()}
 
 
 def moved(tolerance: float) -> pl.Expr:
@@ -45,11 +36,14 @@ def moved(tolerance: float) -> pl.Expr:
 
 
 def run_length() -> pl.Expr:
-    """Samples in the current run of equal values; the run open at the end of the previous batch
-    (segment 0: no move yet in this batch) continues from `run_was`."""
-    position = pl.int_range(pl.len()).over(TAG_KEY, "_segment").cast(pl.UInt32) + 1
-    carried = pl.when(pl.col("_segment") == 0).then(pl.col("run_was").fill_null(0)).otherwise(0)
-    return position + carried
+    """Samples in the current run of equal values, from the `_moved` markers: the distance to the
+    tag's last move; before any move in this batch, the run open at the end of the previous batch
+    continues from `run_was`. (Positions, not a window over (tag, segment) groups: cheaper.)"""
+    position = pl.col("_pos")  # row number in the frame (not per tag)
+    since = per_tag(pl.when(pl.col("_moved")).then(position).forward_fill())
+    first = per_tag(position.first())
+    carried = position - first + 1 + pl.col("run_was").fill_null(0).cast(pl.Int64)
+    return pl.when(since.is_null()).then(carried).otherwise(position - since + 1).cast(pl.UInt32)
 
 
 class FlatlineDetector:
@@ -69,22 +63,19 @@ class FlatlineDetector:
 
     def reset(self) -> None:
         self._state = pl.DataFrame(schema=_STATE_SCHEMA)
-        self._levels = pl.DataFrame(schema=_LEVEL_SCHEMA)
+        self._levels = LevelMemory()
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
         if self.min_run < 2 or self.tolerance < 0:
             raise ValueError(f"need min_run >= 2 and tolerance >= 0, got {self.min_run}, {self.tolerance}")
-        known = pl.DataFrame({"tag_id": [t.tag_id for t in self.tags], "_known": [True] * len(self.tags)},
-                             schema={"tag_id": pl.String(), "_known": pl.Boolean()})
-        keys = tag_keys(batch.get_column("tag_id"))
-        rows = sorted_by_tag(batch.select("ts", "tag_id", "value", "quality"), known, self._levels, keys=keys)
-        rows = rows.with_row_index("_row")
+        known = pl.DataFrame({"tag_id": [t.tag_id for t in self.tags]}, schema={"tag_id": pl.String()})
+        rows, fresh = split_usable(batch, known)
+        keys = keys_of(rows)
         runs = (
-            rows.filter(usable() & pl.col("_known").fill_null(False))
-            .select("_row", "tag_id", "value", TAG_KEY)
-            .join(self._state, on="tag_id", how="left", maintain_order="left")
-            .with_columns(per_tag(moved(self.tolerance).cum_sum()).alias("_segment"))
+            fresh.select("_row", "tag_id", "value", TAG_KEY)
+            .pipe(on_key, self._state, keys)
+            .with_columns(moved(self.tolerance).alias("_moved"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_pos"))
             .with_columns(run_length().alias("run"))
         )
         stuck = pl.col("run") >= self.min_run
@@ -93,27 +84,11 @@ class FlatlineDetector:
             (pl.col("run") / self.min_run).alias("score"),
             stuck.cast(pl.UInt8).alias("level_now"),
             pl.when(stuck).then(pl.col("value")).alias("limit_now"),
-            pl.when(stuck).then(pl.format("same value for {} samples", pl.col("run"))).alias("reason_now"),
+            "run",
         )
+        scored = on_flagged(scored, pl.col("level_now") > 0, "reason_now",
+                            lambda hit: hit.select(pl.format("same value for {} samples", pl.col("run"))).to_series())
         ends = runs.filter(last_of_tag()).select("tag_id", pl.col("value").alias("value_was"),
                                                  pl.col("run").alias("run_was"))
-        self._state = pl.concat([self._state.join(ends, on="tag_id", how="anti"), ends])
-
-        # A skipped sample carries the tag's previous level, and its stuck value and reason with it.
-        scored_row = pl.col("level_now").is_not_null()
-        frame = (
-            rows.join(scored, on="_row", how="left", maintain_order="left")
-            .with_columns(
-                carry_forward(pl.col("level_now"), pl.col("level_was")).fill_null(0).alias("level"),
-                carry_forward(pl.when(scored_row).then(pl.col("limit_now").fill_null(float("nan"))), pl.col("limit_was"))
-                .fill_nan(None).alias("limit"),
-                carry_forward(pl.when(scored_row).then(pl.col("reason_now").fill_null("")), pl.col("reason_was"))
-                .replace("", None).alias("reason"),
-            )
-            .with_columns(pl.when(pl.col("level") > 0).then(pl.col(c)).alias(c) for c in ("limit", "reason"))
-        )
-        last = frame.filter(last_of_tag()).select(
-            "tag_id", pl.col("level").alias("level_was"), pl.col("limit").alias("limit_was"), pl.col("reason").alias("reason_was")
-        )
-        self._levels = pl.concat([self._levels.join(last, on="tag_id", how="anti"), last])
-        return as_scores(frame)
+        self._state = upsert(self._state, ends)
+        return self._levels.merge(rows, scored.drop("run"))

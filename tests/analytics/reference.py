@@ -280,9 +280,10 @@ class ReferenceFlatline(_PerTag):
         self.state: dict[str, list] = {}
 
     def step(self, tag, ts, x):
-        st = self.state.get(tag)
+        st = self.state.get(tag)  # [previous value, run length]
         if st is None or abs(x - st[0]) > self.tolerance:
             st = self.state[tag] = [x, 0]
+        st[0] = x
         st[1] += 1
         stuck = st[1] >= self.min_run
         return st[1] / self.min_run, int(stuck), "same value" if stuck else None

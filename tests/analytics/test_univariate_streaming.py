@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 from analytics.detectors import (
     CusumChart,
     EwmaChart,
+    FlatlineDetector,
     LimitDetector,
     NelsonRules,
     RateOfChangeDetector,
@@ -20,6 +21,7 @@ from tests.analytics.helpers import TEMPERATURE, assert_close, make_tag, mixed_b
 from tests.analytics.reference import (
     ReferenceCusum,
     ReferenceEwma,
+    ReferenceFlatline,
     ReferenceLimits,
     ReferenceNelson,
     ReferenceRateOfChange,
@@ -42,6 +44,7 @@ FACTORIES = {
     "ewma_asymptotic": lambda: EwmaChart(TAGS, lam=0.1, L=2.0, exact_limits=False, given=CENTRES),
     "cusum": lambda: CusumChart(TAGS, k=0.5, h=3.0, given=CENTRES),
     "robust_zscore": lambda: RobustZScore(TAGS, window=20, threshold=4.0, warmup=8),
+    "flatline": lambda: FlatlineDetector(TAGS, min_run=3, tolerance=0.3),
 }
 REFERENCES = {
     "limits": lambda: ReferenceLimits(TAGS),
@@ -52,6 +55,7 @@ REFERENCES = {
     "ewma_asymptotic": lambda: ReferenceEwma(CENTRES, lam=0.1, L=2.0, exact=False),
     "cusum": lambda: ReferenceCusum(CENTRES, k=0.5, h=3.0),
     "robust_zscore": lambda: ReferenceRobustZScore(TAGS, window=20, threshold=4.0, warmup=8),
+    "flatline": lambda: ReferenceFlatline(TAGS, min_run=3, tolerance=0.3),
 }
 
 

@@ -207,7 +207,7 @@ def verify_trail(path: str | Path, *, key: bytes | None = None, expect_head: tup
     if path.exists():
         with open(path, "rb") as f:
             for number, line in enumerate(f, start=1):
-                where = dict(count=count, keyed=keyed, head=head, line=number)
+                where = {"count": count, "keyed": keyed, "head": head, "line": number}
                 try:
                     rec = json.loads(line)
                 except ValueError:
@@ -237,7 +237,7 @@ def verify_trail(path: str | Path, *, key: bytes | None = None, expect_head: tup
                 keyed += rec["alg"] == "hmac-sha256"
                 prev = rec["hash"]
                 head = (rec["seq"], rec["hash"])
-    done = dict(count=count, keyed=keyed, head=head)
+    done = {"count": count, "keyed": keyed, "head": head}
     head_file = path.with_name(path.name + ".head")
     if check_head_file and head_file.exists():
         try:

@@ -35,7 +35,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, g, has_app_context, has_request_context, jsonify, redirect, request
+from flask import (
+    Flask,
+    Response,
+    current_app,
+    g,
+    has_app_context,
+    has_request_context,
+    jsonify,
+    redirect,
+    request,
+)
 
 from controltower.audit import AuditError, AuditTrail
 from controltower.auth import LoginThrottle, SessionStore, UserStore, allowed, same_token
@@ -135,10 +145,8 @@ class WebSecurity:
         path = request.path
         g.ct_principal = None
         g.ct_session = None
-        if request.method not in SAFE_METHODS:
-            cross = self._cross_site()
-            if cross:
-                return _refuse(403, cross)
+        if request.method not in SAFE_METHODS and (cross := self._cross_site()):
+            return _refuse(403, cross)
         if not self.enabled or _is_static(path) or path == "/login":
             return None
         if self.config.public_probes and path in PROBES:
@@ -155,10 +163,10 @@ class WebSecurity:
         session.role = user.role  # a role changed in the users file applies at once
         g.ct_session = session
         g.ct_principal = Principal(session.username, user.role)
-        if request.method not in SAFE_METHODS and path != "/logout":
-            if not any(same_token(request.headers.get(h), session.csrf_token) for h in CSRF_HEADERS):
-                return _refuse(403, "CSRF token missing or wrong: send the X-CSRF-Token header "
-                                    "(GET /auth/session gives the token)")
+        state_changing = request.method not in SAFE_METHODS and path != "/logout"  # logout: its form field
+        if state_changing and not any(same_token(request.headers.get(h), session.csrf_token) for h in CSRF_HEADERS):
+            return _refuse(403, "CSRF token missing or wrong: send the X-CSRF-Token header "
+                                "(GET /auth/session gives the token)")
         return None
 
     def _cross_site(self) -> str | None:

@@ -3,6 +3,7 @@ catching edited, deleted, reordered and cut-off records."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def test_records_chain_and_verify_ok(tmp_path: Path) -> None:
     trail = trail_with(tmp_path)
     recs = trail.records()
     assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
-    assert recs[0]["prev_hash"] == "0" * 64 and all(b["prev_hash"] == a["hash"] for a, b in zip(recs, recs[1:]))
+    assert recs[0]["prev_hash"] == "0" * 64 and all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(recs))
     assert recs[2]["actor"] == "user2" and recs[2]["ts"].endswith("Z") and recs[2]["reason"] == "comment 2"
     result = verify_trail(trail.path)
     assert result.ok and result.count == 5 and result.head == (5, recs[-1]["hash"])
@@ -155,19 +156,19 @@ def test_key_from_env_or_file(tmp_path: Path) -> None:
 def test_cli_verify_exit_codes(tmp_path: Path) -> None:
     trail = trail_with(tmp_path)
     cmd = [sys.executable, "-m", "controltower.cli", "audit", "verify", "--data-dir", str(tmp_path)]
-    ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "OK" in ok.stdout and "5 records" in ok.stdout
     head = ok.stdout.split("head seq ")[1].split()
     rows = lines(trail)
     rows[3] = rows[3].replace('"user3"', '"mallory"')
     write(trail, rows)
-    bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "BROKEN" in bad.stderr and "line 4" in bad.stderr
     write(trail, rows[:3])
-    missing_head = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    missing_head = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing_head.returncode == 1  # the seq-4 edit is gone with the cut, the head file tells
     (tmp_path / "audit.jsonl.head").write_text(json.dumps({"seq": 3, "hash": trail.records()[-1]["hash"]}))
-    assert subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60).returncode == 0
-    cut = subprocess.run([*cmd, "--expect-head", f"{head[0]}:{head[2]}"], cwd=REPO, capture_output=True, text=True,
+    assert subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60).returncode == 0
+    cut = subprocess.run([*cmd, "--expect-head", f"{head[0]}:{head[2]}"], check=False, cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert cut.returncode == 1 and "expected at least seq 5" in cut.stderr

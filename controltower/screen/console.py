@@ -34,8 +34,8 @@ from flask import Flask, redirect
 from analytics.alerts import MAX_SHELVE_MINUTES, PRIORITIES, AlarmNotFound, AlarmTransitionError
 from controltower.audit import AuditError
 from controltower.screen import ids
-from controltower.screen.chrome import brand, nav
 from controltower.screen import queries as q
+from controltower.screen.chrome import brand, nav
 from controltower.websecurity import NotAllowed, acting_user, audit_record, current_principal
 
 if TYPE_CHECKING:

@@ -10,7 +10,14 @@ import pytest
 from argon2 import PasswordHasher
 
 from controltower.auth import (
-    ALL_PERMISSIONS, PERMISSIONS, ROLES, LoginThrottle, SessionStore, UserError, UserStore, allowed,
+    ALL_PERMISSIONS,
+    PERMISSIONS,
+    ROLES,
+    LoginThrottle,
+    SessionStore,
+    UserError,
+    UserStore,
+    allowed,
 )
 
 PASSWORD = "correct-horse-battery"

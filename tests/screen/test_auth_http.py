@@ -16,8 +16,8 @@ from argon2 import PasswordHasher
 from controltower.audit import AuditTrail, verify_trail
 from controltower.auth import LoginThrottle, UserStore
 from controltower.site import AuthConfig
-from controltower.webserver import WebServer
 from controltower.websecurity import WebSecurity
+from controltower.webserver import WebServer
 from tests.screen.conftest import NOW
 from tests.screen.demo_context import FILL, plant_history
 from tests.screen.test_auth import FAST

@@ -597,6 +597,10 @@ class AuthConfig(Strict):
     lockout_s: float = Field(default=900.0, gt=0)
     # /api/health and /metrics answer without login (load balancers, Prometheus).
     public_probes: bool = True
+    # Reverse proxies in front of the screen (a TLS terminator: 1) whose X-Forwarded-For, -Proto
+    # and -Host are believed: the client address for the login lockout and the audit, the host for
+    # the origin check. 0 (the default) believes none, right when the screen is reached directly.
+    proxy_hops: int = Field(default=0, ge=0, le=5)
 
 
 class ScreenConfig(Strict):
@@ -718,6 +722,28 @@ class SimulationConfig(Strict):
     faults: list[FaultConfig] = []
 
 
+class UnsConfig(Strict):
+    """The unified namespace on MQTT between `controltower collect`, `analyse` and `serve`
+    (docs/uns.md): where the broker is and how values are partitioned. Off for `controltower run`."""
+
+    enabled: bool = False
+    url: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtt://")
+    # Topics are {root}/v1/...; a root of its own per plant network keeps two towers apart.
+    root: str = Field(default="ct", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    # Units are hashed into this many partitions; analytics workers split the partitions among
+    # themselves, so a unit's values always reach one worker. Changing it re-shuffles the units.
+    partitions: int = Field(default=16, ge=1, le=1024)
+    qos: Literal[0, 1] = 1
+    # Batches waiting for the broker per collector; beyond it the oldest is dropped (and counted):
+    # the historian has them, the live path prefers fresh values to a stall.
+    queue_batches: int = Field(default=1000, ge=1, le=1_000_000)
+    # A worker that stops answering is taken out after 1.5 keep-alives: the failover delay.
+    keepalive_s: int = Field(default=5, ge=2, le=600)
+    client_id_prefix: str = Field(default="controltower", min_length=1, max_length=64)
+    username: str | None = None
+    password_env: str | None = None  # name of the environment variable holding the password
+
+
 class SiteConfig(Strict):
     """A whole site file: the ISA-95 hierarchy and how the control tower runs for it."""
 
@@ -729,6 +755,7 @@ class SiteConfig(Strict):
     screen: ScreenConfig = ScreenConfig()
     simulation: SimulationConfig | None = None
     spool: StoreAndForwardConfig = StoreAndForwardConfig()
+    uns: UnsConfig = UnsConfig()
     data_dir: str = "data"
 
     @model_validator(mode="after")

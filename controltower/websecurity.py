@@ -122,6 +122,11 @@ class WebSecurity:
 
     def install(self, server: Flask) -> None:
         server.extensions[EXTENSION] = self
+        if self.config.proxy_hops:
+            from werkzeug.middleware.proxy_fix import ProxyFix
+
+            n = self.config.proxy_hops
+            server.wsgi_app = ProxyFix(server.wsgi_app, x_for=n, x_proto=n, x_host=n)
         server.before_request(self._guard)
         server.after_request(self._headers)
         server.add_url_rule("/login", "ct_login_page", self._login_page, methods=["GET"])

@@ -312,3 +312,26 @@ def test_a_login_that_upgrades_the_hash_keeps_its_session(site, tmp_path: Path) 
     c.login("olga", "older-params-1")  # the server's store upgrades to its own parameters
     assert "m=4096" not in (tmp_path / "users.yaml").read_text()
     assert c.call("GET", "/api/lines")[0] == 200
+
+
+def test_behind_a_proxy_the_forwarded_address_and_host_count(ctx, tmp_path: Path) -> None:
+    """With proxy_hops: 1 the lockout and the audit see the client's address from X-Forwarded-For,
+    and the origin check the public host from X-Forwarded-Host; without it, neither is believed."""
+    from controltower.screen import create_app
+
+    users = UserStore(tmp_path / "users.yaml", hasher=FAST)
+    users.add("olga", "operator", PASSWORDS["olga"])
+    for hops in (1, 0):
+        config = AuthConfig(enabled=True, proxy_hops=hops)
+        ctx.site = ctx.site.model_copy(update={"screen": ctx.site.screen.model_copy(update={"auth": config})})
+        trail = AuditTrail(tmp_path / f"audit-{hops}.jsonl")
+        app = create_app(ctx, clock=lambda: NOW, security=WebSecurity(config, users=users, audit=trail))
+        with WebServer(app, port=0) as web:
+            proxied = {"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Host": "tower.plant.example",
+                       "X-Forwarded-Proto": "https", "Origin": "https://tower.plant.example"}
+            status, _, _ = Client(web.url).call("POST", "/login", {"username": "olga", "password": "wrong-password"},
+                                                headers=proxied)
+            if hops:
+                assert status == 401 and trail.records()[-1]["details"]["address"] == "10.1.2.3"
+            else:
+                assert status == 403  # the forwarded host is not believed: another origin

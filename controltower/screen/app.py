@@ -5,7 +5,8 @@
 
 The overview is at `/`, each line's page at `/line/<site>.<area>.<line>` (`shell` routes between
 them), the alarm console (`console`, its own Dash app on the same server) at
-`/alarms/`, the batch review (`batches`, another one) at `/batches/`, and in the demo the
+`/alarms/`, the batch review (`batches`, another one) at `/batches/`, the setpoint changes
+(`setpoints`, another one, over `controltower.setpoint_api`) at `/setpoints/`, and in the demo the
 plant panel (`demo_panel`) at `/simulator/`. `security` (`controltower.websecurity`) puts the login, the CSRF and role checks and
 the security headers in front of all of it; without one, the site's `screen.auth` must be off. The layout is a function, so each page load renders the current state at once and the
 interval then keeps it fresh.
@@ -25,6 +26,8 @@ from controltower.api import register_api
 from controltower.batch_api import register_batch_api
 from controltower.demo_plant import register_demo_plant_api
 from controltower.screen import batches, console, demo_panel, line, overview, shell
+from controltower.screen import setpoints as setpoints_page
+from controltower.setpoint_api import Setpoints, register_setpoint_api
 from controltower.websecurity import WebSecurity
 
 if TYPE_CHECKING:
@@ -49,6 +52,10 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
     if api:
         register_api(server, ctx, now=now)
         register_batch_api(server, ctx, data_dir=data_dir, now=now)
+    # Setpoint writes over OPC-UA (API and page share the writers and the audit path).
+    setpoints = Setpoints(ctx.site, data_dir)
+    if api:
+        register_setpoint_api(server, setpoints)
     app = dash.Dash(
         "controltower.screen",
         server=server,
@@ -70,7 +77,10 @@ def create_app(ctx: TowerContext, *, clock: Callable[[], datetime] | None = None
     # Batch review for quality engineers: a third Dash app, under batches.PATH.
     reviews = batches.create_batch_review(server, ctx, now, data_dir=data_dir, assets_folder=str(ASSETS),
                                           title=f"Batch review · {ctx.site.enterprise} · control tower")
-    hashes = [*app.csp_hashes(), *alarms.csp_hashes(), *reviews.csp_hashes()]
+    # Setpoints for operators: a fourth Dash app, under setpoints_page.PATH.
+    changes = setpoints_page.create_setpoints_page(server, ctx, setpoints, assets_folder=str(ASSETS),
+                                                   title=f"Setpoints · {ctx.site.enterprise} · control tower")
+    hashes = [*app.csp_hashes(), *alarms.csp_hashes(), *reviews.csp_hashes(), *changes.csp_hashes()]
     # The demo plant panel, only when the tower runs its own simulator (`controltower demo`).
     plant = getattr(ctx, "demo_plant", None)
     if plant is not None and api:

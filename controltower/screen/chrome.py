@@ -8,7 +8,8 @@ from dash import dcc, html
 from controltower.demo_plant import has_demo_plant
 from controltower.websecurity import auth_enabled, current_csrf_token, current_principal
 
-PAGES = (("overview", "◧ Overview", "/"), ("alarms", "⚠ Alarms", "/alarms/"), ("batches", "▤ Batches", "/batches/"))
+PAGES = (("overview", "◧ Overview", "/"), ("alarms", "⚠ Alarms", "/alarms/"), ("batches", "▤ Batches", "/batches/"),
+         ("setpoints", "⚙ Setpoints", "/setpoints/"))
 DEMO_PAGE = (("demo", "⚡ Demo plant", "/simulator/"),)  # only in `controltower demo`
 
 
@@ -20,7 +21,7 @@ def brand(enterprise: str, subtitle: str) -> html.Div:
 
 
 def nav(current: str) -> html.Nav:
-    """Links to every page, `current` ("overview", "alarms", "batches" or "demo") marked, then the user box."""
+    """Links to every page, `current` ("overview", "alarms", "batches", "setpoints" or "demo") marked, then the user box."""
     return html.Nav(
         className="nav",
         children=[

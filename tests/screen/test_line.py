@@ -155,3 +155,35 @@ def test_incremental_scores_equal_scoring_from_scratch(ctx) -> None:
     for got in (carried, rebuilt):
         assert got["ts"].to_list() == everything["ts"].to_list()
         assert got["score"].to_list() == pytest.approx(everything["score"].to_list(), rel=1e-9)
+
+
+def test_refresh_response_over_http_is_small_next_to_the_first_render(ctx) -> None:
+    """The real callback round trip (POST /_dash-update-component, as the browser sends it):
+    the refresh's response bytes are a small fraction of the first render's."""
+    from controltower.screen import create_app, ids
+
+    demo_scene(ctx, NOW)
+    clock = {"now": NOW}
+    app = create_app(ctx, clock=lambda: clock["now"])
+    client = app.server.test_client()
+    key = next(k for k in app.callback_map if ids.LINE_TREND_STATE in k)
+    outputs = [[{"id": {"type": ids.LINE_UNIT_GRAPH, "unit": u}, "property": "figure"} for u in UNITS],
+               {"id": ids.LINE_TREND_STATE, "property": "data"}, {"id": ids.LINE_CAPTION, "property": "children"}]
+
+    def post(tick: int, state):
+        body = {"output": key, "outputs": outputs,
+                "inputs": [{"id": ids.LINE_TICK, "property": "n_intervals", "value": tick}],
+                "state": [{"id": ids.LINE_ID, "property": "data", "value": BIO},
+                          {"id": ids.LINE_TREND_STATE, "property": "data", "value": state}],
+                "changedPropIds": [f"{ids.LINE_TICK}.n_intervals"]}
+        resp = client.post("/_dash-update-component", data=json.dumps(body), content_type="application/json")
+        assert resp.status_code == 200, resp.data[:300]
+        return resp.data, json.loads(resp.data)["response"][ids.LINE_TREND_STATE]["data"]
+
+    first, state = post(0, None)
+    ctx.feed(ctx.samples([(NOW + timedelta(seconds=1), t.tag_id, 1.0) for t in ctx.tags if t.line_id == BIO],
+                         {UNITS[0]: "B-BR101-2405-017"}))
+    clock["now"] = NOW + timedelta(seconds=2)
+    refresh, _ = post(1, state)
+    assert b'"Patch"' in refresh or b'"operations"' in refresh
+    assert len(first) > 100_000 and len(refresh) * 50 < len(first), (len(refresh), len(first))

@@ -153,7 +153,7 @@ class Series:
     def row(self) -> dict:
         ms = sorted(self.ms)
         return {"name": self.name, "n": len(ms), "median_ms": statistics.median(ms),
-                "p95_ms": ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))],
+                "p95_ms": ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))],
                 "median_bytes": statistics.median(self.bytes), "max_bytes": max(self.bytes)}
 
 
@@ -303,7 +303,7 @@ def report(rows: list[dict], screens: dict, info: dict, args) -> str:
     lines = [
         f"## {TITLE}",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d}, `.venv/bin/python bench/screen.py --minutes {args.minutes:g} "
+        (f"{datetime.now(UTC):%Y-%m-%d}, `.venv/bin/python bench/screen.py --minutes {args.minutes:g} "
         f"--ticks {args.ticks}` ({platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}, 2 shared cores). A real `ControlTower` over the generated enterprise "
         f"({args.sites} sites x {args.lines} lines: {info['lines']} lines, {info['tags']} tags), its DuckDB "
@@ -312,7 +312,7 @@ def report(rows: list[dict], screens: dict, info: dict, args) -> str:
         f"{info['fill_s']:.0f} s. Each callback is an HTTP POST to `/_dash-update-component` (Flask test "
         f"client, the body the browser sends), {args.ticks} ticks, one simulated second fed between ticks "
         f"(not timed). Line page: `{info['line_id']}` ({info['units']} units, {info['line_tags']} tags, "
-        f"window {info['window_s']:.0f} s, LTTB to {q.LINE_TREND_POINTS} points per tag).",
+        f"window {info['window_s']:.0f} s, LTTB to {q.LINE_TREND_POINTS} points per tag)."),
         "",
         "| callback | server ms (median) | p95 | response bytes (median) | max |",
         "|---|---:|---:|---:|---:|",
@@ -320,8 +320,8 @@ def report(rows: list[dict], screens: dict, info: dict, args) -> str:
     for r in rows:
         lines.append(f"| {r['name']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | {r['median_bytes']:,.0f} | "
                      f"{r['max_bytes']:,} |")
-    lines += ["", f"Bytes per second per open screen at the {info['refresh_s']:g} s refresh (all its ticking "
-                  "callbacks; target well under 100 kB/s):", "", "| screen | bytes/s |", "|---|---:|"]
+    lines += ["", (f"Bytes per second per open screen at the {info['refresh_s']:g} s refresh (all its ticking "
+                   "callbacks; target well under 100 kB/s):"), "", "| screen | bytes/s |", "|---|---:|"]
     for name, bps in screens.items():
         lines.append(f"| {name} | {bps:,.0f} |")
     by = info["by"]
@@ -331,7 +331,7 @@ def report(rows: list[dict], screens: dict, info: dict, args) -> str:
     first = by["line page: first render"]
     lines += [
         "",
-        f"Slowest refresh callback: {worst['name']}, median {worst['median_ms']:.0f} ms "
+        (f"Slowest refresh callback: {worst['name']}, median {worst['median_ms']:.0f} ms "
         f"({'within' if worst['median_ms'] < TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target); highest p95: "
         f"{worst_p95['name']}, {worst_p95['p95_ms']:.0f} ms (the machine is shared: p95 carries other processes' "
         f"load). Opening the line page (not a refresh): median {first['median_ms']:.0f} ms, "
@@ -342,7 +342,7 @@ def report(rows: list[dict], screens: dict, info: dict, args) -> str:
         f"overview: {screens['overview']:,.0f} B/s against {screens['overview, before (full re-send)']:,.0f} B/s "
         "re-sending every tile and table. The line page also redraws its figures in full every "
         f"{info['window_s'] * FULL_REBUILD_FRACTION:.0f} s (to drop what scrolled out) or when a batch starts: "
-        f"{first['median_bytes'] / (info['window_s'] * FULL_REBUILD_FRACTION):,.0f} B/s more on average.",
+        f"{first['median_bytes'] / (info['window_s'] * FULL_REBUILD_FRACTION):,.0f} B/s more on average."),
     ]
     return "\n".join(lines) + "\n"
 

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from dash import ALL, Dash, Input, Output, Patch, State, ctx as callback_ctx, dcc, html, no_update
+from dash import ALL, Dash, Input, Output, Patch, State, dcc, html, no_update
+from dash import ctx as callback_ctx
 
 from controltower.screen import ids
 from controltower.screen import queries as q

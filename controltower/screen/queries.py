@@ -624,7 +624,7 @@ def line_trends(
                             scorer.lookback_samples)
     wanted = raw.filter(pl.col("ts") >= want_from) if lookback else raw
     share = (now - want_from).total_seconds() / window_s if window_s else 1.0
-    n_points = max(3, int(round(points * min(1.0, share))))
+    n_points = max(3, round(points * min(1.0, share)))
     samples = lttb(wanted.select("tag_id", "ts", "value"), n_points)
     samples = samples.with_columns(unit_id=pl.col("tag_id").str.replace(r"\.[^.]+$", "")).select(
         "unit_id", "tag_id", "ts", "value")
@@ -658,7 +658,7 @@ def _as_utc(value: Any) -> datetime | None:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     if isinstance(value, (int, float)):  # epoch seconds
         return datetime.fromtimestamp(value, UTC)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+    return datetime.fromisoformat(str(value)).astimezone(UTC)  # Python 3.11 reads a trailing Z
 
 
 def _to_ns(now: datetime) -> int:

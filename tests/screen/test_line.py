@@ -7,8 +7,8 @@ import json
 from datetime import timedelta
 
 import plotly
-import pytest
 import polars as pl
+import pytest
 from dash import Patch, no_update
 
 from controltower.screen import line, shell

@@ -16,6 +16,8 @@
     controltower model list [--config FILE] [--out DIR] [--json]
     controltower users add|passwd|role|remove|list [NAME] [--role R] (--config FILE | --data-dir DIR)
     controltower audit verify|show (--config FILE | --data-dir DIR) [--expect-head SEQ:HASH]
+    controltower collect --config FILE [--instance N] [--source NAME ...] [--data-dir DIR] [--duration S]
+    controltower analyse --config FILE [--worker NAME] [--data-dir DIR] [--duration S]
 
 Exit codes: 0 done, 1 runtime failure, 2 bad usage or bad config (the message names the file,
 the key and the reason).
@@ -86,6 +88,10 @@ LAZY_SUBCOMMANDS = {
               "add, change, remove or list the users of the screen and API (passwords never as arguments)"),
     "audit": ("controltower.security_cli", "add_audit_arguments",
               "verify the audit trail's hash chain, or show its last records"),
+    "collect": ("controltower.services", "add_collect_arguments",
+                "scaled out: sources -> spool -> historian, and every batch to the UNS on MQTT (docs/uns.md)"),
+    "analyse": ("controltower.services", "add_analyse_arguments",
+                "scaled out: detectors on the UNS partitions this worker owns; alerts to the UNS (docs/uns.md)"),
 }
 
 
@@ -279,6 +285,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from controltower.security_cli import run_audit
 
         return run_audit(args)
+    if args.command == "collect":
+        from controltower.services import run_collect
+
+        return _run_async(run_collect(load_site_config(args.config), data_dir=args.data_dir, instance=args.instance,
+                                      sources=args.source, duration_s=args.duration))
+    if args.command == "analyse":
+        from controltower.services import run_analyse
+
+        return _run_async(run_analyse(load_site_config(args.config), data_dir=args.data_dir, worker=args.worker,
+                                      duration_s=args.duration))
     raise AssertionError(args.command)
 
 

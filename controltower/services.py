@@ -1,0 +1,399 @@
+"""The control tower as separate services over the unified namespace (docs/uns.md, docs/deployment.md):
+
+    controltower collect --config SITE [--instance N]   sources -> spool -> historian, and each batch
+                                                        to the UNS, one message per unit
+    controltower analyse --config SITE [--worker NAME]  the UNS values of the partitions this worker
+                                                        owns -> detectors -> alert transitions to the UNS
+
+`controltower run` still does all of it in one process (`controltower.runtime`) for small sites.
+
+Each service writes `status.json` in its data directory every second (counts, connection,
+partitions owned): what an operator or a test reads without an HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import polars as pl
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from analytics.alerts import AlertBook
+from analytics.engine import DetectionEngine
+from analytics.journal import AlarmJournal
+from collector.pipeline import Pipeline
+from collector.sinks import open_historian
+from collector.spool import Spool
+from controltower.metrics import Metrics
+from controltower.runtime import build_sources
+from controltower.site import MqttSourceConfig, SiteConfig, TagInfo
+from controltower.uns import (
+    Topics,
+    UnsPublisher,
+    UnsTopicError,
+    alert_message,
+    assign,
+    client_for,
+    decode_values,
+    partition_of,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 1.0
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Replace `path` atomically, so a reader never sees half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status, default=str, indent=1))
+    os.replace(tmp, path)
+
+
+def _require_uns(site: SiteConfig, command: str) -> None:
+    if not site.uns.enabled:
+        raise ValueError(f"controltower {command}: the site file's uns.enabled is false; "
+                         "set uns: {enabled: true, url: mqtt://...} to run the services apart")
+
+
+# --- collect -------------------------------------------------------------------------------------
+
+
+def instance_sources(site: SiteConfig, instance: str | None, only: list[str] | None) -> SiteConfig:
+    """The site as one collector instance sees it: only the sources named in `only` (when given),
+    and MQTT client ids suffixed with the instance (two clients with one id would keep
+    disconnecting each other; a `shared_group` splits the stream between instances)."""
+    sources = list(site.sources)
+    if only:
+        unknown = set(only) - {s.name for s in sources}
+        if unknown:
+            raise ValueError(f"--source: no source named {', '.join(sorted(unknown))} "
+                             f"(sources: {', '.join(s.name for s in sources)})")
+        sources = [s for s in sources if s.name in only]
+    if instance is not None:
+        sources = [
+            s.model_copy(update={"client_id": f"{s.client_id}-{instance}"})
+            if isinstance(s, MqttSourceConfig) and s.client_id else s
+            for s in sources
+        ]
+    # Tags of the sources left out are not collected here: the model validator is not run again.
+    return site.model_copy(update={"sources": sources})
+
+
+class Collector:
+    """Sources -> pipeline (spool, historian) as in `controltower run`, plus the UNS publisher
+    as the pipeline's consumer. No detectors, no screen."""
+
+    def __init__(self, site: SiteConfig, *, data_dir: Path, instance: str):
+        _require_uns(site, "collect")
+        self.site = site
+        self.instance = instance
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics()
+        self.historian = open_historian(site.historian, data_dir)
+        self.sources = build_sources(site, data_dir)
+        self.publisher = UnsPublisher(site.uns, client_id=f"{site.uns.client_id_prefix}-collect-{instance}")
+        spool = Spool.from_config(site.spool, data_dir) if site.spool.enabled else None
+        self.pipeline = Pipeline(self.sources, self.historian, consumers=[self.publisher.publish_batch],
+                                 metrics=self.metrics, spool=spool)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "service": "collect", "instance": self.instance, "pid": os.getpid(),
+            "at": datetime.now(UTC).isoformat(),
+            "sources": [s.health.as_dict() for s in self.sources],
+            "historian": {"name": self.historian.name, "ok": self.pipeline.historian_ok,
+                          "last_error": self.pipeline.historian_error,
+                          "samples_stored": self.pipeline.samples_stored},
+            "spool_pending_batches": self.pipeline.spool_batches,
+            "uns": self.publisher.stats.as_dict() | {"pending": self.publisher.pending},
+        }
+
+    async def run(self, duration_s: float | None = None) -> None:
+        publisher = asyncio.create_task(self.publisher.run(), name="uns-publisher")
+        status = asyncio.create_task(_status_loop(self.data_dir / "status.json", self.status), name="status")
+        pipeline = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        try:
+            done, _ = await asyncio.wait({pipeline}, timeout=duration_s)
+            if pipeline in done:
+                pipeline.result()
+        finally:
+            if not pipeline.done():
+                pipeline.cancel()  # stops the sources, drains to the historian
+            await asyncio.gather(pipeline, return_exceptions=True)
+            # What the consumers were given goes out before the publisher stops (bounded).
+            await self.publisher.flush(timeout_s=5.0)
+            for task in (publisher, status):
+                task.cancel()
+            await asyncio.gather(publisher, status, return_exceptions=True)
+            write_status(self.data_dir / "status.json", self.status())
+
+    def close(self) -> None:
+        self.pipeline.close()
+        self.historian.close()
+
+
+async def _status_loop(path: Path, status) -> None:
+    while True:
+        with contextlib.suppress(OSError):  # a full disk must not stop the service
+            write_status(path, status())
+        await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+# --- analyse -------------------------------------------------------------------------------------
+
+
+class _TransitionLog:
+    """The worker's alarm journal, which also keeps the entries of the last applied batch so
+    they can be published as alert transitions (the AlertBook journals every transition)."""
+
+    def __init__(self, journal: AlarmJournal):
+        self.journal = journal
+        self.entries: list[dict[str, Any]] = []
+
+    def append_many(self, entries):
+        written = self.journal.append_many(entries)
+        self.entries.extend(entries)
+        return written
+
+    def append(self, entry):
+        return self.append_many([entry])
+
+    def take(self) -> list[dict[str, Any]]:
+        entries, self.entries = self.entries, []
+        return entries
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+class AnalyticsWorker:
+    """Owns some of the UNS partitions (rendezvous hashing over the live workers, see
+    `controltower.uns.assign`), runs one DetectionEngine per owned partition (its detectors'
+    streaming state moves with the partition) and publishes every alert transition.
+
+    Membership: on connect the worker publishes a retained `{root}/v1/workers/{name}` and sets a
+    last will that empties it; it subscribes to `workers/+`, and on every change recomputes the
+    assignment and subscribes to or unsubscribes from `values/p{k}/#`. A worker killed is taken
+    out by the broker after 1.5 keep-alives; its partitions then go to the others.
+    """
+
+    def __init__(self, site: SiteConfig, *, data_dir: Path, name: str, flush_interval_s: float = 0.25):
+        _require_uns(site, "analyse")
+        if not name or any(c in name for c in "/+#$") or len(name) > 64:
+            raise ValueError(f"--worker {name!r}: a worker name is 1-64 characters without / + # $")
+        self.site = site
+        self.name = name
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.topics = Topics.of(site.uns)
+        self.tags = site.tag_table()
+        self._tags_by_partition: dict[int, list[TagInfo]] = {}
+        for t in self.tags:
+            k = partition_of(f"{t.site}.{t.area}.{t.line}.{t.unit}", self.topics.partitions)
+            self._tags_by_partition.setdefault(k, []).append(t)
+        self.log = _TransitionLog(AlarmJournal(data_dir / "alarm_journal.jsonl"))
+        self.book = AlertBook(journal=self.log)  # type: ignore[arg-type]
+        self.engines: dict[int, DetectionEngine] = {}
+        self.members: set[str] = set()
+        self.owned: set[int] = set()
+        self.flush_interval_s = flush_interval_s
+        self._pending: list[tuple[int, pl.DataFrame]] = []
+        self.counts: dict[str, Any] = {"messages": 0, "samples": 0, "bad_messages": 0, "foreign_partition": 0,
+                                       "alerts_raised": 0, "transitions_published": 0, "rebalances": 0}
+        self.units_seen: dict[str, int] = {}  # unit path -> samples, since start
+        self.connected = False
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "service": "analyse", "worker": self.name, "pid": os.getpid(), "at": datetime.now(UTC).isoformat(),
+            "connected": self.connected, "members": sorted(self.members), "partitions": sorted(self.owned),
+            "counts": self.counts, "units": self.units_seen, "alerts_active": len(self.book.active()),
+        }
+
+    def _client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(self.topics.worker(self.name), b"", qos=1, retain=True)
+        connect = Properties(PacketTypes.CONNECT)
+        connect.SessionExpiryInterval = 0
+        return client_for(self.site.uns, f"{self.site.uns.client_id_prefix}-analyse-{self.name}", will=will,
+                          clean_start=True, properties=connect)
+
+    async def run(self, duration_s: float | None = None) -> None:
+        status = asyncio.create_task(_status_loop(self.data_dir / "status.json", self.status), name="status")
+        session = asyncio.create_task(self._supervise(), name="uns-session")
+        try:
+            await asyncio.wait({session}, timeout=duration_s)
+            if session.done():
+                session.result()
+        finally:
+            for task in (session, status):
+                task.cancel()
+            await asyncio.gather(session, status, return_exceptions=True)
+            write_status(self.data_dir / "status.json", self.status())
+
+    async def _supervise(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                log.warning("analytics worker %s: broker %s: %s; retrying in %.1fs", self.name, self.site.uns.url,
+                            exc, delay)
+            finally:
+                self.connected = False
+                self.members.clear()
+                self.owned.clear()  # after a reconnection the subscriptions are made again
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _session(self) -> None:
+        async with self._client() as client:
+            self.connected = True
+            await client.subscribe(self.topics.workers_filter, qos=1)
+            await client.publish(self.topics.worker(self.name), json.dumps(
+                {"worker": self.name, "pid": os.getpid(), "since": datetime.now(UTC).isoformat()}).encode(),
+                qos=1, retain=True)
+            flusher = asyncio.create_task(self._flush_loop(client))
+            try:
+                async for message in client.messages:
+                    await self._on_message(client, message.topic.value, message.payload)
+            finally:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+                with contextlib.suppress(Exception):  # leaving cleanly: the others take over at once
+                    await client.publish(self.topics.worker(self.name), b"", qos=1, retain=True, timeout=2)
+
+    async def _on_message(self, client: aiomqtt.Client, topic: str, payload: Any) -> None:
+        payload = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        if topic.startswith(f"{self.topics.base}/workers/"):
+            try:
+                worker = self.topics.worker_name(topic)
+            except UnsTopicError:
+                return
+            if payload:
+                self.members.add(worker)
+            else:
+                self.members.discard(worker)
+            await self._rebalance(client)
+            return
+        try:
+            partition, unit = self.topics.parse_values(topic)
+            frame = decode_values(payload)
+        except ValueError as exc:
+            self.counts["bad_messages"] += 1
+            log.warning("analytics worker %s: message on %s set aside: %s", self.name, topic, exc)
+            return
+        if partition not in self.owned:  # in flight while the partition moved away
+            self.counts["foreign_partition"] += 1
+            return
+        self.counts["messages"] += 1
+        self.counts["samples"] += frame.height
+        self.units_seen[unit] = self.units_seen.get(unit, 0) + frame.height
+        self._pending.append((partition, frame))
+
+    async def _rebalance(self, client: aiomqtt.Client) -> None:
+        if self.name not in self.members:
+            return  # our own membership not seen yet: own nothing
+        mine = set(assign(self.site.uns.partitions, self.members)[self.name])
+        gained, lost = sorted(mine - self.owned), sorted(self.owned - mine)
+        if not gained and not lost:
+            return
+        self.counts["rebalances"] += 1
+        if lost:
+            await client.unsubscribe([self.topics.values_filter(k) for k in lost])
+            for k in lost:
+                self.engines.pop(k, None)
+        if gained:
+            for k in gained:
+                self.engines[k] = DetectionEngine(self._tags_by_partition.get(k, []), self.site.detectors, self.book)
+            await client.subscribe([(self.topics.values_filter(k), self.site.uns.qos) for k in gained])
+        self.owned = mine
+        self._pending = [(k, f) for k, f in self._pending if k in mine]
+        log.info("analytics worker %s: members %s, owns partitions %s (gained %s, lost %s)", self.name,
+                 sorted(self.members), sorted(mine), gained, lost)
+
+    async def _flush_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            await self._detect(client)
+
+    async def _detect(self, client: aiomqtt.Client) -> None:
+        """Run each owned partition's engine on what arrived since the last flush (one engine call
+        per partition, not per message), then publish the transitions the book journalled."""
+        pending, self._pending = self._pending, []
+        by_partition: dict[int, list[pl.DataFrame]] = {}
+        for k, frame in pending:
+            by_partition.setdefault(k, []).append(frame)
+        for k, frames in by_partition.items():
+            engine = self.engines.get(k)
+            if engine is None:
+                continue
+            batch = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+            try:
+                raised = engine.process(batch)
+            except Exception:  # one partition's failure must not stop the others
+                log.exception("analytics worker %s: detectors failed on partition %d", self.name, k)
+                continue
+            self.counts["alerts_raised"] += len(raised)
+        for entry in self.log.take():
+            alert = self.book.get(entry["alert_id"]) if entry.get("alert_id") else None
+            info = alert.to_dict() if alert is not None else None
+            path = entry["tag_id"].split(".") if entry.get("tag_id") else []
+            if len(path) < 4:
+                continue
+            await client.publish(self.topics.alerts(*path[:4]), alert_message(entry, info, self.name),
+                                 qos=self.site.uns.qos)
+            self.counts["transitions_published"] += 1
+
+    def close(self) -> None:
+        self.log.close()
+
+
+# --- command-line entry points -------------------------------------------------------------------
+
+
+async def run_collect(site: SiteConfig, *, data_dir: Path | None, instance: str, sources: list[str] | None,
+                      duration_s: float | None) -> None:
+    site = instance_sources(site, instance, sources)
+    root = Path(data_dir) if data_dir is not None else Path(site.data_dir) / f"collect-{instance}"
+    collector = Collector(site, data_dir=root, instance=instance)
+    try:
+        await collector.run(duration_s)
+    finally:
+        collector.close()
+
+
+async def run_analyse(site: SiteConfig, *, data_dir: Path | None, worker: str, duration_s: float | None) -> None:
+    root = Path(data_dir) if data_dir is not None else Path(site.data_dir) / f"analyse-{worker}"
+    analytics = AnalyticsWorker(site, data_dir=root, name=worker)
+    try:
+        await analytics.run(duration_s)
+    finally:
+        analytics.close()
+
+
+def add_collect_arguments(parser) -> None:
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--instance", default="1", help="this collector's name among several (default 1): "
+                        "suffixes MQTT client ids; data under DATA_DIR/collect-INSTANCE")
+    parser.add_argument("--source", action="append", help="collect only this source (repeatable)")
+    parser.add_argument("--data-dir", type=Path, help="this instance's spool and status (default DATA_DIR/collect-INSTANCE)")
+    parser.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+
+
+def add_analyse_arguments(parser) -> None:
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--worker", default=os.uname().nodename.split(".")[0] or "worker",
+                        help="this worker's name, unique among the workers (default: the host name)")
+    parser.add_argument("--data-dir", type=Path, help="journal and status (default DATA_DIR/analyse-WORKER)")
+    parser.add_argument("--duration", type=float, help="stop cleanly after this many seconds")

@@ -1,0 +1,280 @@
+"""The unified namespace (UNS) on MQTT between the scaled-out services (docs/uns.md): its topics,
+how units are partitioned, how payloads are encoded, and a bounded publisher.
+
+    {root}/v1/values/p{k}/{site}/{area}/{line}/{unit}   one unit's samples of one collector batch,
+                                                        Arrow IPC stream (LZ4), SAMPLE_SCHEMA; QoS 1
+    {root}/v1/alerts/{site}/{area}/{line}/{unit}        one alert transition, JSON; QoS 1
+    {root}/v1/workers/{name}                            an analytics worker's membership, JSON,
+                                                        retained; emptied by its last will
+
+A unit's partition is `crc32(unit path) mod partitions`: a pure function of the path, so every
+collector puts a unit in the same partition, and a worker owning the partition gets all of it.
+Which worker owns which partition is rendezvous hashing over the live workers (`assign`): each
+worker computes it alone from the membership topic, and a worker leaving moves only its own
+partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import polars as pl
+
+from collector.spool import decode_batch, encode_batch
+from controltower.samples import PATH_COLUMNS
+from controltower.site import UnsConfig
+
+log = logging.getLogger(__name__)
+
+VERSION = "v1"
+
+
+class UnsTopicError(ValueError):
+    """A topic that is not a UNS topic of this version (names the topic)."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    root: str
+    partitions: int
+
+    @classmethod
+    def of(cls, config: UnsConfig) -> Topics:
+        return cls(config.root, config.partitions)
+
+    @property
+    def base(self) -> str:
+        return f"{self.root}/{VERSION}"
+
+    def values(self, site: str, area: str, line: str, unit: str) -> str:
+        k = partition_of(f"{site}.{area}.{line}.{unit}", self.partitions)
+        return f"{self.base}/values/p{k}/{site}/{area}/{line}/{unit}"
+
+    def values_filter(self, partition: int) -> str:
+        return f"{self.base}/values/p{partition}/#"
+
+    def alerts(self, site: str, area: str, line: str, unit: str) -> str:
+        return f"{self.base}/alerts/{site}/{area}/{line}/{unit}"
+
+    @property
+    def alerts_filter(self) -> str:
+        return f"{self.base}/alerts/#"
+
+    def worker(self, name: str) -> str:
+        return f"{self.base}/workers/{name}"
+
+    @property
+    def workers_filter(self) -> str:
+        return f"{self.base}/workers/+"
+
+    def parse_values(self, topic: str) -> tuple[int, str]:
+        """(partition, unit path `site.area.line.unit`) of a values topic."""
+        prefix = f"{self.base}/values/p"
+        parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
+        if len(parts) != 5 or not parts[0].isdigit():
+            raise UnsTopicError(f"{topic!r} is not a {prefix}{{k}}/site/area/line/unit topic")
+        return int(parts[0]), ".".join(parts[1:])
+
+    def worker_name(self, topic: str) -> str:
+        prefix = f"{self.base}/workers/"
+        if not topic.startswith(prefix) or "/" in topic[len(prefix):]:
+            raise UnsTopicError(f"{topic!r} is not a {prefix}{{name}} topic")
+        return topic[len(prefix):]
+
+
+def partition_of(unit_path: str, partitions: int) -> int:
+    """The partition of a unit (`site.area.line.unit`): stable across processes and versions
+    (crc32, not Python's salted `hash`)."""
+    return zlib.crc32(unit_path.encode()) % partitions
+
+
+def assign(partitions: int, workers: set[str] | list[str]) -> dict[str, list[int]]:
+    """Partition owners by rendezvous (highest random weight) hashing: each partition goes to the
+    worker with the highest hash of (worker, partition). Every worker computes the same answer
+    from the same membership, and removing a worker moves only the partitions it owned."""
+    owners: dict[str, list[int]] = {w: [] for w in workers}
+    if not owners:
+        return owners
+    for k in range(partitions):
+        best = max(owners, key=lambda w: hashlib.blake2b(f"{w}/{k}".encode(), digest_size=8).digest())
+        owners[best].append(k)
+    return owners
+
+
+# --- payloads ------------------------------------------------------------------------------------
+
+
+def split_by_unit(batch: pl.DataFrame) -> list[tuple[tuple[str, str, str, str], pl.DataFrame]]:
+    """A batch as one frame per unit (ISA-95 path), in first-seen order; rows without a full
+    path (tags unknown to the site) are left out: the caller counts them."""
+    known = batch.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in PATH_COLUMNS))
+    if known.is_empty():
+        return []
+    return list(known.partition_by(list(PATH_COLUMNS), as_dict=True, maintain_order=True).items())
+
+
+def encode_values(frame: pl.DataFrame) -> bytes:
+    """One unit's samples as an Arrow IPC stream, LZ4-compressed (the spool's record encoding)."""
+    return encode_batch(frame)
+
+
+def decode_values(payload: bytes) -> pl.DataFrame:
+    """The samples of a values message, cast to SAMPLE_SCHEMA; ValueError for a payload that is not
+    an Arrow IPC stream."""
+    try:
+        return decode_batch(payload)
+    except (pl.exceptions.PolarsError, OSError) as exc:  # a corrupt or foreign stream
+        raise ValueError(f"not an Arrow IPC sample batch: {str(exc)[:200]}") from None
+
+
+def _iso(ts: Any) -> Any:
+    if isinstance(ts, datetime):
+        ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return ts
+
+
+def alert_message(entry: dict[str, Any], alert: dict[str, Any] | None, worker: str) -> bytes:
+    """An alert transition as JSON: the journal entry's fields (`event`, `from_state`, `to_state`,
+    `at`, `user`, `comment`), the worker that saw it, and the alert as `Alert.to_dict()` after it."""
+    body = {
+        "event": entry["event"], "alert_id": entry.get("alert_id"), "tag_id": entry.get("tag_id"),
+        "detector": entry.get("detector"), "from_state": entry.get("from_state"), "to_state": entry.get("to_state"),
+        "at": _iso(entry.get("ts")), "user": entry.get("user"), "comment": entry.get("comment") or "",
+        "worker": worker, "alert": alert,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# --- connection ----------------------------------------------------------------------------------
+
+
+def client_for(config: UnsConfig, client_id: str, **options: Any) -> aiomqtt.Client:
+    """An MQTT 5 client of the UNS broker (password from `password_env`, never logged)."""
+    url = urlsplit(config.url)
+    password = os.environ.get(config.password_env) if config.password_env else None
+    if config.password_env and password is None:
+        raise ValueError(f"uns.password_env: environment variable {config.password_env} is not set")
+    return aiomqtt.Client(
+        url.hostname or "127.0.0.1", url.port or 1883, identifier=client_id, username=config.username,
+        password=password, protocol=aiomqtt.ProtocolVersion.V5, keepalive=config.keepalive_s, timeout=10, **options,
+    )
+
+
+@dataclass
+class PublisherStats:
+    published_messages: int = 0
+    published_samples: int = 0
+    dropped_messages: int = 0  # queue full: oldest dropped
+    dropped_samples: int = 0
+    unplaced_samples: int = 0  # no ISA-95 path: not a unit's value
+    connected: bool = False
+    last_error: str | None = None
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Message:
+    topic: str
+    payload: bytes
+    samples: int
+
+
+@dataclass
+class UnsPublisher:
+    """Publishes sample batches to the UNS, one message per unit per batch, QoS 1, through a
+    bounded queue (oldest dropped and counted when the broker lags), reconnecting with backoff.
+    `publish_batch` is a pipeline consumer: synchronous, never blocks, never raises."""
+
+    config: UnsConfig
+    client_id: str
+    inflight: int = 32
+    stats: PublisherStats = field(default_factory=PublisherStats)
+
+    def __post_init__(self) -> None:
+        self.topics = Topics.of(self.config)
+        self._queue: deque[_Message] = deque()
+        self._ready = asyncio.Event()
+        self._sending = 0  # messages taken from the queue, not yet acknowledged by the broker
+
+    def publish_batch(self, batch: pl.DataFrame) -> None:
+        parts = split_by_unit(batch)
+        self.stats.unplaced_samples += batch.height - sum(f.height for _, f in parts)
+        for (site, area, line, unit), frame in parts:
+            self._queue.append(_Message(self.topics.values(site, area, line, unit), encode_values(frame), frame.height))
+        while len(self._queue) > self.config.queue_batches:
+            dropped = self._queue.popleft()
+            self.stats.dropped_messages += 1
+            self.stats.dropped_samples += dropped.samples
+        if self._queue:
+            self._ready.set()
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet acknowledged by the broker (queued or in flight)."""
+        return len(self._queue) + self._sending
+
+    async def run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with client_for(self.config, self.client_id) as client:
+                    self.stats.connected, self.stats.last_error, delay = True, None, 0.5
+                    await self._send(client)
+            except aiomqtt.MqttError as exc:
+                self.stats.last_error = str(exc)
+                log.warning("UNS publisher: broker %s: %s; retrying in %.1fs", self.config.url, exc, delay)
+            finally:
+                self.stats.connected = False
+            self.stats.reconnects += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        while True:
+            if not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+            window = [self._queue.popleft() for _ in range(min(self.inflight, len(self._queue)))]
+            self._sending = len(window)
+            try:
+                results = await asyncio.gather(
+                    *(client.publish(m.topic, m.payload, qos=self.config.qos) for m in window), return_exceptions=True
+                )
+            except asyncio.CancelledError:
+                self._queue.extendleft(reversed(window))
+                raise
+            finally:
+                self._sending = 0
+            failed = [m for m, r in zip(window, results) if isinstance(r, BaseException)]
+            for m, r in zip(window, results):
+                if not isinstance(r, BaseException):
+                    self.stats.published_messages += 1
+                    self.stats.published_samples += m.samples
+            if failed:
+                # Back to the front, in order: sent again after the reconnection (at least once).
+                self._queue.extendleft(reversed(failed))
+                error = next(r for r in results if isinstance(r, BaseException))
+                raise error if isinstance(error, aiomqtt.MqttError) else aiomqtt.MqttError(str(error))
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until the queue is empty (True) or `timeout_s` passes (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.pending and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.pending

@@ -23,6 +23,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -38,6 +39,7 @@ from simulators.plant import Plant
 from simulators.service import SimulatorService
 from tests.conftest import REPO, free_port
 from tests.integration.conftest import start_influxdb_v1, stop_process, wait_until
+from tests.integration.figures import compare, record
 
 MQTT_SITE = REPO / "config" / "mqtt-site.yaml"
 # Below the spool segment size: the segment's growth is refused. CPython ignores SIGXFSZ, so a
@@ -117,7 +119,9 @@ async def test_disk_full_holds_the_source_then_everything_is_stored_once(mosquit
 
         # Space is back, then InfluxDB.
         resource.prlimit(collector.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        freed_at = time.monotonic()
         await wait_until(lambda: spool_error() is None, 30, "appends to work again")
+        recovery_s = time.monotonic() - freed_at
         restarted = start_influxdb_v1(tmp_path / "influx")
         await asyncio.sleep(2.0)
         sim_task.cancel()
@@ -166,3 +170,8 @@ async def test_disk_full_holds_the_source_then_everything_is_stored_once(mosquit
     )
     assert joined["stored"].null_count() == 0
     assert (joined["stored"] - joined["value"]).abs().max() < 1e-9
+    record("spool disk full (collector process under RLIMIT_FSIZE, InfluxDB down)", **compare(replay, stored),
+           recovery_s=recovery_s, promise="policy: source held, append retried, error in /api/health; no loss",
+           notes=f"disk full for >= 3 s, {ticks - full_at_ticks} ticks published after the first refused write; "
+                 "recovery = space freed to the first successful append; dropped_batches "
+                 f"{health['spool']['dropped_batches']}")

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from controltower.audit import AuditError, AuditTrail, audit_key_from_env, record_config, verify_trail
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def trail_with(tmp_path: Path, n: int = 5, key: bytes | None = None) -> AuditTrail:
@@ -153,22 +149,26 @@ def test_key_from_env_or_file(tmp_path: Path) -> None:
         audit_key_from_env({"CONTROLTOWER_AUDIT_KEY_FILE": str(tmp_path / "nope")})
 
 
-def test_cli_verify_exit_codes(tmp_path: Path) -> None:
+def test_cli_verify_exit_codes(tmp_path: Path, capsys) -> None:
+    from controltower.cli import main
+
+    def verify(*extra: str) -> tuple[int, str]:
+        code = main(["audit", "verify", "--data-dir", str(tmp_path), *extra])
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
     trail = trail_with(tmp_path)
-    cmd = [sys.executable, "-m", "controltower.cli", "audit", "verify", "--data-dir", str(tmp_path)]
-    ok = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "OK" in ok.stdout and "5 records" in ok.stdout
-    head = ok.stdout.split("head seq ")[1].split()
+    code, said = verify()
+    assert code == 0 and said.startswith("OK") and "5 records" in said
+    head = said.split("head seq ")[1].split()
     rows = lines(trail)
     rows[3] = rows[3].replace('"user3"', '"mallory"')
     write(trail, rows)
-    bad = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and "BROKEN" in bad.stderr and "line 4" in bad.stderr
+    code, said = verify()
+    assert code == 1 and "BROKEN" in said and "line 4" in said
     write(trail, rows[:3])
-    missing_head = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert missing_head.returncode == 1  # the seq-4 edit is gone with the cut, the head file tells
+    assert verify()[0] == 1  # the seq-4 edit is gone with the cut, the head file tells
     (tmp_path / "audit.jsonl.head").write_text(json.dumps({"seq": 3, "hash": trail.records()[-1]["hash"]}))
-    assert subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60).returncode == 0
-    cut = subprocess.run([*cmd, "--expect-head", f"{head[0]}:{head[2]}"], check=False, cwd=REPO, capture_output=True, text=True,
-                         timeout=60)
-    assert cut.returncode == 1 and "expected at least seq 5" in cut.stderr
+    assert verify()[0] == 0
+    code, said = verify("--expect-head", f"{head[0]}:{head[2]}")
+    assert code == 1 and "expected at least seq 5" in said

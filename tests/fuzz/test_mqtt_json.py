@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,9 @@ _DEAD_DIR = Path(tempfile.mkdtemp(prefix="fuzz-mqtt-json-"))
 def source(dead_letter: bool = False) -> MqttSource:
     dead = None
     if dead_letter:
-        path = Path(tempfile.mkstemp(dir=_DEAD_DIR, suffix=".jsonl")[1])
+        fd, name = tempfile.mkstemp(dir=_DEAD_DIR, suffix=".jsonl")
+        os.close(fd)  # only the unique name is wanted: an open descriptor per example ran out at ~20,000
+        path = Path(name)
         path.unlink()
         dead = DeadLetterFile(path)
     return MqttSource(CONFIG, TAGS, dead_letter=dead)

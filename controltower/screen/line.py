@@ -26,6 +26,7 @@ from dash import ctx as callback_ctx
 
 from controltower.screen import ids
 from controltower.screen import queries as q
+from controltower.screen.setpoints import page_href as setpoints_href
 
 if TYPE_CHECKING:
     from controltower.context import TowerContext
@@ -81,6 +82,7 @@ def layout(ctx: TowerContext, now: datetime, line_id: str) -> html.Div:
             ]),
         )
     status = line_status(ctx, now, line_id, None)
+    with_setpoints = ctx.site.unit_setpoints()
     panels = [
         html.Section(
             className="panel unit-panel",
@@ -89,6 +91,9 @@ def layout(ctx: TowerContext, now: datetime, line_id: str) -> html.Div:
                 html.Div(className="unit-head", children=[
                     html.H2(u["name"], className="panel-title"),
                     html.Span(u["unit_id"], className="sub mono"),
+                    # Its own page (a separate Dash app): a full page load, not a dcc.Link.
+                    *([html.A("⚙ Setpoints", href=setpoints_href(u["unit_id"]), id=f"setpoints-{u['unit_id']}",
+                              className="nav-link unit-setpoints")] if u["unit_id"] in with_setpoints else []),
                 ]),
                 dcc.Graph(id=graph_id(u["unit_id"]), figure=_empty_figure("loading…"),
                           config={"displaylogo": False, "responsive": True}, className="unit-graph"),

@@ -221,7 +221,8 @@ def line_update(
         figures = [unit_figure(trends, u, by_tag) for u in unit_ids]
         caption = (f"Last {_age_text(window_s)} · UTC · {trends.samples.height} points shown "
                    f"(LTTB, ≤ {q.LINE_TREND_POINTS} per tag) · anomaly score: {trends.anomaly.label}"
-                   + (f", control limit {trends.anomaly.limit:g}" if trends.anomaly.limit is not None else ""))
+                   + (f", control limit {trends.anomaly.limit:g}" if trends.anomaly.limit is not None else "")
+                   + (f"; live models on {len(trends.anomaly.per_unit)} unit(s)" if trends.anomaly.per_unit else ""))
         new_state = {
             "line": line_id, "until": cut.isoformat(), "built": now.timestamp(), "spacing_s": trends.spacing_s,
             "batches": _last_batches(trends.batches),
@@ -282,8 +283,8 @@ def unit_figure(trends: q.LineTrends, unit_id: str, by_tag: dict | None = None) 
             scores = trends.anomaly.scores.filter(pl.col("unit_id") == unit_id)
             data.append(_trace(x, y, "anomaly score", scores["ts"], scores["score"], PALETTE["score"],
                                "%{y:.3g}<extra>anomaly score</extra>"))
-            title = f"Anomaly score · {trends.anomaly.label}"
-            limit = trends.anomaly.limit
+            title = f"Anomaly score · {trends.anomaly.label_of(unit_id)}"
+            limit = trends.anomaly.limit_of(unit_id)
             if limit is not None:
                 layout[ya]["range"] = [0, limit * 1.5]
                 layout[ya]["autorange"] = "max"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -461,6 +461,14 @@ class AnomalyScores:
     label: str
     # How far before the first wanted sample the scorer needs history (its warm-up).
     lookback_samples: int
+    # Units scored otherwise (a live multivariate model): unit_id -> (limit, label).
+    per_unit: dict[str, tuple[float | None, str]] = field(default_factory=dict)
+
+    def limit_of(self, unit_id: str) -> float | None:
+        return self.per_unit.get(unit_id, (self.limit, self.label))[0]
+
+    def label_of(self, unit_id: str) -> str:
+        return self.per_unit.get(unit_id, (self.limit, self.label))[1]
 
 
 SCORE_SCHEMA: dict[str, pl.DataType] = {"unit_id": pl.String(), "ts": TIMESTAMP_DTYPE, "score": pl.Float64()}
@@ -498,18 +506,70 @@ class ZScoreAnomaly:
         )
 
 
-def anomaly_scorer(ctx: TowerContext, tags: Sequence[TagInfo]) -> ZScoreAnomaly:
-    """The scorer of the units of `tags` (see `ZScoreAnomaly` for what it offers: `score(raw)`,
-    `limit`, `label`, `lookback_samples`). Today the rolling z-score; a live multivariate model
-    (T-squared or SPE with its limit) replaces it here, in this one function."""
-    return ZScoreAnomaly(ctx, tags)
+class ModelAnomaly:
+    """A unit's live multivariate model (the engine's row monitor: pca, dpca or iforest) as its
+    anomaly score: the model's score over its calibrated threshold, so the limit is 1. A copy
+    of the engine's monitor, so the screen's streaming state never touches the engine's."""
+
+    def __init__(self, monitor: Any):
+        self._monitor = type(monitor)(monitor.fitted, monitor.on_delay_rows, monitor.alarm_score)
+        self.unit = monitor.unit
+        self.limit: float | None = 1.0
+        self.label = f"{monitor.name} model" + (f" v{monitor.version}" if monitor.version else "") + ", score / limit"
+        self.lookback_samples = int(getattr(self._monitor, "lags", 0)) + 1
+        self._variables = list(monitor.variables)
+
+    def score(self, raw: pl.DataFrame) -> pl.DataFrame:
+        mine = raw.filter(pl.col("tag_id").is_in(self._variables))
+        if mine.is_empty():
+            return pl.DataFrame(schema=SCORE_SCHEMA)
+        return self._monitor.score(mine).select(
+            pl.col("tag_id").cast(pl.String).alias("unit_id"), pl.col("ts").cast(TIMESTAMP_DTYPE),
+            pl.col("score").cast(pl.Float64))
+
+
+class LineAnomaly:
+    """Every unit of a line: its live multivariate model's score when the engine runs one for
+    the unit (`ModelAnomaly`), else the rolling z-score (`ZScoreAnomaly`)."""
+
+    def __init__(self, ctx: TowerContext, tags: Sequence[TagInfo]):
+        units = {t.unit_id for t in tags}
+        monitors = [m for m in getattr(getattr(ctx, "engine", None), "monitors", None) or []
+                    if getattr(m, "unit", None) in units and getattr(m, "name", None) in ROW_MODEL_KINDS]
+        self._models: dict[str, ModelAnomaly] = {}
+        for m in monitors:
+            self._models.setdefault(m.unit, ModelAnomaly(m))
+        self._z = ZScoreAnomaly(ctx, [t for t in tags if t.unit_id not in self._models])
+        self.limit, self.label = self._z.limit, self._z.label
+        self.per_unit = {u: (m.limit, m.label) for u, m in self._models.items()}
+        self.lookback_samples = max([self._z.lookback_samples, *(m.lookback_samples for m in self._models.values())])
+
+    def score(self, raw: pl.DataFrame) -> pl.DataFrame:
+        if not self._models:
+            return self._z.score(raw)
+        units = pl.col("tag_id").str.replace(r"\.[^.]+$", "")
+        parts = [self._z.score(raw.filter(~units.is_in(list(self._models))))]
+        parts += [m.score(raw) for m in self._models.values()]
+        return pl.concat(parts).sort("unit_id", "ts")
+
+
+# The monitor kinds that score rows of a unit as they come (the golden batch needs the batch's start).
+ROW_MODEL_KINDS = ("pca", "dpca", "iforest")
+
+
+def anomaly_scorer(ctx: TowerContext, tags: Sequence[TagInfo]) -> LineAnomaly:
+    """The scorer of the units of `tags` (`score(raw)`, `limit`, `label`, `per_unit`,
+    `lookback_samples`): per unit, its live multivariate model when the engine runs one
+    (`controltower model fit`, `detectors.models`), else the rolling z-score. The one place to
+    change what the screen calls a unit's anomaly score."""
+    return LineAnomaly(ctx, tags)
 
 
 def unit_anomaly(ctx: TowerContext, raw: pl.DataFrame, tags: Sequence[TagInfo]) -> AnomalyScores:
     """The anomaly score of each unit over the raw samples `raw` (sample schema, the units'
     tags), with its control limit, scored from scratch (see `anomaly_scorer`)."""
     scorer = anomaly_scorer(ctx, tags)
-    return AnomalyScores(scorer.score(raw), scorer.limit, scorer.label, scorer.lookback_samples)
+    return AnomalyScores(scorer.score(raw), scorer.limit, scorer.label, scorer.lookback_samples, scorer.per_unit)
 
 
 # Scorers carried between a line page's refreshes, by (tower, line) with the time they have
@@ -621,16 +681,15 @@ def line_trends(
     scores = scorer.score(raw)
     _carry_scorer(ctx, line_id, scorer, now)
     anomaly = AnomalyScores(scores.filter(pl.col("ts") >= want_from), scorer.limit, scorer.label,
-                            scorer.lookback_samples)
+                            scorer.lookback_samples, scorer.per_unit)
     wanted = raw.filter(pl.col("ts") >= want_from) if lookback else raw
     share = (now - want_from).total_seconds() / window_s if window_s else 1.0
     n_points = max(3, round(points * min(1.0, share)))
     samples = lttb(wanted.select("tag_id", "ts", "value"), n_points)
     samples = samples.with_columns(unit_id=pl.col("tag_id").str.replace(r"\.[^.]+$", "")).select(
         "unit_id", "tag_id", "ts", "value")
-    anomaly = AnomalyScores(
-        lttb(anomaly.scores, n_points, y="score", by="unit_id"), anomaly.limit, anomaly.label, anomaly.lookback_samples
-    )
+    anomaly = AnomalyScores(lttb(anomaly.scores, n_points, y="score", by="unit_id"), anomaly.limit, anomaly.label,
+                            anomaly.lookback_samples, anomaly.per_unit)
     if spacing_s is None and wanted.height > len(tags):
         diffs = wanted.select(pl.col("ts").diff().over("tag_id").dt.total_microseconds() / 1e6).to_series()
         spacing_s = diffs.drop_nulls().filter(diffs.drop_nulls() > 0).median()

@@ -187,3 +187,28 @@ def test_refresh_response_over_http_is_small_next_to_the_first_render(ctx) -> No
     refresh, _ = post(1, state)
     assert b'"Patch"' in refresh or b'"operations"' in refresh
     assert len(first) > 100_000 and len(refresh) * 50 < len(first), (len(refresh), len(first))
+
+
+def test_a_units_live_multivariate_model_is_its_anomaly_score(ctx) -> None:
+    """When the engine runs a stored model for a unit (here a PCA fitted on the unit's own
+    history), the line page shows that model's score over its limit (UCL 1), not the z-score."""
+    from analytics.engine import DetectionEngine
+    from analytics.models import fit_unit_model
+    from analytics.monitors import RowMonitor
+
+    demo_scene(ctx, NOW)
+    unit = UNITS[0]
+    variables = tuple(t.tag_id for t in ctx.tags if t.unit_id == unit)
+    history = ctx.historian.read(list(variables), NOW - timedelta(minutes=10), NOW)
+    fitted = fit_unit_model("pca", history, unit=unit, variables=variables)
+    ctx.engine = DetectionEngine(ctx.tags, ctx.site.detectors, ctx.alerts, monitors=[RowMonitor(fitted)])
+    q._SCORERS.clear()
+    trends = q.line_trends(ctx, BIO, NOW, 600)
+    assert trends.anomaly.limit_of(unit) == 1.0 and trends.anomaly.label_of(unit).startswith("pca model")
+    expected = RowMonitor(fitted).score(history)
+    got = trends.anomaly.scores.filter(pl.col("unit_id") == unit)
+    assert got["ts"].to_list() == expected["ts"].to_list()
+    assert got["score"].to_list() == pytest.approx(expected["score"].to_list(), rel=1e-9)
+    figure = line.unit_figure(trends, unit)
+    texts = {a["text"] for a in figure["layout"]["annotations"]}
+    assert "UCL 1" in texts and any(t.startswith("Anomaly score · pca model") for t in texts)

@@ -288,7 +288,7 @@ class AnalyticsWorker:
             return
         try:
             partition, unit = self.topics.parse_values(topic)
-            frame = decode_values(payload)
+            frame = decode_values(payload, unit)
         except ValueError as exc:
             self.counts["bad_messages"] += 1
             log.warning("analytics worker %s: message on %s set aside: %s", self.name, topic, exc)

@@ -1,8 +1,8 @@
 """The unified namespace (UNS) on MQTT between the scaled-out services (docs/uns.md): its topics,
 how units are partitioned, how payloads are encoded, and a bounded publisher.
 
-    {root}/v1/values/p{k}/{site}/{area}/{line}/{unit}   one unit's samples of one collector batch,
-                                                        Arrow IPC stream (LZ4), SAMPLE_SCHEMA; QoS 1
+    {root}/v1/values/p{k}/{site}/{area}/{line}/{unit}   one unit's samples of one collector batch:
+                                                        columnar JSON (few) or Arrow IPC (many); QoS 1
     {root}/v1/alerts/{site}/{area}/{line}/{unit}        one alert transition, JSON; QoS 1
     {root}/v1/workers/{name}                            an analytics worker's membership, JSON,
                                                         retained; emptied by its last will
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
 import os
@@ -31,8 +32,8 @@ from urllib.parse import urlsplit
 import aiomqtt
 import polars as pl
 
-from collector.spool import decode_batch, encode_batch
-from controltower.samples import PATH_COLUMNS
+from collector.spool import decode_batch
+from controltower.samples import PATH_COLUMNS, samples_frame
 from controltower.site import UnsConfig
 
 log = logging.getLogger(__name__)
@@ -124,18 +125,56 @@ def split_by_unit(batch: pl.DataFrame) -> list[tuple[tuple[str, str, str, str], 
     return list(known.partition_by(list(PATH_COLUMNS), as_dict=True, maintain_order=True).items())
 
 
+# Below this many samples a values message is columnar JSON: an Arrow IPC stream carries its
+# schema (about 2.4 kB) in every message, more than a few samples' worth of JSON. From it on,
+# Arrow IPC with zstd is several times smaller than JSON (docs/uns.md has the figures).
+ARROW_FROM_ROWS = 64
+_ARROW_MARK = b"\xff\xff\xff\xff"  # an Arrow IPC stream starts with a continuation marker
+_JSON_COLUMNS = ("ts", "server_ts", "tag", "value", "quality", "batch_id")
+
+
 def encode_values(frame: pl.DataFrame) -> bytes:
-    """One unit's samples as an Arrow IPC stream, LZ4-compressed (the spool's record encoding)."""
-    return encode_batch(frame)
+    """One unit's samples (SAMPLE_SCHEMA, one ISA-95 path): columnar JSON for a few samples, an
+    Arrow IPC stream (zstd) for more. The JSON form names tags relative to the unit, whose path
+    is in the topic."""
+    if frame.height >= ARROW_FROM_ROWS:
+        buf = io.BytesIO()
+        frame.write_ipc_stream(buf, compression="zstd")
+        return buf.getvalue()
+    unit_prefix = ".".join(str(frame[c][0]) for c in PATH_COLUMNS) + "."
+    columns = frame.select(
+        pl.col("ts").dt.epoch("ns"), pl.col("server_ts").dt.epoch("ns"),
+        pl.col("tag_id").str.strip_prefix(unit_prefix).alias("tag"), "value", pl.col("quality").cast(pl.String),
+        "batch_id",
+    ).to_dict(as_series=False)
+    # Columns that are the same all along (no receive time, all good, one batch) are sent once.
+    body = {k: (v[0] if len(set(v)) == 1 and k not in ("ts", "tag", "value") else v) for k, v in columns.items()}
+    return json.dumps(body, separators=(",", ":")).encode()  # NaN as NaN, as Python reads it
 
 
-def decode_values(payload: bytes) -> pl.DataFrame:
-    """The samples of a values message, cast to SAMPLE_SCHEMA; ValueError for a payload that is not
-    an Arrow IPC stream."""
+def decode_values(payload: bytes, unit_path: str) -> pl.DataFrame:
+    """The samples of a values message of unit `unit_path` (`site.area.line.unit`, from its topic),
+    in SAMPLE_SCHEMA; ValueError for a payload that is neither form."""
+    if payload.startswith(_ARROW_MARK):
+        try:
+            return decode_batch(payload)
+        except (pl.exceptions.PolarsError, OSError) as exc:  # a corrupt stream
+            raise ValueError(f"not an Arrow IPC sample batch: {str(exc)[:200]}") from None
     try:
-        return decode_batch(payload)
-    except (pl.exceptions.PolarsError, OSError) as exc:  # a corrupt or foreign stream
-        raise ValueError(f"not an Arrow IPC sample batch: {str(exc)[:200]}") from None
+        body = json.loads(payload)
+        n = len(body["ts"])
+        columns = {k: body[k] if isinstance(body[k], list) else [body[k]] * n for k in _JSON_COLUMNS}
+        if any(len(v) != n for v in columns.values()):
+            raise ValueError("columns of different lengths")
+        site, area, line, unit = unit_path.split(".")
+        frame = samples_frame(
+            ts=columns["ts"], server_ts=pl.Series("server_ts", columns["server_ts"], pl.Int64),
+            tag_id=unit_path + "." + pl.Series("tag", columns["tag"], pl.String), value=columns["value"],
+            quality=columns["quality"], batch_id=columns["batch_id"],
+        )
+    except (ValueError, KeyError, TypeError, pl.exceptions.PolarsError) as exc:
+        raise ValueError(f"not a columnar JSON sample batch: {str(exc)[:200]}") from None
+    return frame.with_columns(pl.lit(v, pl.String).alias(c) for c, v in zip(PATH_COLUMNS, (site, area, line, unit)))
 
 
 def _iso(ts: Any) -> Any:

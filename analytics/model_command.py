@@ -128,10 +128,29 @@ def run_model(args: argparse.Namespace) -> int:
                                 alpha=args.alpha, training=training)
     except ValueError as exc:
         raise ValueError(f"cannot fit a {args.kind} model of {args.unit}: {exc}") from None
-    manifest = ModelStore(store_dir(site, args.out, data_dir)).save(fitted)
+    store = ModelStore(store_dir(site, args.out, data_dir))
+    previous = store.versions(args.unit, args.kind)
+    old = store.manifest(args.unit, args.kind)["fingerprint"] if previous else None
+    manifest = store.save(fitted)
+    _audit_model_change(data_dir, manifest, old)
     shown = {k: v for k, v in manifest.items() if k != "state"}
     print(json.dumps(shown, indent=2))
     return 0
+
+
+def _audit_model_change(data_dir: Path, manifest: dict[str, Any], old_fingerprint: str | None) -> None:
+    """A new model version is a `model.change` in the tower's audit trail (the live engine loads
+    the newest version): who fitted it, the unit and kind, the fingerprints before and after."""
+    import getpass
+
+    from controltower.audit import open_trail
+
+    open_trail(data_dir).record(
+        f"cli:{getpass.getuser()}", "model.change", f"{manifest['unit']} {manifest['kind']}",
+        old=old_fingerprint, new=manifest["fingerprint"],
+        reason=f"model fit: version {manifest['version']}",
+        details={"version": manifest["version"], "training": manifest.get("training")},
+    )
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -123,6 +123,16 @@ def test_model_fit_command_end_to_end(historian_site: Path, capsys):
     # Stored where the live engine looks: detectors.models.dir under the data dir.
     store = ModelStore(historian_site.parent / "data" / "models")
     assert store.versions(UNIT, "pca") == [1] and store.versions(UNIT, "golden") == [1]
+    # Each new version is a model change in the tower's audit trail, which still verifies.
+    from controltower.audit import verify_trail
+
+    trail = historian_site.parent / "data" / "audit.jsonl"
+    changes = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert [(c["action"], c["target"], c["old"], c["new"]) for c in changes] == [
+        ("model.change", f"{UNIT} pca", None, manifest["fingerprint"]),
+        ("model.change", f"{UNIT} golden", None, golden["fingerprint"]),
+    ]
+    assert changes[0]["actor"].startswith("cli:") and verify_trail(trail).ok
     assert main(["model", "list", "--config", str(historian_site)]) == 0
     listed = capsys.readouterr().out
     assert f"{UNIT} pca v1" in listed and f"{UNIT} golden v1" in listed

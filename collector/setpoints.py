@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from asyncua import Client, ua
 from collector.sources.opcua import _client_security
 from collector.sources.opcua_security import OpcUaSecurityError, connect, secure_client
 from controltower.site import OpcUaSourceConfig, Setpoint
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 8.0
 DISCONNECT_TIMEOUT_S = 2.0
@@ -215,8 +218,8 @@ class SetpointWriter:
         finally:
             try:
                 await asyncio.wait_for(client.disconnect(), timeout=DISCONNECT_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - the session is gone either way; the result stands
-                pass
+            except Exception as exc:  # noqa: BLE001 - the session is gone either way; the result stands
+                log.debug("OPC-UA %s: disconnect after a setpoint call failed: %s", self.source.url, exc)
 
     # --- for synchronous callers (Flask request threads, Dash callbacks) -------------------
 

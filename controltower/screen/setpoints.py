@@ -23,8 +23,8 @@ from dash.exceptions import PreventUpdate
 from flask import Flask, redirect
 
 from controltower.api import BadParameter
-from controltower.setpoint_api import SetpointNotFound, Setpoints, SetpointWriteFailed, change_setpoint
 from controltower.screen.chrome import brand, nav
+from controltower.setpoint_api import SetpointNotFound, Setpoints, SetpointWriteFailed, change_setpoint
 from controltower.websecurity import NotAllowed, auth_enabled, current_principal
 
 if TYPE_CHECKING:

@@ -138,8 +138,8 @@ async def test_a_write_over_a_secure_channel_with_a_user(site, tmp_path, monkeyp
     await server.start()
     try:
         monkeypatch.setenv("CT_TEST_SP_PASSWORD", "s3cret-Pa55word!")
-        secure = dict(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", username="operator",
-                      password_env="CT_TEST_SP_PASSWORD")
+        secure = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt", "username": "operator",
+                  "password_env": "CT_TEST_SP_PASSWORD"}
         writer = writer_for(site, server.url, data, **secure)
         result = await writer.write(setpoint(site, "pressure"), 0.3, expected_old=0.2)
         assert (result.old, result.new) == (0.2, 0.3) and plant.setpoints(BIO)["pressure"] == 0.3

@@ -19,7 +19,7 @@ from controltower.audit import AuditTrail, verify_trail
 from controltower.auth import LoginThrottle, UserStore
 from controltower.live import LiveState
 from controltower.metrics import Metrics
-from controltower.site import AuthConfig, parse_site_config
+from controltower.site import parse_site_config
 from controltower.websecurity import WebSecurity
 from controltower.webserver import WebServer
 from simulators.service import SimulatorService

@@ -36,7 +36,7 @@ ROWS = [
 
 
 def test_change_buttons_only_for_a_role_that_may_write() -> None:
-    buttons = lambda table: _find(table, lambda c: isinstance(getattr(c, "id", None), dict))  # noqa: E731
+    buttons = lambda table: _find(table, lambda c: isinstance(getattr(c, "id", None), dict))
     assert [b.id for b in buttons(setpoints_table(ROWS, True))] == [{"type": CHANGE, "setpoint": "temperature"}]
     assert buttons(setpoints_table(ROWS, False)) == []
     assert "BadNodeIdUnknown" in str(setpoints_table(ROWS, True).to_plotly_json())

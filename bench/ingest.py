@@ -460,9 +460,9 @@ def section(args, through: list[dict], lat: list[dict], soak_results: list[dict]
     for s in soak_results:
         lines += ["", (f"Soak ({s['date']}, `--soak {s['seconds']:.0f} --soak-rate {s['rate']:.0f}`"
                        f"{', ' + s['note'] if s.get('note') else ''}): batched JSON at "
-                      f"{s['rate']:,} values/s into DuckDB (spool on) for {s['seconds'] / 60:.0f} min; "
-                      f"{s['stored']:,} of {s['sent']:,} values stored; latency p50 {s['latency']['p50_ms']} ms, "
-                      f"p99 {s['latency']['p99_ms']} ms. Collector process sampled every "
+                      f"{s['rate']:,.0f} values/s into DuckDB (spool on) for {s['seconds'] / 60:.0f} min; "
+                      f"{s['stored']:,} of {s['sent']:,} values stored; latency p50 {s['latency']['p50_ms']:.0f} ms, "
+                      f"p99 {s['latency']['p99_ms']:.0f} ms. Collector process sampled every "
                       f"{s['samples'][1]['t_s'] - s['samples'][0]['t_s']:.0f} s (slope: least squares over "
                       f"the second half):"), "",
                   "| measure | first | last | max | slope per hour |", "|---|---:|---:|---:|---:|"]
@@ -480,6 +480,8 @@ def report_saved(args) -> None:
     sys.argv[1:] = saved["argv"]
     soak_results = [json.loads(Path(f).read_text()) for f in args.with_soak or []]
     text = section(run_args, saved["through"], saved["lat"], soak_results, saved["opcua"])
+    if args.note:
+        text += "\n" + args.note + "\n"
     print(text)
     if not args.no_write:
         write_section("Ingest", text)
@@ -553,6 +555,7 @@ def main() -> None:
     parser.add_argument("--soak-out", help="soak: write the result (JSON) here")
     parser.add_argument("--with-soak", nargs="+", help="soak results (JSON) to put in the doc section")
     parser.add_argument("--save", help="also write the figures of this run (JSON) here")
+    parser.add_argument("--note", help="--report: a paragraph to end the section with")
     parser.add_argument("--report", help="write the doc section from a --save file (with --with-soak), measure nothing")
     args = parser.parse_args()
     if args.quick:

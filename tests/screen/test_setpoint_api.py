@@ -19,7 +19,7 @@ from controltower.audit import AuditTrail, verify_trail
 from controltower.auth import LoginThrottle, UserStore
 from controltower.live import LiveState
 from controltower.metrics import Metrics
-from controltower.site import parse_site_config
+from controltower.site import AuthConfig, parse_site_config
 from controltower.websecurity import WebSecurity
 from controltower.webserver import WebServer
 from simulators.service import SimulatorService
@@ -226,3 +226,34 @@ def test_the_page_reviews_then_writes_and_checks_the_role_on_the_server(tower, p
     # Confirming the same change again: the old value it was confirmed against is gone.
     again = _page_callback(operator, "sp-confirm", pending)
     assert "Not written (Stale)" in again["sp-result"]["children"]
+
+
+def test_with_authentication_off_a_write_is_recorded_as_anonymous(tower, plant, tmp_path) -> None:
+    """The demo (auth off): anyone on the loopback may write, still with a reason and a confirmed
+    old value, and the record says nobody was authenticated."""
+    from controltower.screen import create_app
+
+    url, _, _, _ = tower
+    status, _, body = Client(url).call("GET", f"/api/setpoints?unit={BIO}")  # the tower with auth on
+    assert status == 401
+    ctx_site = plant.site.model_copy(update={"screen": plant.site.screen.model_copy(
+        update={"auth": AuthConfig(enabled=False)})})
+    tags = ctx_site.tag_table()
+    historian = DuckDbHistorian(tmp_path / "historian.duckdb")
+    ctx = DemoContext(site=ctx_site, tags=tags, live=LiveState(tags), alerts=AlertBook(tags), historian=historian,
+                      metrics=Metrics(), started_at=START)
+    ctx.data_dir = tmp_path
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+    app = create_app(ctx, security=WebSecurity(ctx_site.screen.auth, audit=trail))
+    try:
+        with WebServer(app, port=0) as web:
+            status, _, body = Client(web.url).call("GET", f"/api/setpoints?unit={PRESS}")
+            assert status == 200, body
+            speed = next(r["value"] for r in body["setpoints"] if r["id"] == "speed")
+            status, _, body = Client(web.url).call("POST", f"/api/setpoints/{PRESS}/speed",
+                                                   {"value": 55.0, "reason": "demo", "expected_old": speed})
+    finally:
+        historian.close()
+    assert status == 200, body
+    assert plant.setpoints(PRESS)["speed"] == 55.0
+    assert [(r["actor"], r["new"]) for r in writes(trail)] == [("anonymous (authentication off)", 55.0)]

@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := mosquitto influxdb victoria-metrics chromium chromium-driver
 SYSTEM_BINARIES := mosquitto influxd victoria-metrics chromium chromedriver
 
-.PHONY: demo test install install-test system-deps interop-deps bench clean
+.PHONY: demo test install install-test system-deps interop-deps bench reliability soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,13 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/skab.py
 	$(BIN)/python bench/simulator.py
 	$(BIN)/python bench/ingest.py
+
+# Not part of CI: the fault tests with minutes-long faults, and an hour's soak (docs/reliability.md).
+reliability: $(VENV)/.installed-test
+	$(BIN)/python bench/reliability.py
+
+soak: $(VENV)/.installed
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data *.egg-info

@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 from asyncua import Client, ua
 
+# The source's own translation of its config (password from the environment, PKI under the
+# data directory): one place, so a write can never connect differently from the collector.
 from collector.sources.opcua import _client_security
 from collector.sources.opcua_security import OpcUaSecurityError, connect, secure_client
 from controltower.site import OpcUaSourceConfig, Setpoint

@@ -165,8 +165,9 @@ class Tag(Strict):
         return "opcua" if self.opcua is not None else "mqtt"
 
 
-# An OPC-UA node id as text: `ns=2;s=...`, `nsu=urn:...;i=42`, `i=2258`, `g=...`, `b=...`.
-NODE_ID_PATTERN = r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$"
+# An OPC-UA node id as text: `ns=2;s=...`, `ns=3;i=42`, `i=2258`, `g=...`, `b=...`. Not `nsu=`
+# (a namespace URI): asyncua reads it as namespace 0, so a write would go to another node.
+NODE_ID_PATTERN = r"^(ns=\d+;)?[isgb]=.+$"
 
 
 class Setpoint(Strict):
@@ -188,7 +189,8 @@ class Setpoint(Strict):
     @classmethod
     def _node_id(cls, node_id: str) -> str:
         if not re.match(NODE_ID_PATTERN, node_id):
-            raise ValueError(f"{node_id[:80]!r} is not an OPC-UA node id; write it as e.g. \"ns=2;s=plant.unit.sp.name\"")
+            raise ValueError(f"{node_id[:80]!r} is not an OPC-UA node id with a namespace index; write it as e.g. "
+                             "\"ns=2;s=plant.unit.sp.name\" (nsu= namespace URIs are not supported)")
         return node_id
 
     @model_validator(mode="after")

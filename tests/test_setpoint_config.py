@@ -53,6 +53,7 @@ def test_bad_setpoints_name_the_file_the_key_and_the_reason() -> None:
     assert message.startswith(f"site.yaml: {KEY}.node_id: 'lyon.usp.bio1.br101.sp.temperature' is not an OPC-UA node id")
     message = _with({"source": "plant-mqtt"})
     assert message.startswith(f"site.yaml: {KEY}.source: ") and "is mqtt; setpoints are written over OPC-UA" in message
+    assert "nsu= namespace URIs are not supported" in _with({"node_id": "nsu=urn:plant;s=br101.sp.temperature"})
     assert "'nowhere' is not among sources" in _with({"source": "nowhere"})
     assert "unknown key" in _with({"minimum": 1.0})
     assert f"{KEY}.setpoints" not in _with({"id": "ph"})  # a duplicate id is named at the unit

@@ -131,3 +131,21 @@ def test_uns_config_is_validated_with_file_and_key() -> None:
                      ({"url": "http://x"}, "uns.url"), ({"qos": 2}, "uns.qos")):
         with pytest.raises(SiteConfigError, match=key.replace(".", r"\.")):
             parse_site_config(base | {"uns": bad}, "site.yaml")
+
+
+def test_services_refuse_a_site_without_the_uns(tmp_path, capsys) -> None:
+    from controltower.cli import main
+
+    site = tmp_path / "site.yaml"
+    site.write_text("enterprise: E\nsites: [{id: s, areas: [{id: a, lines: [{id: l, units: [{id: u, tags: "
+                    "[{id: t, mqtt: {topic: x}}]}]}]}]}]\nsources: [{kind: mqtt, name: m, url: 'mqtt://127.0.0.1:1'}]\n"
+                    f"data_dir: {tmp_path / 'data'}\n")
+    assert main(["collect", "--config", str(site)]) == 2
+    assert "uns.enabled is false" in capsys.readouterr().err
+    assert main(["analyse", "--config", str(site), "--worker", "a/b"]) == 2
+    assert "uns.enabled is false" in capsys.readouterr().err
+    site.write_text(site.read_text() + "uns: {enabled: true}\n")
+    assert main(["analyse", "--config", str(site), "--worker", "a/b"]) == 2
+    assert "a worker name is 1-64 characters" in capsys.readouterr().err
+    assert main(["collect", "--config", str(site), "--source", "nope"]) == 2
+    assert "no source named nope" in capsys.readouterr().err

@@ -12,9 +12,10 @@ session is never blocked by a write), bounded by `timeout_s` from connect to dis
 A write: the value is refused here when it is outside the configured [low, high] (before any
 connection); the current value is read; if the caller confirmed an `expected_old` that is no
 longer the value (someone else changed it since), StaleSetpoint; otherwise the value is written
-as a Double and read back. Every failure is a SetpointError whose message names the node and
-the OPC-UA status (BadOutOfRange, BadUserAccessDenied, BadNodeIdUnknown...) or the connection
-problem, and whose `status` is that status name: the audit trail records it.
+in the type the node holds (Double, Float, or a whole number for an integer node) and read
+back. Every failure is a SetpointError whose message names the node and the OPC-UA status
+(BadOutOfRange, BadUserAccessDenied, BadNodeIdUnknown...) or the connection problem, and whose
+`status` is that status name: the audit trail records it.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class SetpointValue:
     status: str
     writable: bool
     error: str | None = None
+    variant_type: str | None = None  # the OPC-UA type the value came in, e.g. "Double", "Float", "Int32"
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ class SetpointWriter:
             item = ua.WriteValue()
             item.NodeId = ua.NodeId.from_string(node_id)
             item.AttributeId = ua.AttributeIds.Value
-            item.Value = ua.DataValue(ua.Variant(number, ua.VariantType.Double))
+            item.Value = ua.DataValue(_variant_like(before.variant_type, number, setpoint))
             params.NodesToWrite = [item]
             (status,) = await client.uaclient.write(params)
             if not status.is_good():
@@ -252,8 +254,26 @@ async def _read_values(client: Client, node_ids: list[str]) -> dict[str, Setpoin
         writable = bool(access.StatusCode.is_good() and access.Value is not None and access.Value.Value is not None
                         and int(access.Value.Value) & (1 << ua.AccessLevel.CurrentWrite))
         error = None if number is not None else f"{node_id}: its value is not a number"
-        found[node_id] = SetpointValue(node_id, number, _status_name(value.StatusCode.value), writable, error)
+        variant = value.Value.VariantType.name if value.Value is not None else None
+        found[node_id] = SetpointValue(node_id, number, _status_name(value.StatusCode.value), writable, error, variant)
     return found
+
+
+_FLOAT_TYPES = {"Double", "Float"}
+_INTEGER_TYPES = {"SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64"}
+
+
+def _variant_like(current: str | None, number: float, setpoint: Setpoint) -> ua.Variant:
+    """`number` in the type the node holds now (a PLC's REAL is a Float, a counter an Int32:
+    servers refuse another type with BadTypeMismatch); a Double when the type says nothing."""
+    if current in _FLOAT_TYPES:
+        return ua.Variant(number, ua.VariantType[current])
+    if current in _INTEGER_TYPES:
+        if not number.is_integer():
+            raise SetpointError(f"setpoint {setpoint.id} ({setpoint.node_id}) holds whole numbers ({current}); "
+                                f"{number:g} is not one; not written", node_id=setpoint.node_id, status="TypeMismatch")
+        return ua.Variant(int(number), ua.VariantType[current])
+    return ua.Variant(number, ua.VariantType.Double)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

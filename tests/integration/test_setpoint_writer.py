@@ -152,3 +152,39 @@ async def test_a_write_over_a_secure_channel_with_a_user(site, tmp_path, monkeyp
         assert plant.setpoints(BIO)["pressure"] == 0.3
     finally:
         await server.stop()
+
+
+async def test_the_value_is_written_in_the_type_the_node_holds(tmp_path) -> None:
+    """A PLC's REAL is a Float and a count an Int32: the writer sends that type (a Double would be
+    BadTypeMismatch), and refuses a fraction for a whole-number node before writing."""
+    from asyncua import Server, ua
+
+    from controltower.site import OpcUaSourceConfig
+
+    server = Server()
+    await server.init()
+    url = f"opc.tcp://127.0.0.1:{free_port()}/plc"
+    server.set_endpoint(url)
+    ns = await server.register_namespace("urn:test:plc")
+    plc = await server.nodes.objects.add_object(ua.NodeId("plc", ns), "PLC")
+    real = await plc.add_variable(ua.NodeId("sp_real", ns), "sp_real", ua.Variant(20.0, ua.VariantType.Float))
+    count = await plc.add_variable(ua.NodeId("sp_count", ns), "sp_count", ua.Variant(4, ua.VariantType.Int32))
+    for node in (real, count):
+        await node.set_writable()
+    await server.start()
+    try:
+        writer = SetpointWriter(OpcUaSourceConfig(kind="opcua", name="plc", url=url), tmp_path, timeout_s=5)
+        as_real = Setpoint(id="sp_real", node_id=f"ns={ns};s=sp_real", low=0.0, high=100.0, unit="degC")
+        as_count = Setpoint(id="sp_count", node_id=f"ns={ns};s=sp_count", low=0.0, high=10.0)
+        result = await writer.write(as_real, 21.5, expected_old=20.0)
+        assert (result.old, result.new) == (20.0, 21.5)
+        assert (await real.read_data_value()).Value.VariantType == ua.VariantType.Float
+        result = await writer.write(as_count, 6, expected_old=4)
+        assert (result.old, result.new) == (4.0, 6.0)
+        assert (await count.read_data_value()).Value == ua.Variant(6, ua.VariantType.Int32)
+        with pytest.raises(SetpointError) as fraction:
+            await writer.write(as_count, 6.5)
+        assert fraction.value.status == "TypeMismatch" and "whole numbers (Int32)" in str(fraction.value)
+        assert await count.read_value() == 6
+    finally:
+        await server.stop()

@@ -210,7 +210,8 @@ class AnalyticsWorker:
         self.flush_interval_s = flush_interval_s
         self._pending: list[tuple[int, pl.DataFrame]] = []
         self.counts: dict[str, Any] = {"messages": 0, "samples": 0, "bad_messages": 0, "foreign_partition": 0,
-                                       "alerts_raised": 0, "transitions_published": 0, "rebalances": 0}
+                                       "samples_detected": 0, "alerts_raised": 0, "transitions_published": 0,
+                                       "rebalances": 0}
         self.units_seen: dict[str, int] = {}  # unit path -> samples, since start
         self.connected = False
 
@@ -311,11 +312,11 @@ class AnalyticsWorker:
         self.counts["rebalances"] += 1
         if lost:
             await client.unsubscribe([self.topics.values_filter(k) for k in lost])
-            for k in lost:
-                self.engines.pop(k, None)
+        # A partition kept across a reconnection keeps its engine (and its detectors' state);
+        # one that moved away drops it, one that came in starts fresh.
+        self.engines = {k: self.engines.get(k) or DetectionEngine(self._tags_by_partition.get(k, []),
+                                                                  self.site.detectors, self.book) for k in mine}
         if gained:
-            for k in gained:
-                self.engines[k] = DetectionEngine(self._tags_by_partition.get(k, []), self.site.detectors, self.book)
             await client.subscribe([(self.topics.values_filter(k), self.site.uns.qos) for k in gained])
         self.owned = mine
         self._pending = [(k, f) for k, f in self._pending if k in mine]
@@ -344,6 +345,7 @@ class AnalyticsWorker:
             except Exception:  # one partition's failure must not stop the others
                 log.exception("analytics worker %s: detectors failed on partition %d", self.name, k)
                 continue
+            self.counts["samples_detected"] += batch.height
             self.counts["alerts_raised"] += len(raised)
         for entry in self.log.take():
             alert = self.book.get(entry["alert_id"]) if entry.get("alert_id") else None

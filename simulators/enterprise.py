@@ -90,6 +90,7 @@ TAGS: dict[str, tuple[tuple[str, str, str, dict[str, float]], ...]] = {
         ("compression_force", "Main compression force", "kN", _limits(9.0, 10.0, 14.0, 15.0, 0.2)),
         ("tablet_weight", "Tablet weight, in-line check", "mg", _limits(237.5, 242.5, 257.5, 262.5, 0.5)),
         ("speed", "Turret speed", "rpm", _limits(20.0, 30.0, 70.0, 80.0, 1.0)),
+        ("ejection_force", "Ejection force, lower punch", "N", _limits(150.0, 200.0, 550.0, 650.0, 5.0)),
     ),
     "filling_line": (
         ("fill_weight", "Fill weight, check-weigher", "g", _limits(1.94, 1.96, 2.04, 2.06, 0.002)),
@@ -100,6 +101,14 @@ TAGS: dict[str, tuple[tuple[str, str, str, dict[str, float]], ...]] = {
             "Pa",
             _limits(10.0, 12.5, 25.0, 30.0, 0.3),
         ),
+        *(
+            (f"fill_weight_n{k}", f"Fill weight, needle {k} (mean of its vials)", "g",
+             _limits(1.94, 1.96, 2.04, 2.06, 0.002))
+            for k in range(1, 9)
+        ),
+        ("reject_rate", "Check-weigher rejects", "vials/min", _limits(None, None, 3.0, 6.0, 0.1)),
+        ("particles_0_5um", "Grade A particles >= 0.5 um", "counts/m3", _limits(None, None, 2000.0, 3520.0, 20.0)),
+        ("particles_5_0um", "Grade A particles >= 5.0 um", "counts/m3", _limits(None, None, 20.0, 29.0, 1.0)),
     ),
     "freeze_dryer": (
         ("shelf_temperature", "Shelf inlet temperature", "degC", _limits(-55.0, -50.0, 35.0, 40.0, 0.5)),

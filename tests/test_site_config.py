@@ -125,7 +125,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_config_check_ok_and_error(tmp_path: Path) -> None:
     ok = run_cli("config", "check", "config/demo-site.yaml")
     assert ok.returncode == 0, ok.stderr
-    assert "ok (1 site(s), 16 tag(s), 2 source(s))" in ok.stdout
+    assert "ok (1 site(s), 28 tag(s), 2 source(s))" in ok.stdout
 
     data = demo_data()
     data["screen"]["port"] = "eighty"

@@ -7,6 +7,11 @@ follows tablet weight steeply (same punch gap, more powder: F ~ w^4) and rises s
 turret speed (shorter dwell). The in-line check weighs the tablet passing the sensor, so
 the station pattern shows in the readings; force is reported for the same tablet.
 
+Ejection force (the lower punch pushing the tablet out of the die) follows the compaction (the
+main force) and the die wall's lubrication, which wanders slowly (magnesium stearate
+distribution in the blend): a sticking blend shows as ejection force rising at a steady main
+force.
+
 Bounds hold even without the weight control: density +-3.5 mg, station bias +-1.2 mg and
 per-tablet scatter +-2.45 mg stay inside +-7.5 mg of target.
 
@@ -28,15 +33,18 @@ _FORCE_AT_TARGET = 12.0  # kN at the target weight and 50 rpm
 _FORCE_EXPONENT = 4.0
 _SPEEDS = {"start_up": 55.0, "compression": 55.0, "wind_down": 38.0}  # rpm
 _IDLE_SPEED = 38.0
+_EJECTION_AT_TARGET = 350.0  # N at the target compression force, normal lubrication
 
 
 class TabletPress:
     KIND: ClassVar[str] = "tablet_press"
-    KNOWN_TAGS: ClassVar[tuple[str, ...]] = ("compression_force", "tablet_weight", "speed")
+    KNOWN_TAGS: ClassVar[tuple[str, ...]] = ("compression_force", "tablet_weight", "speed", "ejection_force")
     ENVELOPE: ClassVar[dict[str, tuple[float, float]]] = {
         "compression_force": (10.25, 13.75),
         "tablet_weight": (242.8, 257.2),
         "speed": (36.0, 57.0),
+        # 350 N x force ratio (0.854..1.146) x lubrication (+-7 %) +- 14 N of scatter.
+        "ejection_force": (262.0, 444.0),
     }
     # Operator setpoints: name -> (low, high, engineering unit); see `overrides`.
     SETPOINTS: ClassVar[dict[str, tuple[float, float, str]]] = {
@@ -59,6 +67,9 @@ class TabletPress:
         self._density = Slow(sigma=0.004, tau_s=400.0)  # relative bulk density
         self.weight_correction = 0.0  # mg, from the automatic weight control
         self._position = 0.0  # turret angle, in stations
+        # Ejection draws from its own stream (spawned: the other tags' stream is unchanged).
+        self._extra = Noise(rng.spawn(1)[0])
+        self._lubrication = Slow(sigma=0.02, tau_s=900.0)  # relative die-wall friction
 
     def setpoints(self, batch: BatchState) -> dict[str, float]:
         """The effective setpoint targets now: the operator's where set, else the recipe phase's."""
@@ -92,4 +103,8 @@ class TabletPress:
             + 0.04 * z[2]
         )
         readings = {"compression_force": force, "tablet_weight": weight, "speed": self.speed + 0.15 * z[3]}
+        if "ejection_force" in self._out:
+            e = self._extra.draw(2)
+            friction = 1.0 + self._lubrication.step(dt_s, e[0])
+            readings["ejection_force"] = _EJECTION_AT_TARGET * (force / _FORCE_AT_TARGET) * friction + 4.0 * e[1]
         return np.array([readings[t] for t in self.tags], dtype=np.float64)

@@ -102,7 +102,9 @@ NOMINAL = {
     "pressure": (0.3, 0.01), "compression_force": (12.0, 0.25), "tablet_weight": (250.0, 1.2),
     "speed": (50.0, 0.8), "fill_weight": (2.0, 0.006), "room_dp": (18.0, 0.4),
     "feed_rate": (4.0, 0.05), "air_flow": (20.0, 0.2), "base_flow": (8.0, 0.3), "foam_level": (3.0, 0.3),
-    "biomass": (8.0, 0.05),
+    "biomass": (8.0, 0.05), "ejection_force": (350.0, 5.0), "reject_rate": (0.3, 0.05),
+    "particles_0_5um": (120.0, 15.0), "particles_5_0um": (1.5, 0.3),
+    **{f"fill_weight_n{k}": (2.0, 0.003) for k in range(1, 9)},
 }
 BATCHES = {f"{BIO}.br101": "B-BR101-2405-017", f"{TAB}.press1": "T-P1-2405-112"}
 

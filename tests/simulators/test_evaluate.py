@@ -118,7 +118,7 @@ def test_scoring_rules_on_a_hand_made_run():
 def test_text_layout_is_stable(three_faults):
     lines = three_faults.to_text().splitlines()
     assert lines[0] == "scenario    three-faults (three-faults.yaml)"
-    assert lines[1] == "plant       Demo Pharma: 1 site(s), 3 line(s), 16 tags; seed 7"
+    assert lines[1] == "plant       Demo Pharma: 1 site(s), 3 line(s), 28 tags; seed 7"
     assert lines[2].startswith("simulated   0h30m00s (1800 s, 1 s ticks, micro-batches of 30 s) in ")
     assert lines[5] == "per fault kind"
     assert lines[6].split() == ["kind", "events", "detected", "recall", "delay_mean_s", "delay_max_s"]

@@ -121,3 +121,34 @@ def test_batch_clock_ids_and_phases():
     assert clock.at(end - 1).phase == "harvest" and clock.at(end - 1).batch_id == "BR101-0001"
     assert clock.at(end + 1).batch_id == "BR101-0002" and clock.at(end + 1).phase == "inoculation"
     assert 1800 <= end <= 7200  # demo-friendly: an hour, not days
+
+
+def test_each_needle_has_its_own_tag_and_the_check_weigher_mixes_them():
+    model = FillingLine(FillingLine.KNOWN_TAGS, np.random.default_rng(6))
+    values = run_model(model, 900.0)
+    out = {t: values[:, i] for i, t in enumerate(model.tags)}
+    needles = np.array([out[f"fill_weight_n{k}"].mean() for k in range(1, 9)])
+    # Each needle keeps its own offset (its bias), and the vial-by-vial weight averages them.
+    assert np.corrcoef(needles, model.needle_bias)[0, 1] > 0.95
+    assert abs(out["fill_weight"].mean() - needles.mean()) < 0.002
+    # A normal run: a few rejects a minute for other causes, a clean grade A zone.
+    assert 0.0 < out["reject_rate"].mean() < 1.1
+    assert out["particles_0_5um"].max() < 3520 / 3 and out["particles_5_0um"].max() < 29 / 2
+
+
+def test_rejects_rise_when_the_fill_leaves_the_check_weighers_tolerance():
+    model = FillingLine(FillingLine.KNOWN_TAGS, np.random.default_rng(6))
+    run_model(model, 60.0)
+    model.needle_bias[3] += 0.06  # needle 4 worn: its vials are heavy
+    values = run_model(model, 120.0)
+    out = {t: values[:, i] for i, t in enumerate(model.tags)}
+    assert out["fill_weight_n4"][-60:].mean() > 2.05
+    assert out["reject_rate"][-60:].mean() > 20.0  # about one vial in eight
+
+
+def test_ejection_force_follows_the_compaction():
+    model = TabletPress(TabletPress.KNOWN_TAGS, np.random.default_rng(5))
+    before = run_model(model, 300.0)[:, 3].mean()
+    model.overrides["target_weight"] = 270.0  # heavier tablets: more compaction, harder ejection
+    after = run_model(model, 900.0)[-300:, 3].mean()
+    assert 340 < before < 360 and after > 1.25 * before

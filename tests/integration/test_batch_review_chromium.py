@@ -44,6 +44,11 @@ def test_a_quality_engineer_reviews_a_batch_signs_a_record_and_exports_the_repor
     assert PH in timeline
 
     # A click on the score where it is highest: the contributions at that moment name pH first.
+    # The plot element appears before its data: wait for the score of this batch to be drawn.
+    _wait(driver, lambda d: d.execute_script(
+        "const gd = document.querySelector('#br-score .js-plotly-plot');"
+        "return !!(gd && gd.data && gd.data.length && gd.data[0].y && gd.data[0].y.length > 100);"),
+        timeout=30, what="the score plot's data")
     plot = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#br-score .nsewdrag"), what="the score plot")[0]
     peak_x = driver.execute_script(
         "const gd = document.querySelector('#br-score .js-plotly-plot');"

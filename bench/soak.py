@@ -168,6 +168,38 @@ async def soak(args, work: Path) -> dict:
             "rss_mb": stats(samples, "rss_mb"), "open_files": stats(samples, "open_files"), "samples": samples}
 
 
+def historian_alone(tags: int, stream_s: float, tick_ms: int) -> dict:
+    """The baseline for the RSS slope: the DuckDB historian alone, in this process, writing the
+    same number of rows as `stream_s` of the soak (batches of half a second, as fast as it goes).
+    Its RSS grows with the database (DuckDB's buffer pool), which says how much of the
+    collector's growth is the store's."""
+    import numpy as np
+    import polars as pl
+
+    from collector.sinks.duckdb import DuckDbHistorian
+    from controltower.samples import samples_frame
+
+    ids = [f"s.a.l.u{i // 4}.t{i % 4}" for i in range(tags)]
+    paths = pl.DataFrame({"tag_id": ids, "site": "s", "area": "a", "line": "l", "unit": [t.split(".")[3] for t in ids]})
+    per_batch = max(1, 500 // tick_ms)
+    t0 = int(datetime(2026, 11, 29, tzinfo=UTC).timestamp() * 1e9)
+    points = []
+    with tempfile.TemporaryDirectory(prefix="soak-duckdb-") as tmp:
+        historian = DuckDbHistorian(Path(tmp) / "historian.duckdb")
+        batches = int(stream_s * 1000 / tick_ms / per_batch)
+        for b in range(batches):
+            ticks = t0 + (b * per_batch + np.arange(per_batch)) * tick_ms * 1_000_000
+            ts = np.repeat(ticks, tags)
+            historian.write_sync(samples_frame(
+                ts=pl.Series("ts", ts).cast(pl.Datetime("ns", "UTC")), tag_id=pl.Series("tag_id", ids * per_batch),
+                value=pl.Series("value", np.random.default_rng(b).random(len(ts))),
+                quality=pl.Series("quality", ["good"] * len(ts)), batch_id=[None] * len(ts), tag_paths=paths))
+            if b % max(1, batches // 20) == 0 or b == batches - 1:
+                points.append({"t_s": b * per_batch * tick_ms / 1000, "rss_mb": round(rss_mb(os.getpid()), 1)})
+        historian.close()
+    return {"stream_s": stream_s, "rows": batches * per_batch * tags, "rss_mb": stats(points, "rss_mb")}
+
+
 def section(result: dict, command: str) -> str:
     r, f = result["rss_mb"], result["open_files"]
     return "\n".join([
@@ -191,6 +223,11 @@ def section(result: dict, command: str) -> str:
         f"stored {result['stored']:,}, distinct (tag, ts) {result['distinct']:,}: lost {result['lost']:,}, "
         f"duplicates {result['duplicates']:,}.",
         "",
+        *([f"Baseline (same run of `bench/soak.py --historian-alone`): the DuckDB historian alone, writing the "
+           f"same {result['baseline']['rows']:,} rows in this process, went from {result['baseline']['rss_mb']['first']} "
+           f"to {result['baseline']['rss_mb']['last']} MiB RSS ({result['baseline']['rss_mb']['slope_per_h']:+.1f} MiB "
+           "per hour of stream, on the second half): the store's buffer pool grows with the database, and that is "
+           "the part of the collector's growth to compare against.", ""] if result.get("baseline") else []),
     ])
 
 
@@ -214,14 +251,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the result (with every sample) as JSON here")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/reliability.md")
     parser.add_argument("--from-json", type=Path, help="write the section from an earlier run's --out file")
+    parser.add_argument("--historian-alone", action="store_true",
+                        help="also (or with --from-json: only) measure the DuckDB historian alone on the same rows")
     args = parser.parse_args()
     if args.from_json:
         result = json.loads(args.from_json.read_text())
-        write_section(section(result, result["command"]))
+        if args.historian_alone:
+            result["baseline"] = historian_alone(result["tags"], result["duration_s"], result["tick_ms"])
+            print(json.dumps(result["baseline"]), flush=True)
+            args.from_json.write_text(json.dumps(result, indent=1))
+        if not args.no_write:
+            write_section(section(result, result["command"]))
         return
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         result = asyncio.run(soak(args, Path(tmp)))
     result["command"] = "python bench/soak.py " + " ".join(sys.argv[1:])
+    if args.historian_alone:
+        result["baseline"] = historian_alone(result["tags"], args.duration, args.tick_ms)
     summary = {k: v for k, v in result.items() if k != "samples"}
     print(json.dumps(summary), flush=True)
     if args.out:

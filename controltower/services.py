@@ -27,7 +27,7 @@ import polars as pl
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from analytics.alerts import AlertBook
+from analytics.alerts import AlarmJournalError, AlarmTransitionError, AlertBook
 from analytics.engine import DetectionEngine
 from analytics.journal import AlarmJournal
 from collector.pipeline import Pipeline
@@ -287,6 +287,9 @@ class AnalyticsWorker:
                 self.members.discard(worker)
             await self._rebalance(client)
             return
+        if topic.startswith(f"{self.topics.base}/commands/"):
+            await self._command(client, payload)
+            return
         try:
             partition, unit = self.topics.parse_values(topic)
             frame = decode_values(payload, unit)
@@ -302,6 +305,36 @@ class AnalyticsWorker:
         self.units_seen[unit] = self.units_seen.get(unit, 0) + frame.height
         self._pending.append((partition, frame))
 
+    async def _command(self, client: aiomqtt.Client, payload: bytes) -> None:
+        """An operator's action on an alert this worker holds: acknowledge, shelve or unshelve.
+        The book journals it (so it is published as a transition, with the alarm state, at the
+        next flush); the outcome goes to `command-results/{request_id}`."""
+        try:
+            command = json.loads(payload)
+        except ValueError:
+            command = None
+        if not isinstance(command, dict):
+            self.counts["bad_commands"] = self.counts.get("bad_commands", 0) + 1
+            log.warning("analytics worker %s: command set aside: not a JSON object", self.name)
+            return
+        action, alert_id = command.get("action"), command.get("alert_id")
+        request_id = str(command.get("request_id") or "")
+        try:
+            if action == "acknowledge":
+                alert = self.book.acknowledge(alert_id, command.get("user"), command.get("comment", ""))
+            elif action == "shelve":
+                alert = self.book.shelve(alert_id, command.get("user"), command.get("minutes"), command.get("reason"))
+            elif action == "unshelve":
+                alert = self.book.unshelve(alert_id, command.get("user"), command.get("comment", ""))
+            else:
+                raise ValueError(f"action: one of acknowledge, shelve, unshelve, got {action!r}")
+            result = {"ok": True, "alert": alert.to_dict()}
+        except (LookupError, ValueError, AlarmTransitionError, AlarmJournalError) as exc:
+            result = {"ok": False, "error": str(exc)}
+        self.counts["commands"] = self.counts.get("commands", 0) + 1
+        if request_id and "/" not in request_id and "+" not in request_id and "#" not in request_id:
+            await client.publish(self.topics.command_result(request_id), json.dumps(result).encode(), qos=1)
+
     async def _rebalance(self, client: aiomqtt.Client) -> None:
         if self.name not in self.members:
             return  # our own membership not seen yet: own nothing
@@ -311,13 +344,14 @@ class AnalyticsWorker:
             return
         self.counts["rebalances"] += 1
         if lost:
-            await client.unsubscribe([self.topics.values_filter(k) for k in lost])
+            await client.unsubscribe([f(k) for k in lost for f in (self.topics.values_filter, self.topics.command_filter)])
         # A partition kept across a reconnection keeps its engine (and its detectors' state);
         # one that moved away drops it, one that came in starts fresh.
         self.engines = {k: self.engines.get(k) or DetectionEngine(self._tags_by_partition.get(k, []),
                                                                   self.site.detectors, self.book) for k in mine}
         if gained:
-            await client.subscribe([(self.topics.values_filter(k), self.site.uns.qos) for k in gained])
+            await client.subscribe([(f(k), self.site.uns.qos) for k in gained
+                                    for f in (self.topics.values_filter, self.topics.command_filter)])
         self.owned = mine
         self._pending = [(k, f) for k, f in self._pending if k in mine]
         log.info("analytics worker %s: members %s, owns partitions %s (gained %s, lost %s)", self.name,
@@ -347,6 +381,7 @@ class AnalyticsWorker:
                 continue
             self.counts["samples_detected"] += batch.height
             self.counts["alerts_raised"] += len(raised)
+        changed: dict[str, Any] = {}
         for entry in self.log.take():
             alert = self.book.get(entry["alert_id"]) if entry.get("alert_id") else None
             info = alert.to_dict() if alert is not None else None
@@ -356,6 +391,15 @@ class AnalyticsWorker:
             await client.publish(self.topics.alerts(*path[:4]), alert_message(entry, info, self.name),
                                  qos=self.site.uns.qos)
             self.counts["transitions_published"] += 1
+            if alert is not None:
+                changed[alert.id] = alert
+        # The alarm state, retained, once per changed alert: what a screen (any number of them,
+        # started at any time) reads to show the alarm list; emptied when nothing is left to show.
+        for alert in changed.values():
+            done = alert.state == "normal" and not alert.shelved
+            await client.publish(
+                self.topics.alarm_state(alert.site, alert.area, alert.line, alert.unit, alert.id),
+                b"" if done else json.dumps(alert.to_dict() | {"worker": self.name}).encode(), qos=1, retain=True)
 
     def close(self) -> None:
         self.log.close()

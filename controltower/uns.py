@@ -4,6 +4,12 @@ how units are partitioned, how payloads are encoded, and a bounded publisher.
     {root}/v1/values/p{k}/{site}/{area}/{line}/{unit}   one unit's samples of one collector batch:
                                                         columnar JSON (few) or Arrow IPC (many); QoS 1
     {root}/v1/alerts/{site}/{area}/{line}/{unit}        one alert transition, JSON; QoS 1
+    {root}/v1/alarm-state/{site}/{area}/{line}/{unit}/{alert_id}
+                                                        an alert's current state, JSON, retained;
+                                                        emptied once it is normal and not shelved
+    {root}/v1/commands/p{k}/{site}/{area}/{line}/{unit} an operator's acknowledge / shelve /
+                                                        unshelve, JSON, to the partition's owner
+    {root}/v1/command-results/{request_id}              its outcome, JSON
     {root}/v1/workers/{name}                            an analytics worker's membership, JSON,
                                                         retained; emptied by its last will
 
@@ -72,6 +78,23 @@ class Topics:
     def alerts_filter(self) -> str:
         return f"{self.base}/alerts/#"
 
+    def alarm_state(self, site: str, area: str, line: str, unit: str, alert_id: str) -> str:
+        return f"{self.base}/alarm-state/{site}/{area}/{line}/{unit}/{alert_id}"
+
+    @property
+    def alarm_state_filter(self) -> str:
+        return f"{self.base}/alarm-state/#"
+
+    def command(self, site: str, area: str, line: str, unit: str) -> str:
+        k = partition_of(f"{site}.{area}.{line}.{unit}", self.partitions)
+        return f"{self.base}/commands/p{k}/{site}/{area}/{line}/{unit}"
+
+    def command_filter(self, partition: int) -> str:
+        return f"{self.base}/commands/p{partition}/#"
+
+    def command_result(self, request_id: str) -> str:
+        return f"{self.base}/command-results/{request_id}"
+
     def worker(self, name: str) -> str:
         return f"{self.base}/workers/{name}"
 
@@ -79,9 +102,9 @@ class Topics:
     def workers_filter(self) -> str:
         return f"{self.base}/workers/+"
 
-    def parse_values(self, topic: str) -> tuple[int, str]:
-        """(partition, unit path `site.area.line.unit`) of a values topic."""
-        prefix = f"{self.base}/values/p"
+    def parse_values(self, topic: str, kind: str = "values") -> tuple[int, str]:
+        """(partition, unit path `site.area.line.unit`) of a values (or `kind`: commands) topic."""
+        prefix = f"{self.base}/{kind}/p"
         parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
         if len(parts) != 5 or not parts[0].isdigit():
             raise UnsTopicError(f"{topic!r} is not a {prefix}{{k}}/site/area/line/unit topic")

@@ -7,11 +7,14 @@ listening to the UNS alert topic.
     the scheduled fault is alerted exactly once across the workers, and nothing else is
     after `kill -9` of one worker the other takes all partitions (all units reach it) and alerts a
     fault injected after the kill on a unit the killed worker owned
+    an acknowledgement sent as a UNS command reaches the owning worker, is published as a
+    transition and in the retained alarm state that any screen started later reads
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -83,6 +86,31 @@ def status(path: Path) -> dict:
         return json.loads((path / "status.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+async def command(port: int, topics: Topics, unit: str, **body) -> dict:
+    """Send an operator's command to the worker owning `unit`, as a screen does; its result."""
+    request_id = f"test-{len(body)}-{body['action']}-{datetime.now(UTC).timestamp()}".replace(".", "-")
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.subscribe(topics.command_result(request_id), qos=1)
+        await client.publish(topics.command(*unit.split(".")), json.dumps(body | {"request_id": request_id}), qos=1)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                return json.loads(message.payload)
+    raise AssertionError("no command result")
+
+
+async def retained_alarm_states(port: int, topics: Topics) -> dict[str, dict]:
+    """What a screen starting now reads: every retained alarm state, by alert id."""
+    states: dict[str, dict] = {}
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.subscribe(topics.alarm_state_filter, qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.5):
+                async for message in client.messages:
+                    if message.payload:
+                        states[str(message.topic.value).rsplit("/", 1)[1]] = json.loads(message.payload)
+    return states
 
 
 @contextmanager
@@ -159,7 +187,25 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                 return [t for t in transitions if t["event"] == "raised" and t["tag_id"] == tag]
 
             await wait_until(lambda: raised(fault_a), FAULT_A_AT_S + 30, f"an alert on {fault_a}")
+            # An operator acknowledges it from a screen: the owning worker's book takes it, and
+            # every screen sees it (the transition, and the retained alarm state).
+            alert_a = raised(fault_a)[0]["alert_id"]
+            ack = await command(mosquitto.port, topics, fault_a_unit, action="acknowledge", alert_id=alert_a,
+                                user="op1", comment="seen")
+            assert ack["ok"] and ack["alert"]["acknowledged_by"] == "op1", ack
+            again = await command(mosquitto.port, topics, fault_a_unit, action="acknowledge", alert_id=alert_a,
+                                  user="op2")
+            assert not again["ok"] and "already acknowledged" in again["error"]
+            await wait_until(lambda: any(t["event"] == "acknowledged" and t["alert_id"] == alert_a for t in transitions),
+                             10, "the acknowledgement published as a transition")
+            states = await retained_alarm_states(mosquitto.port, topics)
+            assert states[alert_a]["state"] in ("active-acknowledged", "normal"), states
             await asyncio.sleep(FAULT_A_AT_S)  # the fault runs its course (5 s) and clears
+            await wait_until(lambda: any(t["event"] == "cleared" and t["tag_id"] == fault_a for t in transitions),
+                             15, f"{fault_a} to clear")
+            await asyncio.sleep(0.5)
+            assert alert_a not in await retained_alarm_states(mosquitto.port, topics), \
+                "a cleared and acknowledged alarm leaves the alarm state"
 
             # kill -9 of the worker that owns the unit of the next fault: the broker's last will
             # takes it out after 1.5 keep-alives, and the survivor takes its partitions.
@@ -175,6 +221,8 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                 cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
             assert inject.returncode == 0, inject.stderr
             await wait_until(lambda: raised(fault_b), 30, f"an alert on {fault_b} after the kill")
+            states = await retained_alarm_states(mosquitto.port, topics)
+            assert [a["tag_id"] for a in states.values()] == [fault_b], states  # a screen started now shows it
             survivor = status(tmp_path / "w2")
             assert all(survivor["units"].get(u, 0) > units_before.get(u, 0) for u in units), \
                 f"every unit reaches the survivor: {units_before} -> {survivor['units']}"

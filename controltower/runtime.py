@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class ControlTower:
         )
         self.metrics.watch_spool(self.pipeline.spool_health)
         self.started_at = datetime.now(UTC)
+        self._data_clock: tuple[datetime, float] | None = None  # newest sample ts seen, monotonic then
         self.web = None
         # The audit trail (controltower.audit): a configuration that differs from the last one
         # recorded is a change, recorded as such.
@@ -100,10 +101,40 @@ class ControlTower:
         started = time.perf_counter()
         raised = self.engine.process(batch)
         self.metrics.detect_seconds.observe(time.perf_counter() - started)
+        if batch.height:
+            newest = batch["ts"].max()
+            if self._data_clock is None or newest > self._data_clock[0]:
+                self._data_clock = (newest, time.monotonic())
+        self._raised(raised)
+
+    def _raised(self, raised: list) -> None:
         for alert in raised:
             self.metrics.alerts_raised.labels(alert.detector, alert.severity).inc()
             log.info("alert raised: %s", alert.message)
         self.metrics.alerts_active.set(len(self.alerts.active()))
+
+    def data_now(self) -> datetime:
+        """The plant's clock now: the newest sample time seen, advanced by the wall time since it
+        was seen (so a plant whose clock is offset, or simulated time, does not look stale); the
+        wall clock before the first sample."""
+        if self._data_clock is None:
+            return datetime.now(UTC)
+        seen, at = self._data_clock
+        return seen + timedelta(seconds=time.monotonic() - at)
+
+    async def check_clock(self, period_s: float | None = None) -> None:
+        """Run the clock-driven detectors (stale data) every `period_s` until cancelled: a source
+        that went silent sends no batch that would run them."""
+        config = self.site.detectors.stale
+        if not config.enabled:
+            return
+        period = period_s if period_s is not None else min(5.0, config.after_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self._raised(self.engine.check(self.data_now()))
+            except Exception:  # a detector's bug must not stop the tower
+                log.exception("clock-driven detectors failed")
 
     def health(self) -> dict[str, Any]:
         sources = [s.health.as_dict() for s in self.sources]
@@ -132,8 +163,8 @@ class ControlTower:
         """Serve the Dash screen and the JSON API in a background thread; return its URL."""
         from controltower.screen.app import create_app
         from controltower.site import LOOPBACK_HOSTS
-        from controltower.webserver import WebServer
         from controltower.websecurity import WebSecurity
+        from controltower.webserver import WebServer
 
         auth = self.site.screen.auth
         bind = host or self.site.screen.host
@@ -157,6 +188,7 @@ class ControlTower:
     async def run(self, duration_s: float | None = None) -> None:
         """Collect, detect and store until cancelled or for `duration_s` seconds."""
         task = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        clock = asyncio.create_task(self.check_clock(), name="clock-checks")
         try:
             if duration_s is None:
                 await task
@@ -165,9 +197,10 @@ class ControlTower:
                 if task in done:
                     task.result()
         finally:
+            clock.cancel()
             if not task.done():
                 task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(task, clock, return_exceptions=True)
 
     def close(self) -> None:
         self.stop_screen()

@@ -98,6 +98,8 @@ def register_batch_api(server: Flask, ctx: TowerContext, *, data_dir: Path, now=
         try:
             since = timeparse.parse_time(request.args.get("since") or DEFAULT_SINCE, at)
             until = timeparse.parse_time(request.args.get("until") or "now", at) + timedelta(seconds=1)
+        except OverflowError:  # until within a second of the year 9999's end (found by tests/fuzz/test_api_params)
+            raise BadParameter("until: must be before 9999-12-31T23:59:59Z") from None
         except ValueError as exc:
             raise BadParameter(f"since/until: {exc}") from None
         if since >= until:

@@ -117,6 +117,13 @@ def reason_of(message: str) -> str:
 
 def check(route: str, response) -> None:
     assert response.status_code < 500, (route, response.status_code, response.get_data()[:500])
+    if response.status_code == 308:
+        # A %2F in a path segment decodes to "/", and werkzeug's merge_slashes answers "//" with a
+        # redirect to the merged path (its own HTML page, not JSON): counted, not an error.
+        assert "//" in response.request.path, response.request.path
+        REJECTIONS[f"{route} 308 redirect: empty path segment merged by werkzeug"] += 1
+        event(f"{route} 308 redirect")
+        return
     if route in ("batch csv", "batch report") and response.status_code == 200:
         return  # a download, not JSON
     body = json.loads(response.get_data())
@@ -145,6 +152,8 @@ def _segments(raw: list[str], ids: list[str], pick_id: int) -> list[str]:
 @example(route=GET_ROUTES[5], params={"since": "-99999999999d"}, raw=[TAG, "y"], pick=0)
 @example(route=GET_ROUTES[9], params={"what": "\x00", "since": "0001-01-01T00:00:00Z"}, raw=[UNIT, BATCHES[UNIT]],
          pick=0)
+@example(route=GET_ROUTES[8], params={"until": "9999-12-31T23:59:59Z"}, raw=[UNIT, "x"], pick=0)  # was a 500
+@example(route=GET_ROUTES[7], params={"unit": UNIT, "until": "9999-12-31T23:59:59.5Z"}, raw=["x", "y"], pick=0)
 def test_get_parameters(client, route, params: dict, raw: list[str], pick: int) -> None:
     test_client, ids = client
     name, path = route
@@ -167,6 +176,8 @@ def test_raw_query_strings(client, route, raw_query: str) -> None:
          raw=["<alert>", "y"], pick=0)
 @example(route=POST_ROUTES[5], body=b'{"classification": [], "at": "2026-13-40"}', params={},
          raw=[UNIT, BATCHES[UNIT]], pick=0)
+@example(route=POST_ROUTES[5], body=b'{}', params={"until": "9999-12-31T23:59:59Z"}, raw=[UNIT, BATCHES[UNIT]], pick=0)
+@example(route=POST_ROUTES[0], body=b"", params={}, raw=["/\n", TAG], pick=0)  # a redirect, not JSON
 def test_post_bodies(client, route, body: bytes, params: dict, raw: list[str], pick: int) -> None:
     test_client, ids = client
     name, path = route

@@ -223,7 +223,7 @@ def section(result: dict, command: str) -> str:
         f"stored {result['stored']:,}, distinct (tag, ts) {result['distinct']:,}: lost {result['lost']:,}, "
         f"duplicates {result['duplicates']:,}.",
         "",
-        *([f"Baseline (same run of `bench/soak.py --historian-alone`): the DuckDB historian alone, writing the "
+        *([f"Baseline (`bench/soak.py --historian-alone`, on this machine): the DuckDB historian alone, writing the "
            f"same {result['baseline']['rows']:,} rows in this process, went from {result['baseline']['rss_mb']['first']} "
            f"to {result['baseline']['rss_mb']['last']} MiB RSS ({result['baseline']['rss_mb']['slope_per_h']:+.1f} MiB "
            "per hour of stream, on the second half): the store's buffer pool grows with the database, and that is "

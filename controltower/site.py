@@ -207,6 +207,10 @@ class Unit(Strict):
     kind: str | None = None
     # Optional OPC-UA node holding the unit's current batch id; its value is stamped on the unit's samples.
     batch_node_id: str | None = None
+    # What the unit's batches make and by which recipe (ISA-88); the simulator announces them with
+    # its batches (a unit of a known kind without them gets its model's).
+    product: str | None = Field(default=None, min_length=1)
+    recipe: str | None = Field(default=None, min_length=1)
     tags: list[Tag] = Field(min_length=1)
     # Setpoints an operator may change from the control tower (see Setpoint); none by default.
     setpoints: list[Setpoint] = []

@@ -31,6 +31,8 @@ class BatchEvent:
     batch_id: str
     phase: str
     previous_phase: str | None = None
+    product: str = ""
+    recipe: str = ""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -41,15 +43,19 @@ class BatchEvent:
             "batch_id": self.batch_id,
             "phase": self.phase,
             "previous_phase": self.previous_phase,
+            "product": self.product,
+            "recipe": self.recipe,
         }
 
 
 class BatchTransitions:
     """Remembers each unit's (batch_id, phase) and reports what changed since the last call."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_info: dict[str, tuple[str, str]] | None = None) -> None:
+        """`batch_info`: (product, recipe) per unit path, carried by its events."""
         self._last: dict[str, tuple[str, str]] = {}
         self._sequence = 0
+        self._info = batch_info or {}
 
     def update(self, states: dict[str, tuple[str, str]], at: datetime) -> list[BatchEvent]:
         events: list[BatchEvent] = []
@@ -68,4 +74,5 @@ class BatchTransitions:
 
     def _event(self, at, unit, transition, batch_id, phase, previous_phase) -> BatchEvent:
         self._sequence += 1
-        return BatchEvent(self._sequence, at, unit, transition, batch_id, phase, previous_phase)
+        product, recipe = self._info.get(unit, ("", ""))
+        return BatchEvent(self._sequence, at, unit, transition, batch_id, phase, previous_phase, product, recipe)

@@ -32,6 +32,23 @@ SPREAD: dict[str, float] = {
 }
 MAX_SPREAD = 0.25
 
+# What a unit of each kind makes and by which recipe, unless its site entry says (Unit.product,
+# Unit.recipe): announced with every batch event and on the unit's OPC-UA node.
+PRODUCTS: dict[str, tuple[str, str]] = {
+    "bioreactor": ("mAb-101 drug substance", "CHO fed-batch FB-101 v3"),
+    "freeze_dryer": ("mAb-101 lyophilisate, 20 mg vials", "Lyophilisation cycle LC-12 v2"),
+    "tablet_press": ("Paracetamol 500 mg tablets", "Compression TP-500 v4"),
+    "filling_line": ("mAb-101 solution, 2 mL vials", "Aseptic fill AF-2 v5"),
+    "wfi_loop": ("Water for injection", "WFI circulation at 80 degC"),
+    "cleanroom_hvac": ("Cleanroom air", "Room pressure cascade"),
+}
+
+
+def batch_info(unit) -> tuple[str, str]:
+    """(product, recipe) of a unit (a `controltower.site.Unit`): its own, else its kind's."""
+    product, recipe = PRODUCTS.get(unit.kind or "", ("unspecified product", "generic run"))
+    return unit.product or product, unit.recipe or recipe
+
 
 def batch_prefix(unit_id: str) -> str:
     """`br101` -> `BR101`, `filler-1` -> `FILLER1`."""

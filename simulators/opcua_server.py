@@ -7,6 +7,7 @@ Address space (namespace `urn:pharma-controltower:simulator`, always index 2):
                       properties EngineeringUnits (EUInformation) and EURange (Range)
         batch_id      String, ns=2;s=site.area.line.unit.batch_id
         phase         String, ns=2;s=site.area.line.unit.phase
+        product, recipe   String, ns=2;s=site.area.line.unit.product|recipe: what its batches make, how
         last_batch_transition        String: batch_start, phase_change or batch_end (SourceTimestamp: when)
         unacknowledged_batch_events  UInt32
         AcknowledgeBatchEvent(Sequence UInt32, Comment String)   method
@@ -14,7 +15,7 @@ Address space (namespace `urn:pharma-controltower:simulator`, always index 2):
             <name>    writable AnalogItemType, Double, ns=2;s=site.area.line.unit.sp.<name>, EURange =
                       the range the plant accepts; an out-of-range write is BadOutOfRange, NaN clears
 Batch events: BatchEventType (under BaseEventType; fields BatchId, Unit, Phase, PreviousPhase,
-Transition, Sequence), emitted from the unit's folder and from the Server object.
+Transition, Sequence, Product, Recipe), emitted from the unit's folder and from the Server object.
 Every tick writes each value with SourceTimestamp = simulated time, ServerTimestamp = now.
 
 Security: NoSecurity and anonymous by default (fast, for local tests and the demo). Pass
@@ -49,6 +50,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controltower.site import Limits, SiteConfig, Tag
 from simulators.batch_events import BatchEvent
+from simulators.batches import batch_info
 from simulators.clock import utc_now
 from simulators.plant import Plant
 
@@ -275,6 +277,8 @@ class PlantOpcUaServer:
                 ("PreviousPhase", ua.VariantType.String),
                 ("Transition", ua.VariantType.String),
                 ("Sequence", ua.VariantType.UInt32),
+                ("Product", ua.VariantType.String),
+                ("Recipe", ua.VariantType.String),
             ],
         )
         await self._build(server)
@@ -414,6 +418,8 @@ class PlantOpcUaServer:
             e.PreviousPhase = event.previous_phase or ""
             e.Transition = event.transition
             e.Sequence = event.sequence
+            e.Product = event.product
+            e.Recipe = event.recipe
             await gen.trigger(time_attr=event.at, message=message)
         if self._server is not None:
             await self._server.write_attribute_value(
@@ -484,6 +490,12 @@ class PlantOpcUaServer:
                             ua.VariantType.String,
                         )
                         self._unit_nodes[unit_path] = (batch.nodeid, phase.nodeid)
+                        # What its batches make, and by which recipe (ISA-88): fixed for the run.
+                        for name, text in zip(("product", "recipe"), batch_info(u), strict=True):
+                            await unit_node.add_variable(
+                                ua.NodeId(f"{unit_path}.{name}", ns), ua.QualifiedName(name, ns), text,
+                                ua.VariantType.String,
+                            )
                         await self._build_batch_events(unit_node, unit_path)
                         await self._build_setpoints(server, unit_node, unit_path)
 

@@ -31,7 +31,7 @@ import polars as pl
 
 from controltower.samples import samples_frame, tag_paths_frame
 from controltower.site import SimulationConfig, SiteConfig, Unit
-from simulators.batches import SPREAD, BatchClock
+from simulators.batches import SPREAD, BatchClock, batch_info
 from simulators.clock import as_utc, utc_now
 from simulators.faults import DEFAULT_PERIOD_S, PROCESS_KINDS, Fault, FaultInjector, GroundTruthLog
 from simulators.units import (
@@ -158,6 +158,10 @@ class Plant:
         to inspect its state (e.g. a controller's output) in tests and notebooks."""
         model = self._unit(unit_id).model
         return getattr(model, "known", model)
+
+    def batch_info(self) -> dict[str, tuple[str, str]]:
+        """(product, recipe) of every unit's batches, per unit path."""
+        return {r.info.path: batch_info(r.info.config) for r in self._units}
 
     def unit_states(self) -> dict[str, tuple[str, str]]:
         """(batch_id, phase) now, per unit path."""

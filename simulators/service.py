@@ -115,6 +115,7 @@ class SimulatorService:
                 if self._start_time is None:
                     # After the (slow) OPC-UA start, so at speed 1 simulated time tracks the wall clock.
                     self._plant.rebase(utc_now())
+                self._transitions = BatchTransitions(self._plant.batch_info())
                 self._transitions.update(self._plant.unit_states(), self._plant.now)
             if self.mqtt_url:
                 self._mqtt = PlantMqttPublisher(

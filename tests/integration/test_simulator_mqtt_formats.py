@@ -246,6 +246,7 @@ async def test_json_status_will_and_batch_events(mosquitto, tmp_path: Path) -> N
             assert (first["previous_phase"], first["phase"]) == ("start_up", "filling")
             assert first["batch_id"] == service.plant.unit_state(UNIT)[0]
             assert first == service.batch_events[0].as_json()
+            assert first["product"] and first["recipe"]  # ISA-88: what the batch makes, by which recipe
 
             kill_connection(service)
             await until(lambda: status and status[-1][0] == b"offline", what=lambda: str(status))

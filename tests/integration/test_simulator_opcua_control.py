@@ -106,6 +106,10 @@ async def test_batch_events_subscription_and_acknowledgement(service: SimulatorS
         assert event.BatchId == service.plant.unit_state(FILLER)[0]
         assert event.SourceName == FILLER and "phase change" in event.Message.Text
         assert event.Time == service.batch_events[0].at  # simulated time
+        # What the batch makes, by which recipe: in the event and on the unit's node.
+        assert (event.Product, event.Recipe) == ("mAb-101 solution, 2 mL vials", "Aseptic fill AF-2 v5")
+        assert await client.get_node(f"ns=2;s={FILLER}.product").read_value() == event.Product
+        assert await client.get_node(f"ns=2;s={FILLER}.recipe").read_value() == event.Recipe
 
         last = await client.get_node(f"ns=2;s={FILLER}.last_batch_transition").read_data_value()
         assert last.Value.Value == "phase_change" and last.SourceTimestamp == event.Time

@@ -78,3 +78,18 @@ def test_same_writes_at_the_same_times_replay_identically(quiet_site: SiteConfig
     untouched = Plant(quiet_site, seed=9, start=START)
     untouched.run(720, 1.0)
     assert not np.array_equal(untouched.run(300, 1.0)["value"].to_numpy(), first, equal_nan=True)
+
+
+def test_every_unit_has_a_product_and_a_recipe_its_own_or_its_kinds() -> None:
+    from controltower.site import load_site_config
+    from simulators.batches import PRODUCTS
+    from simulators.plant import Plant
+    from tests.screen.demo_context import DEMO_SITE
+
+    site = load_site_config(DEMO_SITE)
+    bio = site.sites[0].areas[0].lines[0].units[0]
+    custom = bio.model_copy(update={"product": "mAb-202", "recipe": "FB-202 v1"})
+    site.sites[0].areas[0].lines[0].units[0] = custom
+    info = Plant(site, seed=1).batch_info()
+    assert info["lyon.usp.bio1.br101"] == ("mAb-202", "FB-202 v1")
+    assert info["lyon.osd.tab1.press1"] == PRODUCTS["tablet_press"]

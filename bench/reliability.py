@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # before bench/ (the script's directory: bench/collector.py is no package)
 
-from benchdoc import write_section  # noqa: E402
+from benchdoc import write_section
 
 DOC = REPO / "docs" / "reliability.md"
 INTRO = """# Reliability
@@ -94,9 +94,9 @@ def faults_section(rows: list[dict], rc: int, seconds: float, command: str, outa
     lines = [
         "## Faults survived",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{command}` (InfluxDB outage {outage_s:.0f} s), commit {commit()}, "
-        f"{machine()}. The tests {'all passed' if rc == 0 else f'did NOT all pass (pytest exit code {rc})'} "
-        f"in {seconds / 60:.1f} min.",
+        (f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{command}` (InfluxDB outage {outage_s:.0f} s), commit {commit()}, "
+         f"{machine()}. The tests {'all passed' if rc == 0 else f'did NOT all pass (pytest exit code {rc})'} "
+         f"in {seconds / 60:.1f} min."),
         "",
         "| scenario | emitted | stored | lost | duplicates | recovery (s) | what the design promises |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -109,9 +109,9 @@ def faults_section(rows: list[dict], rc: int, seconds: float, command: str, outa
     lines += [f"- *{r['scenario']}*: {r['notes']}." for r in rows]
     phases = next((r["phases"] for r in rows if r.get("phases") and "DuckDB" in r["scenario"]), None)
     if phases:
-        lines += ["", "Clock jumps, per phase (DuckDB run; received counts straddle the phase boundaries, as "
-                  "messages are in flight; the screen's view is `line_states`, read at the end of the phase, "
-                  "with stale_after_s 1.5 s):", "",
+        lines += ["", ("Clock jumps, per phase (DuckDB run; received counts straddle the phase boundaries, as "
+                       "messages are in flight; the screen's view is `line_states`, read at the end of the phase, "
+                       "with stale_after_s 1.5 s):"), "",
                   "| phase | plant clock - wall clock (s) | published | received | alerts | screen: age (s) | stale |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {p['phase']} | {p['plant_offset_s']:.1f} | {p['published']} | {p['received']} | {p['alerts']} | "
@@ -122,7 +122,8 @@ def faults_section(rows: list[dict], rc: int, seconds: float, command: str, outa
 # --- the fuzz run --------------------------------------------------------------------------------
 
 STATS = re.compile(r"^(?P<test>tests/fuzz/\S+::\S+):\s*$")
-COUNTS = re.compile(r"(\d+) passing examples?, (\d+) failing examples?, (\d+) invalid examples?")
+# "- 1009 passing, 4 failing, and 52 invalid test cases" (older hypothesis: "... passing examples, ...").
+COUNTS = re.compile(r"(\d+) passing(?: examples?)?, (\d+) failing(?: examples?)?, (?:and )?(\d+) invalid")
 STOPPED = re.compile(r"Stopped because (.+)")
 
 
@@ -142,14 +143,15 @@ def parse_fuzz_log(text: str) -> list[dict]:
 
 def fuzz_section(logs: Path) -> str:
     progress = (logs / "progress").read_text() if (logs / "progress").exists() else ""
-    ends = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"^(\S+) rc=(\d+) seconds=(\d+)", progress, re.M)}
+    ends = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"^(\S+) rc=(\d+) seconds=(\d+)", progress, re.MULTILINE)}
     lines = ["## Fuzz run", "",
-             f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the logs of a dedicated run on this machine "
-             f"({os.cpu_count()} shared cores, at nice 5 beside other jobs): each tests/fuzz file on its own, "
-             "`CONTROLTOWER_FUZZ_EXAMPLES=<n> pytest tests/fuzz/<file>.py --timeout=0 "
-             "--hypothesis-show-statistics` (n is per property, chosen so that a target's properties add up to "
-             "at least 100,000 inputs). Counts are hypothesis's own (passing = ran and held; invalid = "
-             "rejected by the strategy's filters, not run).", "",
+             (f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the logs of a dedicated run on this machine "
+              f"({os.cpu_count()} shared cores, at nice 5 beside other jobs): each tests/fuzz file on its own, "
+              "`CONTROLTOWER_FUZZ_EXAMPLES=<n> pytest tests/fuzz/<file>.py --timeout=0 "
+              "--hypothesis-show-statistics` (n is per property, chosen so that a target's properties add up to "
+              "at least 100,000 inputs). Counts are hypothesis's own, summed over its phases (passing = ran and "
+              "held; failing = inputs that broke the property, shrinking included; invalid = rejected by the "
+              "strategy's filters, not run)."), "",
              "| target (file) | property | inputs run (passing) | failing | invalid | stopped because |",
              "|---|---|---:|---:|---:|---|"]
     totals = []
@@ -167,9 +169,10 @@ def fuzz_section(logs: Path) -> str:
     if report.exists():
         counts = json.loads(report.read_text())
         rejected = {k: v for k, v in counts.items() if not k.endswith(" accepted")}
-        lines += [f"API rejections by route, status and reason ({sum(rejected.values()):,} of "
-                  f"{sum(counts.values()):,} requests; the values quoted in a message are shown as …): every "
-                  "one a JSON `{\"error\"}` with a 4xx, none a 5xx:", "", "| route status reason | count |", "|---|---:|"]
+        lines += [(f"API rejections by route, status and reason ({sum(rejected.values()):,} of "
+                   f"{sum(counts.values()):,} requests; the values quoted in a message are shown as …): each a "
+                   "JSON `{\"error\"}` with a 4xx naming the parameter, or werkzeug's 308 redirect of an empty "
+                   "path segment; the property fails on any 5xx:"), "", "| route status reason | count |", "|---|---:|"]
         lines += [f"| {k.replace('|', '/')} | {v:,} |" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:60]]
         if len(rejected) > 60:
             lines.append(f"| ({len(rejected) - 60} more kinds) | {sum(sorted(rejected.values())[:-60]):,} |")

@@ -33,10 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # before bench/ (the script's directory: bench/collector.py is no package)
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from _servers import free_port, start_mosquitto  # noqa: E402
+import numpy as np
+import yaml
+from _servers import free_port, start_mosquitto
 
 RELIABILITY_DOC = REPO / "docs" / "reliability.md"
 SECTION = "Soak"
@@ -112,7 +111,7 @@ async def soak(args, work: Path) -> dict:
     site = parse_site_config(doc)
     tags = len(site.tag_table())
     log = (work / "collector.log").open("ab")
-    collector = subprocess.Popen(
+    collector = subprocess.Popen(  # noqa: ASYNC220 (started once, before anything runs)
         [sys.executable, "-m", "controltower.cli", "--log-level", "WARNING", "run", "--config", str(config),
          "--port", str(free_port())], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     simulator = SimulatorService(site, data_dir=work / "sim", opcua_url=None, mqtt_url=broker.mqtt_url)
@@ -207,27 +206,28 @@ def section(result: dict, command: str) -> str:
         "",
         f"{result['date']}, `{command}`, {result['machine']}.",
         "",
-        f"The simulator ({result['tags']} tags, one tick every {result['tick_ms']} ms, `{result['payload']}` over "
-        f"Mosquitto: **{result['values_per_s']:.0f} values/s**) streamed for {result['duration_s'] / 3600:.2f} h into a "
-        "`controltower run` process (DuckDB historian, on-disk spool, detectors and screen running). Its RSS "
-        f"(/proc/PID/status VmRSS) and open file handles (/proc/PID/fd) were sampled every {result['every_s']} s "
-        f"({len(result['samples'])} samples). Slope: least squares over the second half (after warm-up).",
+        (f"The simulator ({result['tags']} tags, one tick every {result['tick_ms']} ms, `{result['payload']}` over "
+         f"Mosquitto: **{result['values_per_s']:.0f} values/s** nominal, {result['emitted'] / result['duration_s']:.0f} "
+         f"sustained: it skips ticks when the machine is busy) streamed for {result['duration_s'] / 3600:.2f} h into a "
+         "`controltower run` process (DuckDB historian, on-disk spool, detectors and screen running). Its RSS "
+         f"(/proc/PID/status VmRSS) and open file handles (/proc/PID/fd) were sampled every {result['every_s']} s "
+         f"({len(result['samples'])} samples). Slope: least squares over the second half (after warm-up)."),
         "",
         "| collector | first | last | min | max | slope per hour |",
         "|---|---|---|---|---|---|",
         f"| RSS (MiB) | {r['first']} | {r['last']} | {r['min']} | {r['max']} | {r['slope_per_h']:+.2f} MiB/h |",
         f"| open file handles | {f['first']} | {f['last']} | {f['min']} | {f['max']} | {f['slope_per_h']:+.2f} /h |",
         "",
-        f"Values emitted {result['emitted']:,} ({result['ticks']:,} ticks x {result['tags']} tags, "
-        f"{result['messages_published']:,} MQTT messages, {result['publisher_dropped']} dropped by the publisher), "
-        f"stored {result['stored']:,}, distinct (tag, ts) {result['distinct']:,}: lost {result['lost']:,}, "
-        f"duplicates {result['duplicates']:,}.",
+        (f"Values emitted {result['emitted']:,} ({result['ticks']:,} ticks x {result['tags']} tags, "
+         f"{result['messages_published']:,} MQTT messages, {result['publisher_dropped']} dropped by the publisher), "
+         f"stored {result['stored']:,}, distinct (tag, ts) {result['distinct']:,}: lost {result['lost']:,}, "
+         f"duplicates {result['duplicates']:,}."),
         "",
-        *([f"Baseline (`bench/soak.py --historian-alone`, on this machine): the DuckDB historian alone, writing the "
-           f"same {result['baseline']['rows']:,} rows in this process, went from {result['baseline']['rss_mb']['first']} "
-           f"to {result['baseline']['rss_mb']['last']} MiB RSS ({result['baseline']['rss_mb']['slope_per_h']:+.1f} MiB "
-           "per hour of stream, on the second half): the store's buffer pool grows with the database, and that is "
-           "the part of the collector's growth to compare against.", ""] if result.get("baseline") else []),
+        *([(f"Baseline (`bench/soak.py --historian-alone`, on this machine): the DuckDB historian alone, writing the "
+            f"same {result['baseline']['rows']:,} rows in this process, went from {result['baseline']['rss_mb']['first']} "
+            f"to {result['baseline']['rss_mb']['last']} MiB RSS ({result['baseline']['rss_mb']['slope_per_h']:+.1f} MiB "
+            "per hour of stream, on the second half): the store's buffer pool grows with the database, and that is "
+            "the part of the collector's growth to compare against."), ""] if result.get("baseline") else []),
     ])
 
 

@@ -164,7 +164,7 @@ def test_get_parameters(client, route, params: dict, raw: list[str], pick: int) 
 @given(route=st.sampled_from(GET_ROUTES), raw_query=st.text(max_size=80) | st.binary(max_size=80).map(
     lambda b: "".join(f"%{c:02X}" for c in b)))
 def test_raw_query_strings(client, route, raw_query: str) -> None:
-    test_client, ids = client
+    test_client, _ = client
     name, path = route
     check(name, test_client.get(path([quote(TAG, safe=""), quote(BATCHES[UNIT], safe="")]), query_string=raw_query))
 

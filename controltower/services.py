@@ -27,7 +27,7 @@ import polars as pl
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from analytics.alerts import AlarmJournalError, AlarmTransitionError, AlertBook
+from analytics.alerts import AlarmJournalError, AlarmTransitionError
 from analytics.engine import DetectionEngine
 from analytics.journal import AlarmJournal
 from collector.pipeline import Pipeline
@@ -46,6 +46,7 @@ from controltower.uns import (
     decode_values,
     partition_of,
 )
+from controltower.uns_alarms import RestorableAlertBook, alert_from_state, seed_levels
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,10 @@ class AnalyticsWorker:
     last will that empties it; it subscribes to `workers/+`, and on every change recomputes the
     assignment and subscribes to or unsubscribes from `values/p{k}/#`. A worker killed is taken
     out by the broker after 1.5 keep-alives; its partitions then go to the others.
+
+    Alarm state: every changed alert is published retained on `alarm-state/...`; a partition
+    taken over brings its alerts back from there (`controltower.uns_alarms`); operators'
+    acknowledge / shelve / unshelve arrive on the partition's `commands/` topic.
     """
 
     def __init__(self, site: SiteConfig, *, data_dir: Path, name: str, flush_interval_s: float = 0.25):
@@ -203,7 +208,10 @@ class AnalyticsWorker:
             k = partition_of(f"{t.site}.{t.area}.{t.line}.{t.unit}", self.topics.partitions)
             self._tags_by_partition.setdefault(k, []).append(t)
         self.log = _TransitionLog(AlarmJournal(data_dir / "alarm_journal.jsonl"))
-        self.book = AlertBook(journal=self.log)  # type: ignore[arg-type]
+        self.book = RestorableAlertBook(journal=self.log)  # type: ignore[arg-type]
+        # The retained alarm state of the whole site, as last seen (alert id -> Alert.to_dict()):
+        # what a partition taken over is restored from.
+        self.alarm_states: dict[str, dict[str, Any]] = {}
         self.engines: dict[int, DetectionEngine] = {}
         self.members: set[str] = set()
         self.owned: set[int] = set()
@@ -260,6 +268,10 @@ class AnalyticsWorker:
     async def _session(self) -> None:
         async with self._client() as client:
             self.connected = True
+            # The alarm state first: the broker sends a subscription's retained messages right
+            # after its acknowledgement, so they are all here before the membership that makes
+            # this worker take partitions (and restore their alerts).
+            await client.subscribe(self.topics.alarm_state_filter, qos=1)
             await client.subscribe(self.topics.workers_filter, qos=1)
             await client.publish(self.topics.worker(self.name), json.dumps(
                 {"worker": self.name, "pid": os.getpid(), "since": datetime.now(UTC).isoformat()}).encode(),
@@ -286,6 +298,16 @@ class AnalyticsWorker:
             else:
                 self.members.discard(worker)
             await self._rebalance(client)
+            return
+        if topic.startswith(f"{self.topics.base}/alarm-state/"):
+            alert_id = topic.rsplit("/", 1)[1]
+            if not payload:
+                self.alarm_states.pop(alert_id, None)
+                return
+            try:
+                self.alarm_states[alert_id] = json.loads(payload)
+            except ValueError:
+                self.counts["bad_alarm_states"] = self.counts.get("bad_alarm_states", 0) + 1
             return
         if topic.startswith(f"{self.topics.base}/commands/"):
             await self._command(client, payload)
@@ -349,6 +371,8 @@ class AnalyticsWorker:
         # one that moved away drops it, one that came in starts fresh.
         self.engines = {k: self.engines.get(k) or DetectionEngine(self._tags_by_partition.get(k, []),
                                                                   self.site.detectors, self.book) for k in mine}
+        for k in gained:
+            self._restore(k)
         if gained:
             await client.subscribe([(f(k), self.site.uns.qos) for k in gained
                                     for f in (self.topics.values_filter, self.topics.command_filter)])
@@ -356,6 +380,26 @@ class AnalyticsWorker:
         self._pending = [(k, f) for k, f in self._pending if k in mine]
         log.info("analytics worker %s: members %s, owns partitions %s (gained %s, lost %s)", self.name,
                  sorted(self.members), sorted(mine), gained, lost)
+
+    def _restore(self, partition: int) -> None:
+        """Take back the alerts of a gained partition from the retained alarm state (docs/uns.md)."""
+        restored = []
+        for state in list(self.alarm_states.values()):
+            unit = ".".join(str(state.get(c, "")) for c in ("site", "area", "line", "unit"))
+            if partition_of(unit, self.topics.partitions) != partition:
+                continue
+            try:
+                alert = alert_from_state(state)
+            except ValueError as exc:
+                log.warning("analytics worker %s: alarm state set aside: %s", self.name, exc)
+                continue
+            if self.book.restore(alert):
+                restored.append(alert)
+        if restored:
+            seed_levels(self.engines[partition], restored)
+            self.counts["alerts_restored"] = self.counts.get("alerts_restored", 0) + len(restored)
+            log.info("analytics worker %s: partition %d: %d alert(s) restored from the alarm state", self.name,
+                     partition, len(restored))
 
     async def _flush_loop(self, client: aiomqtt.Client) -> None:
         while True:

@@ -6,7 +6,8 @@ listening to the UNS alert topic.
     every sample the simulator published is in InfluxDB, and the collectors stored it once between them
     the scheduled fault is alerted exactly once across the workers, and nothing else is
     after `kill -9` of one worker the other takes all partitions (all units reach it) and alerts a
-    fault injected after the kill on a unit the killed worker owned
+    fault injected after the kill on a unit the killed worker owned; restarted, the killed worker
+    takes its partitions back with that alert (from the retained alarm state) and clears it
     an acknowledgement sent as a UNS command reaches the owning worker, is published as a
     transition and in the retained alarm state that any screen started later reads
 """
@@ -216,7 +217,7 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                              "the surviving worker to own every partition")
             inject = await asyncio.to_thread(
                 subprocess.run,
-                [sys.executable, "-m", "controltower.cli", "inject", fault_b, "--kind", "spike", "--duration", "5",
+                [sys.executable, "-m", "controltower.cli", "inject", fault_b, "--kind", "spike", "--duration", "25",
                  "--magnitude", "0.4", "--mqtt-url", mosquitto.url, "--prefix", "plant"],
                 cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
             assert inject.returncode == 0, inject.stderr
@@ -226,6 +227,19 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
             survivor = status(tmp_path / "w2")
             assert all(survivor["units"].get(u, 0) > units_before.get(u, 0) for u in units), \
                 f"every unit reaches the survivor: {units_before} -> {survivor['units']}"
+
+            # The killed worker comes back while fault B is still on: it takes its partitions back,
+            # restores fault B's alert from the retained alarm state, and clears that same alert
+            # when the fault ends (no second alert is raised: checked at the end).
+            alert_b = raised(fault_b)[0]["alert_id"]
+            procs[victim] = cli("analyse", "--config", str(config), "--worker", victim, "--data-dir",
+                                str(tmp_path / victim), log=logs / f"{victim}-restarted.log")
+            await wait_until(lambda: status(tmp_path / victim).get("members") == list(WORKERS) and
+                             status(tmp_path / "w2").get("partitions") == owners["w2"], 60,
+                             "the restarted worker to take its partitions back")
+            assert status(tmp_path / victim)["counts"].get("alerts_restored") == 1
+            await wait_until(lambda: any(t["event"] == "cleared" and t["alert_id"] == alert_b and t["worker"] == victim
+                                         for t in transitions), 40, "the restarted worker to clear fault B's alert")
 
             # Stop the plant, then let the collectors store what they took in.
             stop_process(procs.pop("sim"))

@@ -159,6 +159,9 @@ def fuzz_section(logs: Path) -> str:
         name = log.stem
         props = parse_fuzz_log(log.read_text(errors="replace"))
         rc, seconds = ends.get(name, (None, None))
+        summary = re.search(r"^=*\s*(.*(?:passed|failed).*) in ([\d.]+)s", log.read_text(errors="replace"), re.MULTILINE)
+        if rc is None and summary:  # its runner was replaced mid-way: pytest's own summary line says
+            rc, seconds = (1 if "failed" in summary[1] else 0), float(summary[2])
         state = "still running when this was written" if rc is None else f"pytest exit {rc}, {seconds / 60:.0f} min"
         for p in props:
             lines.append(f"| {name} | {p['test']} | {p['passing']:,} | {p['failing']} | {p['invalid']:,} | "

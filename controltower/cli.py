@@ -18,6 +18,7 @@
     controltower audit verify|show (--config FILE | --data-dir DIR) [--expect-head SEQ:HASH]
     controltower collect --config FILE [--instance N] [--source NAME ...] [--data-dir DIR] [--duration S]
     controltower analyse --config FILE [--worker NAME] [--data-dir DIR] [--duration S]
+    controltower serve --config FILE [--name NAME] [--data-dir DIR] [--host H] [--port N] [--duration S]
 
 Exit codes: 0 done, 1 runtime failure, 2 bad usage or bad config (the message names the file,
 the key and the reason).
@@ -92,6 +93,8 @@ LAZY_SUBCOMMANDS = {
                 "scaled out: sources -> spool -> historian, and every batch to the UNS on MQTT (docs/uns.md)"),
     "analyse": ("controltower.services", "add_analyse_arguments",
                 "scaled out: detectors on the UNS partitions this worker owns; alerts to the UNS (docs/uns.md)"),
+    "serve": ("controltower.serve", "add_serve_arguments",
+              "scaled out: the screen and API, fed from the UNS and the historian (docs/uns.md)"),
 }
 
 
@@ -290,6 +293,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return _run_async(run_collect(load_site_config(args.config), data_dir=args.data_dir, instance=args.instance,
                                       sources=args.source, duration_s=args.duration))
+    if args.command == "serve":
+        from controltower.serve import run_serve
+
+        return _run_async(run_serve(load_site_config(args.config), data_dir=args.data_dir, name=args.name,
+                                    host=args.host, port=args.port, duration_s=args.duration))
     if args.command == "analyse":
         from controltower.services import run_analyse
 

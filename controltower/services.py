@@ -351,8 +351,14 @@ class AnalyticsWorker:
             else:
                 raise ValueError(f"action: one of acknowledge, shelve, unshelve, got {action!r}")
             result = {"ok": True, "alert": alert.to_dict()}
-        except (LookupError, ValueError, AlarmTransitionError, AlarmJournalError) as exc:
-            result = {"ok": False, "error": str(exc)}
+        except LookupError as exc:
+            result = {"ok": False, "kind": "not_found", "error": str(exc)}
+        except AlarmTransitionError as exc:
+            result = {"ok": False, "kind": "transition", "error": str(exc)}
+        except ValueError as exc:
+            result = {"ok": False, "kind": "invalid", "error": str(exc)}
+        except AlarmJournalError as exc:
+            result = {"ok": False, "kind": "journal", "error": str(exc)}
         self.counts["commands"] = self.counts.get("commands", 0) + 1
         if request_id and "/" not in request_id and "+" not in request_id and "#" not in request_id:
             await client.publish(self.topics.command_result(request_id), json.dumps(result).encode(), qos=1)

@@ -21,6 +21,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -66,6 +68,7 @@ def site_file(tmp: Path, mqtt_url: str, influx_url: str, fault_tag: str) -> Path
         "detectors": {"zscore": off, "flatline": off, "quality": off, "rate_of_change": off, "stale": off,
                       "models": off},
         "uns": {"enabled": True, "url": mqtt_url, "partitions": PARTITIONS, "keepalive_s": 2},
+        "screen": {"auth": {"enabled": False}},  # on 127.0.0.1 only
         "simulation": {"seed": 5, "tick_ms": 250, "opcua_url": None, "mqtt_url": mqtt_url, "mqtt_topic_prefix": "plant",
                        "faults": [{"tag": fault_tag, "kind": "spike", "start_s": FAULT_A_AT_S, "duration_s": 5,
                                    "magnitude": 0.4}]},
@@ -112,6 +115,16 @@ async def retained_alarm_states(port: int, topics: Topics) -> dict[str, dict]:
                     if message.payload:
                         states[str(message.topic.value).rsplit("/", 1)[1]] = json.loads(message.payload)
     return states
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict | list]:
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 @contextmanager
@@ -167,6 +180,8 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
             for i in ("1", "2"):
                 procs[f"c{i}"] = cli("collect", "--config", str(config), "--instance", i, "--data-dir",
                                      str(tmp_path / f"c{i}"), log=logs / f"c{i}.log")
+            procs["serve"] = cli("serve", "--config", str(config), "--name", "s1", "--data-dir", str(tmp_path / "s1"),
+                                 "--port", "0", log=logs / "serve.log")
 
             def ready() -> bool:
                 for name, proc in procs.items():
@@ -174,7 +189,8 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                 collectors = all(status(tmp_path / c).get("sources", [{}])[0].get("connected") and
                                  status(tmp_path / c)["uns"]["connected"] for c in ("c1", "c2"))
                 workers = all(status(tmp_path / w).get("members") == list(WORKERS) for w in WORKERS)
-                return collectors and workers and reference.health.connected
+                screen = (tmp_path / "s1" / "url").exists()
+                return collectors and workers and screen and reference.health.connected
 
             await wait_until(ready, 60, "collectors connected and both workers seeing each other")
             assert sorted(status(tmp_path / "w1")["partitions"] + status(tmp_path / "w2")["partitions"]) == \
@@ -188,12 +204,16 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                 return [t for t in transitions if t["event"] == "raised" and t["tag_id"] == tag]
 
             await wait_until(lambda: raised(fault_a), FAULT_A_AT_S + 30, f"an alert on {fault_a}")
-            # An operator acknowledges it from a screen: the owning worker's book takes it, and
-            # every screen sees it (the transition, and the retained alarm state).
+            # An operator acknowledges it on the screen (`controltower serve`, its API): the command
+            # goes to the owning worker's book, and every screen sees the result (the transition,
+            # and the retained alarm state).
             alert_a = raised(fault_a)[0]["alert_id"]
-            ack = await command(mosquitto.port, topics, fault_a_unit, action="acknowledge", alert_id=alert_a,
-                                user="op1", comment="seen")
-            assert ack["ok"] and ack["alert"]["acknowledged_by"] == "op1", ack
+            screen = (tmp_path / "s1" / "url").read_text()
+            await wait_until(lambda: http("GET", f"{screen}/api/alerts/{alert_a}")[0] == 200, 10,
+                             "the screen to show the alert")
+            code, ack = await asyncio.to_thread(http, "POST", f"{screen}/api/alerts/{alert_a}/ack",
+                                                {"user": "op1", "comment": "seen"})
+            assert code == 200 and ack["alert"]["acknowledged_by"] == "op1", (code, ack)
             again = await command(mosquitto.port, topics, fault_a_unit, action="acknowledge", alert_id=alert_a,
                                   user="op2")
             assert not again["ok"] and "already acknowledged" in again["error"]
@@ -201,6 +221,13 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                              10, "the acknowledgement published as a transition")
             states = await retained_alarm_states(mosquitto.port, topics)
             assert states[alert_a]["state"] in ("active-acknowledged", "normal"), states
+            code, again = await asyncio.to_thread(http, "POST", f"{screen}/api/alerts/{alert_a}/ack", {"user": "op2"})
+            assert code == 409 and "already acknowledged" in again["error"], (code, again)
+            _, journal = await asyncio.to_thread(http, "GET", f"{screen}/api/journal?tag={fault_a}")
+            assert {"raised", "acknowledged"} <= {e["event"] for e in journal["entries"]}, journal
+            # History comes from the historian (InfluxDB, written by the collectors).
+            _, history = await asyncio.to_thread(http, "GET", f"{screen}/api/tags/{fault_a}/history?since=-2m")
+            assert len(history) > 10 and max(r["value"] for r in history) > 2.15
             await asyncio.sleep(FAULT_A_AT_S)  # the fault runs its course (5 s) and clears
             await wait_until(lambda: any(t["event"] == "cleared" and t["tag_id"] == fault_a for t in transitions),
                              15, f"{fault_a} to clear")

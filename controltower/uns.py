@@ -310,7 +310,17 @@ class UnsPublisher:
         while True:
             if not self._queue:
                 self._ready.clear()
-                await self._ready.wait()
+                # Idle, wake for a batch or a lost connection (aiomqtt tells an idle client only
+                # through this future), so `connected` says the truth and reconnection starts now.
+                ready = asyncio.ensure_future(self._ready.wait())
+                lost = client._disconnected
+                try:
+                    await asyncio.wait({ready, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ready.cancel()
+                if lost.done():
+                    raise aiomqtt.MqttError("connection to the UNS broker lost")
+                continue
             window = [self._queue.popleft() for _ in range(min(self.inflight, len(self._queue)))]
             self._sending = len(window)
             try:

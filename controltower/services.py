@@ -283,6 +283,8 @@ class AnalyticsWorker:
             finally:
                 flusher.cancel()
                 await asyncio.gather(flusher, return_exceptions=True)
+                with contextlib.suppress(Exception):  # what was received and journalled goes out too
+                    await asyncio.wait_for(self._detect(client), timeout=5)
                 with contextlib.suppress(Exception):  # leaving cleanly: the others take over at once
                     await client.publish(self.topics.worker(self.name), b"", qos=1, retain=True, timeout=2)
 

@@ -1,15 +1,16 @@
 """Scale out, with real parts and real processes on this machine: Mosquitto, InfluxDB 1.x, the
 project's simulator (`controltower simulate`, one scheduled fault), two `controltower collect`
-processes sharing the MQTT source subscription, two `controltower analyse` workers, and this test
-listening to the UNS alert topic.
+processes sharing the MQTT source subscription, two `controltower analyse` workers, one
+`controltower serve` screen, and this test listening to the UNS alert topic.
 
     every sample the simulator published is in InfluxDB, and the collectors stored it once between them
     the scheduled fault is alerted exactly once across the workers, and nothing else is
     after `kill -9` of one worker the other takes all partitions (all units reach it) and alerts a
     fault injected after the kill on a unit the killed worker owned; restarted, the killed worker
     takes its partitions back with that alert (from the retained alarm state) and clears it
-    an acknowledgement sent as a UNS command reaches the owning worker, is published as a
-    transition and in the retained alarm state that any screen started later reads
+    an acknowledgement on the screen's API (and one sent as a UNS command) reaches the owning
+    worker, is published as a transition and in the retained alarm state that any screen started
+    later reads; the screen reads history from the historian
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """Scale out, with real parts and real processes on this machine: Mosquitto, InfluxDB 1.x, the
 project's simulator (`controltower simulate`, one scheduled fault), two `controltower collect`
-processes sharing the MQTT source subscription, two `controltower analyse` workers, one
-`controltower serve` screen, and this test listening to the UNS alert topic.
+processes sharing the MQTT source subscription, two `controltower analyse` workers, two
+`controltower serve` screens, and this test listening to the UNS alert topic.
 
     every sample the simulator published is in InfluxDB, and the collectors stored it once between them
     the scheduled fault is alerted exactly once across the workers, and nothing else is
     after `kill -9` of one worker the other takes all partitions (all units reach it) and alerts a
     fault injected after the kill on a unit the killed worker owned; restarted, the killed worker
     takes its partitions back with that alert (from the retained alarm state) and clears it
-    an acknowledgement on the screen's API (and one sent as a UNS command) reaches the owning
-    worker, is published as a transition and in the retained alarm state that any screen started
-    later reads; the screen reads history from the historian
+    an acknowledgement on one screen's API (and one sent as a UNS command) reaches the owning
+    worker, is published as a transition and in the retained alarm state, and the other screen
+    shows it (as does any screen started later); the screen reads history from the historian
 """
 
 from __future__ import annotations
@@ -181,8 +181,9 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
             for i in ("1", "2"):
                 procs[f"c{i}"] = cli("collect", "--config", str(config), "--instance", i, "--data-dir",
                                      str(tmp_path / f"c{i}"), log=logs / f"c{i}.log")
-            procs["serve"] = cli("serve", "--config", str(config), "--name", "s1", "--data-dir", str(tmp_path / "s1"),
-                                 "--port", "0", log=logs / "serve.log")
+            for name in ("s1", "s2"):  # two screens
+                procs[name] = cli("serve", "--config", str(config), "--name", name, "--data-dir", str(tmp_path / name),
+                                  "--port", "0", log=logs / f"{name}.log")
 
             def ready() -> bool:
                 for name, proc in procs.items():
@@ -190,7 +191,7 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                 collectors = all(status(tmp_path / c).get("sources", [{}])[0].get("connected") and
                                  status(tmp_path / c)["uns"]["connected"] for c in ("c1", "c2"))
                 workers = all(status(tmp_path / w).get("members") == list(WORKERS) for w in WORKERS)
-                screen = (tmp_path / "s1" / "url").exists()
+                screen = all((tmp_path / name / "url").exists() for name in ("s1", "s2"))
                 return collectors and workers and screen and reference.health.connected
 
             await wait_until(ready, 60, "collectors connected and both workers seeing each other")
@@ -222,6 +223,10 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                              10, "the acknowledgement published as a transition")
             states = await retained_alarm_states(mosquitto.port, topics)
             assert states[alert_a]["state"] in ("active-acknowledged", "normal"), states
+            # The other screen shows the acknowledgement made on the first.
+            other = (tmp_path / "s2" / "url").read_text()
+            await wait_until(lambda: (http("GET", f"{other}/api/alerts/{alert_a}")[1].get("alert") or {})
+                             .get("acknowledged_by") == "op1", 10, "the second screen to show the acknowledgement")
             code, again = await asyncio.to_thread(http, "POST", f"{screen}/api/alerts/{alert_a}/ack", {"user": "op2"})
             assert code == 409 and "already acknowledged" in again["error"], (code, again)
             _, journal = await asyncio.to_thread(http, "GET", f"{screen}/api/journal?tag={fault_a}")

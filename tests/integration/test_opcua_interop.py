@@ -28,7 +28,9 @@ def require_node_opcua() -> str:
     return node
 
 
-def start_node(script: str, *args: str, ready: str = "READY", timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+def start_node(script: str, *args: str, ready: str = "READY", timeout_s: float = 150) -> tuple[subprocess.Popen, str]:
+    # node-opcua's server start (its certificate, on first use) takes seconds on an idle machine
+    # and a minute or more on a loaded one: the bound is generous, a hang still fails.
     proc = subprocess.Popen([require_node_opcua(), str(INTEROP / script), *args], cwd=INTEROP,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     selector = selectors.DefaultSelector()
@@ -44,7 +46,8 @@ def start_node(script: str, *args: str, ready: str = "READY", timeout_s: float =
                 return proc, line.strip()
             proc.printed.append(line.strip())
     stop_process(proc)
-    raise TimeoutError(f"{script} did not print {ready} within {timeout_s}s")
+    raise TimeoutError(f"{script} did not print {ready} within {timeout_s}s; it printed {proc.printed[-10:]}, "
+                       f"stderr {proc.stderr.read()[-1000:]!r}")
 
 
 def interop_site(url: str, *, temperature: dict | None = None, pressure: dict | None = None,

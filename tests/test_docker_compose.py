@@ -19,13 +19,57 @@ def compose() -> dict:
 
 def test_services_and_health_checks() -> None:
     services = compose()["services"]
-    assert {"mosquitto", "influxdb", "simulator", "controltower"} <= set(services)
+    assert {"mosquitto", "influxdb", "simulator", "controltower", "screen"} <= set(services)
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no health check"
         assert service["healthcheck"]["test"], f"{name} health check is empty"
+        if name not in ("mosquitto", "influxdb"):
+            assert service["build"] == "." and service["image"] == "pharma-controltower:latest", name
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
-    assert services["controltower"]["build"] == "." and services["simulator"]["build"] == "."
     assert services["controltower"]["depends_on"]["influxdb"]["condition"] == "service_healthy"
+
+
+def commands(role: str) -> dict[str, list[str]]:
+    return {name: s["command"] for name, s in compose()["services"].items() if s.get("command", [""])[0] == role}
+
+
+def test_scaled_out_by_default_collectors_workers_and_a_screen() -> None:
+    services = compose()["services"]
+    collectors, workers, screens = commands("collect"), commands("analyse"), commands("serve")
+    # Two collectors share the MQTT stream (the source's shared group); one reads the OPC-UA server.
+    mqtt = [c for c in collectors.values() if c[c.index("--source") + 1] == "plant-mqtt"]
+    opcua = [c for c in collectors.values() if c[c.index("--source") + 1] == "plant-opcua"]
+    assert len(mqtt) == 2 and len(opcua) == 1
+    instances = [c[c.index("--instance") + 1] for c in collectors.values()]
+    assert len(set(instances)) == len(instances), "each collector its own instance name (client id, data dir)"
+    assert len(workers) == 2 and len({c[c.index("--worker") + 1] for c in workers.values()}) == 2
+    assert list(screens) == ["screen"] and services["screen"]["ports"] == ["127.0.0.1:8050:8050"]
+    # The single-process layout is there, but only on request.
+    assert services["controltower"]["profiles"] == ["single"] and commands("run") == {"controltower": services["controltower"]["command"]}
+    # Each service keeps its own data (spool, journal, status): no volume shared between two.
+    volumes = [v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith("./")]
+    assert len(volumes) == len(set(volumes))
+    # The workers' and collectors' health is their status file, rewritten every second.
+    for name in [*collectors, *workers]:
+        assert "status.json" in " ".join(services[name]["healthcheck"]["test"]), name
+
+
+def test_the_scaled_services_read_a_config_with_the_unified_namespace_on(monkeypatch) -> None:
+    services = compose()["services"]
+    for name in [*commands("collect"), *commands("analyse"), *commands("serve")]:
+        env = services[name]["environment"]
+        assert env["CONTROLTOWER_UNS"] == "true", name
+        for key, value in env.items():
+            monkeypatch.setenv(key, str(value))
+        site = load_site_config(REPO / "config" / "compose-site.yaml")
+        assert site.uns.enabled and site.uns.url == "mqtt://mosquitto:1883", name
+        mqtt = next(s for s in site.sources if s.kind == "mqtt")
+        assert mqtt.shared_group == "collectors"
+        for key in env:
+            monkeypatch.delenv(key)
+    # Analytics workers get the broker only: no historian token.
+    for name in commands("analyse"):
+        assert not any("TOKEN" in key or "PASSWORD" in key for key in services[name]["environment"]), name
 
 
 def test_influxdb_is_2_7_and_initialised() -> None:
@@ -71,7 +115,7 @@ def test_simulator_gets_no_historian_token() -> None:
 
 def test_dockerfile_runs_the_console_script() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["controltower"]' in dockerfile
     assert "USER controltower" in dockerfile, "the service must not run as root"
     assert (REPO / "deploy" / "mosquitto" / "mosquitto.conf").exists()

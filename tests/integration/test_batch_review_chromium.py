@@ -37,9 +37,12 @@ def test_a_quality_engineer_reviews_a_batch_signs_a_record_and_exports_the_repor
     driver.find_element(By.ID, "br-batch").click()
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f".dash-dropdown-option input[value='{BATCH}']"),
           what="the batch list open")[0].find_element(By.XPATH, "./ancestor::label[contains(@class, 'dash-dropdown-option')]").click()
-    verdict = _wait(driver, lambda d: (v := d.find_elements(By.ID, "br-verdict")) and BATCH in d.find_element(
-        By.ID, "br-summary").text and v[0], timeout=30, what=f"the verdict of {BATCH}")
-    assert "Outside its golden-batch limits" in verdict.text
+    # Read by the page in one call: the summary re-renders, an element found before is stale after.
+    verdict = _wait(driver, lambda d: d.execute_script(
+        "const v = document.getElementById('br-verdict'), s = document.getElementById('br-summary');"
+        "return v && s && s.innerText.includes(arguments[0]) ? v.innerText : null;", BATCH),
+        timeout=30, what=f"the verdict of {BATCH}")
+    assert "Outside its golden-batch limits" in verdict
     timeline = driver.find_element(By.ID, "br-timeline").text
     assert PH in timeline
 

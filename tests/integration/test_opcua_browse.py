@@ -63,9 +63,11 @@ async def test_browse_root_depth_and_patterns(server, site):
     under_bio = await collect_variables(server.url, root="ns=2;s=lyon.usp.bio1", depth=2)
     assert {v.path for v in under_bio} >= {"br101/temperature", "br101/ph"}
     assert await collect_variables(server.url, root="ns=2;s=lyon.usp.bio1", depth=1) == []
-    # The unit's state variables (batch_id, phase, last_batch_transition, unacknowledged_batch_events) left out.
+    # The unit's state variables (batch_id, phase, product, recipe, last_batch_transition,
+    # unacknowledged_batch_events) left out.
     picked = await collect_variables(
-        server.url, include=["*/br101/*", "*fill_weight"], exclude=["*batch_id", "*phase", "*_batch_*"]
+        server.url, include=["*/br101/*", "*fill_weight"],
+        exclude=["*batch_id", "*phase", "*_batch_*", "*/product", "*/recipe"],
     )
     br101 = [tag.id for node_id, tag in opcua_tags(site).items() if ".br101." in node_id]
     assert "dissolved_oxygen" in br101

@@ -225,6 +225,8 @@ async def test_wrong_password_fails_with_a_clear_error_without_the_password(
         password_env=PASSWORD_ENV,
     )
     caplog.set_level(logging.DEBUG)  # asyncua logs every request it sends at DEBUG
+    # ...unless a test that ran `controltower.cli.main` in this process quieted asyncua's logger.
+    caplog.set_level(logging.DEBUG, logger="asyncua")
     task = asyncio.create_task(source.run(Collected()))
     try:
         await until(lambda: source.health.last_error is not None, 10, "the refusal")

@@ -81,7 +81,9 @@ async def test_mqtt_unit_messages_and_runtime_injection(service: SimulatorServic
         await client.subscribe("plant/lyon/ff/fill1/filler1", qos=1)
         message = await asyncio.wait_for(anext(aiter(client.messages)), timeout=10)
         payload = json.loads(message.payload)
-        assert set(payload) == {"ts", "batch_id", "phase", "fill_weight", "speed", "room_dp"}
+        filler = {t.id for t in service.site.sites[0].areas[2].lines[0].units[0].tags}
+        assert {"fill_weight", "speed", "room_dp", "reject_rate", "fill_weight_n8"} <= filler
+        assert set(payload) == {"ts", "batch_id", "phase", *filler}
         assert ISO_Z.match(payload["ts"])
         assert payload["batch_id"] == "FILLER1-0001" and payload["phase"] == "start_up"
         assert 1.96 < payload["fill_weight"] < 2.04

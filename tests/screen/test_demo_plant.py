@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ from controltower.websecurity import WebSecurity
 from controltower.webserver import WebServer
 from simulators.service import SimulatorService
 from tests.screen.demo_context import DEMO_SITE
+from tests.screen.running_simulator import ticking_in_a_thread
 
 FILL_WEIGHT = "lyon.ff.fill1.filler1.fill_weight"
 BIOREACTOR = "lyon.usp.bio1.br101"
@@ -42,35 +42,13 @@ def plant_server(tmp_path: Path):
     site = load_site_config(DEMO_SITE)
     site = site.model_copy(update={"simulation": site.simulation.model_copy(update={"tick_ms": 100, "faults": []})})
     simulator = SimulatorService(site, data_dir=tmp_path, opcua_url=None, mqtt_url=None)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-
-        async def main() -> None:
-            await simulator.start()
-            ready.set()
-            await simulator.run(None)
-
-        try:
-            loop.run_until_complete(main())
-        except asyncio.CancelledError:
-            pass
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(30), "the simulator did not start"
-    trail = AuditTrail(tmp_path / "audit.jsonl")
-    server = Flask("test-demo-plant")
-    WebSecurity(AuthConfig(enabled=False), audit=trail).install(server)
-    plant = DemoPlant(simulator, loop)
-    register_demo_plant_api(server, plant)
-    with WebServer(server, port=0) as web:
-        yield web.url, simulator, trail
-    for task in asyncio.all_tasks(loop):
-        loop.call_soon_threadsafe(task.cancel)
-    thread.join(timeout=10)
+    with ticking_in_a_thread(simulator, timeout_s=30) as loop:
+        trail = AuditTrail(tmp_path / "audit.jsonl")
+        server = Flask("test-demo-plant")
+        WebSecurity(AuthConfig(enabled=False), audit=trail).install(server)
+        register_demo_plant_api(server, DemoPlant(simulator, loop))
+        with WebServer(server, port=0) as web:
+            yield web.url, simulator, trail
 
 
 def test_the_catalog_lists_kinds_tags_and_units_with_their_process_faults(plant_server) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -25,6 +24,7 @@ from controltower.webserver import WebServer
 from simulators.service import SimulatorService
 from tests.conftest import free_port
 from tests.screen.demo_context import DEMO_SITE, DemoContext
+from tests.screen.running_simulator import ticking_in_a_thread
 from tests.screen.test_auth import FAST
 from tests.screen.test_auth_http import PASSWORDS, Client
 
@@ -52,43 +52,21 @@ def tower(tmp_path_factory):
     site = parse_site_config(data, "demo-site (test)")
 
     simulator = SimulatorService(site, data_dir=root, opcua_url=opcua_url, mqtt_url=None, start=START)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-
-        async def main() -> None:
-            await simulator.start()
-            ready.set()
-            await simulator.run(None)
-
-        try:
-            loop.run_until_complete(main())
-        except asyncio.CancelledError:
-            pass
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(60), "the simulator did not start"
-
-    tags = site.tag_table()
-    historian = DuckDbHistorian(root / "historian.duckdb")
-    ctx = DemoContext(site=site, tags=tags, live=LiveState(tags), alerts=AlertBook(tags), historian=historian,
-                      metrics=Metrics(), started_at=START)
-    ctx.data_dir = root
-    users = UserStore(root / "users.yaml", hasher=FAST)
-    for name, role in (("olga", "operator"), ("quinn", "quality_engineer"), ("adam", "administrator")):
-        users.add(name, role, PASSWORDS[name])
-    trail = AuditTrail(root / "audit.jsonl")
-    security = WebSecurity(site.screen.auth, users=users, audit=trail, throttle=LoginThrottle(5, 60, 60))
-    app = create_app(ctx, security=security)
-    with WebServer(app, port=0) as web:
-        yield web.url, simulator, loop, trail
-    historian.close()
-    for task in asyncio.all_tasks(loop):
-        loop.call_soon_threadsafe(task.cancel)
-    thread.join(timeout=10)
+    with ticking_in_a_thread(simulator) as loop:
+        tags = site.tag_table()
+        historian = DuckDbHistorian(root / "historian.duckdb")
+        ctx = DemoContext(site=site, tags=tags, live=LiveState(tags), alerts=AlertBook(tags), historian=historian,
+                          metrics=Metrics(), started_at=START)
+        ctx.data_dir = root
+        users = UserStore(root / "users.yaml", hasher=FAST)
+        for name, role in (("olga", "operator"), ("quinn", "quality_engineer"), ("adam", "administrator")):
+            users.add(name, role, PASSWORDS[name])
+        trail = AuditTrail(root / "audit.jsonl")
+        security = WebSecurity(site.screen.auth, users=users, audit=trail, throttle=LoginThrottle(5, 60, 60))
+        app = create_app(ctx, security=security)
+        with WebServer(app, port=0) as web:
+            yield web.url, simulator, loop, trail
+        historian.close()
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ the project's simulator. Both directions speak the same protocol, not just to ea
 from __future__ import annotations
 
 import asyncio
-import selectors
+import queue
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -33,18 +34,22 @@ def start_node(script: str, *args: str, ready: str = "READY", timeout_s: float =
     # and a minute or more on a loaded one: the bound is generous, a hang still fails.
     proc = subprocess.Popen([require_node_opcua(), str(INTEROP / script), *args], cwd=INTEROP,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
+    # A thread reads the lines: a script that prints two lines at once must not leave the second
+    # in a buffer that select() on the pipe cannot see (and it keeps the pipe from filling).
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     deadline = time.monotonic() + timeout_s
     proc.printed = []  # what the script printed before `ready`
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{script} exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        if selector.select(timeout=0.5):
-            line = proc.stdout.readline()
-            if line.startswith(ready):
-                return proc, line.strip()
-            proc.printed.append(line.strip())
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{script} exited with {proc.returncode}: {proc.stderr.read()[-2000:]}") from None
+            continue
+        if line.startswith(ready):
+            return proc, line.strip()
+        proc.printed.append(line.strip())
     stop_process(proc)
     raise TimeoutError(f"{script} did not print {ready} within {timeout_s}s; it printed {proc.printed[-10:]}, "
                        f"stderr {proc.stderr.read()[-1000:]!r}")

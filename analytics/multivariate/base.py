@@ -39,10 +39,8 @@ class MultivariateDetector(Protocol):
         ...
 
 
-def as_matrix(X: pl.DataFrame, variables: tuple[str, ...] | None = None) -> np.ndarray:
-    """X as a C-contiguous float64 array (n, p), columns in `variables` order when given.
-
-    Raises ValueError when a variable is missing, X has extra columns, or a value is null/NaN."""
+def _selected(X: pl.DataFrame, variables: tuple[str, ...] | None) -> pl.DataFrame:
+    """X with its columns in `variables` order; ValueError when they differ from `variables`."""
     if not isinstance(X, pl.DataFrame):
         raise TypeError(f"expected a polars DataFrame, got {type(X).__name__}")
     if variables is not None:
@@ -53,11 +51,38 @@ def as_matrix(X: pl.DataFrame, variables: tuple[str, ...] | None = None) -> np.n
         X = X.select(variables)
     if X.width == 0:
         raise ValueError("no variables (the frame has no columns)")
+    return X
+
+
+def non_finite_error(names: list[str]) -> ValueError:
+    return ValueError(f"null, NaN or infinite values in {names}; impute them first")
+
+
+def as_matrix(X: pl.DataFrame, variables: tuple[str, ...] | None = None) -> np.ndarray:
+    """X as a C-contiguous float64 array (n, p), columns in `variables` order when given.
+
+    Raises ValueError when a variable is missing, X has extra columns, or a value is null/NaN."""
+    X = _selected(X, variables)
     A = np.ascontiguousarray(X.cast(pl.Float64).to_numpy(), dtype=np.float64)
     if A.size and not np.isfinite(A).all():
-        bad = [X.columns[j] for j in np.flatnonzero(~np.isfinite(A).all(axis=0))]
-        raise ValueError(f"null, NaN or infinite values in {bad}; impute them first")
+        raise non_finite_error([X.columns[j] for j in np.flatnonzero(~np.isfinite(A).all(axis=0))])
     return A
+
+
+def as_columns(X: pl.DataFrame, variables: tuple[str, ...]) -> list[np.ndarray]:
+    """The `variables` of X as 1-D float64 arrays (n,) each, in that order: no (n, p) copy, and no
+    copy at all for a Float64 column without nulls held in one chunk (Polars hands out its buffer,
+    read-only). Nulls become NaN; unlike `as_matrix` the values are NOT checked for NaN here (the
+    scoring kernel checks each chunk it computes, see `pca._Pca.statistics_of`).
+
+    Raises ValueError when a variable is missing or X has extra columns."""
+    X = _selected(X, variables)
+    return [s.cast(pl.Float64).to_numpy() for s in X.iter_columns()]
+
+
+def non_finite_columns(columns: list[np.ndarray], names: tuple[str, ...]) -> list[str]:
+    """The names of the columns holding a null, NaN or infinite value (a slow, full check)."""
+    return [name for name, c in zip(names, columns) if not np.isfinite(c).all()]
 
 
 def robust_scale(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

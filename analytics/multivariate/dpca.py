@@ -48,6 +48,14 @@ class DynamicPCADetector(PCADetector):
     def _score_matrix(self, A: np.ndarray) -> np.ndarray:
         return lagged(A, self.lags, pad=True)
 
+    def _score_columns(self, columns: list[np.ndarray]) -> list[np.ndarray]:
+        """The columns of `lagged(..., pad=True)` as views of one padded copy per variable."""
+        if self.lags == 0 or not columns or columns[0].size == 0:
+            return columns if self.lags == 0 or not columns else columns * (self.lags + 1)
+        n, lags = columns[0].size, self.lags
+        padded = [np.concatenate([np.repeat(c[:1], lags), c]) for c in columns]
+        return [c[lags - i: lags - i + n] for i in range(lags + 1) for c in padded]
+
     def _fold(self, C: np.ndarray) -> np.ndarray:
         p = C.shape[1] // (self.lags + 1)
         return C.reshape(C.shape[0], self.lags + 1, p).sum(axis=1)

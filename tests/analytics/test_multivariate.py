@@ -181,3 +181,41 @@ def test_isolation_forest_arrays_score_as_scikit_learn(train: pl.DataFrame):
     arrays = det.trees_.score(test.to_numpy())
     assert np.allclose(arrays, det.score_samples(test), rtol=1e-12, atol=0)
     assert np.allclose(arrays[:7], det.trees_.score(test[:7].to_numpy()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lags", [0, 2])
+def test_chunked_scoring_equals_the_straightforward_formula(lags: int):
+    """The chunked kernel (in-place standardising, |z|² - |t|², several chunks and a partial
+    one) gives what the textbook formulas give on the (n, m) matrix, and names a bad column
+    wherever its NaN falls."""
+    from analytics.multivariate.pca import CHUNK_ROWS
+    rng = np.random.default_rng(11)
+    p, n = 7, 2 * CHUNK_ROWS + 123
+    mix = rng.normal(size=(p, p))
+    columns = [f"v{i}" for i in range(p)]
+    train = pl.DataFrame(rng.normal(size=(600, p)) @ mix + 40.0, schema=columns, orient="row")
+    X = rng.normal(size=(n, p)) @ mix * 1.5 + 40.0
+    X[::97, 3] += 8.0  # some outliers
+    det = (DynamicPCADetector(lags=lags) if lags else PCADetector(combine="sum")).fit(train)
+    M = lagged(X, lags, pad=True)
+    Z = (M - det.mean_) / det.scale_
+    T = Z @ det.components_.T
+    t2 = (T**2 / det.eigenvalues_).sum(axis=1)
+    spe = ((Z - T @ det.components_) ** 2).sum(axis=1)
+    frame = pl.DataFrame(X, schema=columns, orient="row")
+    got_t2, got_spe = det.statistics(frame)
+    assert np.allclose(got_t2, t2, rtol=1e-9, atol=1e-9) and np.allclose(got_spe, spe, rtol=1e-9, atol=1e-9)
+    assert (got_spe >= 0).all()
+    expected = t2 / det.t2_limit_ + spe / det.spe_limit_ if not lags else \
+        np.maximum(t2 / det.t2_limit_, spe / det.spe_limit_)
+    assert np.allclose(det.score_samples(frame), expected, rtol=1e-9, atol=1e-9)
+    # A frame built column by column (several Polars chunks, Float32 and integer columns) scores the same.
+    pieces = pl.concat([frame[:1000], frame[1000:]], rechunk=False).with_columns(pl.col("v0").cast(pl.Float32))
+    assert np.allclose(det.score_samples(pieces), det.score_samples(frame.with_columns(
+        pl.col("v0").cast(pl.Float32).cast(pl.Float64))), rtol=1e-12, atol=0)
+    # A null in the last (partial) chunk, an infinity in the middle one: both named.
+    bad = frame.with_columns(pl.when(pl.int_range(n) == n - 5).then(None).otherwise(pl.col("v2")).alias("v2"),
+                             pl.when(pl.int_range(n) == CHUNK_ROWS + 1).then(float("inf")).otherwise(
+                                 pl.col("v5")).alias("v5"))
+    with pytest.raises(ValueError, match=r"\['v2', 'v5'\]"):
+        det.score_samples(bad)

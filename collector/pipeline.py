@@ -33,6 +33,15 @@ slow, `emit` waits and the sources' own buffers absorb the pressure. With the sp
 is `spool.max_bytes` on disk, with its overflow policy: `drop_oldest` (counted, logged) or
 `block` (`emit` waits until the historian has taken some: backpressure to the sources).
 Detectors see each batch whether or not the historian is there, so an alert never waits on it.
+
+Batch events (`controltower.batch_events`: a unit's batch starting, changing phase, ending) take
+a path of their own, beside the samples: a source that announces them has an `on_batch_events`
+attribute, which the pipeline sets to a callable taking an event frame; the frames go to the
+`event_consumers` (the detection engine, for the golden batch's phase) and to the historian's
+`write_batch_events`, retried with backoff until stored, in order. They are a few rows an hour
+per unit, kept in memory (at most `MAX_PENDING_EVENT_FRAMES` frames, oldest dropped and counted),
+not in the spool: a crash while the historian is down loses the events still waiting, and the
+OPC-UA source announces each unit's current phase again (`observed`) when it reconnects.
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ log = logging.getLogger(__name__)
 DRAIN_GIVE_UP_AFTER_FAILING_S = 3.0
 
 Consumer = Callable[[pl.DataFrame], object]
+# Batch-event frames waiting for the historian (each one flush of one source: a few events).
+MAX_PENDING_EVENT_FRAMES = 10_000
 
 # Historians where writing the same samples again changes nothing (a point is its series and time).
 IDEMPOTENT_HISTORIANS = frozenset({"influxdb"})
@@ -78,6 +89,7 @@ class Pipeline:
         spool: Spool | None = None,
         drain_timeout_s: float = 10.0,
         max_write_samples: int = 100_000,
+        event_consumers: Sequence[Consumer] = (),
     ):
         self.sources = list(sources)
         self.historian = historian
@@ -99,6 +111,11 @@ class Pipeline:
         self.emit_blocked_s = 0.0  # total time sources waited on a full spool (`block` policy)
         self.spool_error: str | None = None  # the last append failure (disk full...), None once appends work
         self.metrics.watch_queues(self.queue_depths)
+        self.event_consumers = list(event_consumers)
+        self._events: list[pl.DataFrame] = []  # batch-event frames not yet stored, oldest first
+        self._events_waiting = asyncio.Event()
+        self.batch_events_stored = 0
+        self.batch_events_dropped = 0
 
     def queue_depths(self) -> dict[str, int]:
         """Batches waiting in each in-memory queue: for the consumers, and (without the spool) for the historian."""
@@ -161,6 +178,46 @@ class Pipeline:
             await self._batches.put(batch)
 
         return emit
+
+    async def _take_events(self, events: pl.DataFrame) -> None:
+        """A source's batch events: to the event consumers now, to the historian by `_write_events`."""
+        if not events.height:
+            return
+        for consume in self.event_consumers:
+            try:
+                consume(events)
+            except Exception:  # one consumer's bug must not stop collection or storage
+                log.exception("batch-event consumer %r failed", consume)
+        if getattr(self.historian, "write_batch_events", None) is None:
+            return
+        self._events.append(events)
+        if len(self._events) > MAX_PENDING_EVENT_FRAMES:
+            dropped = self._events.pop(0)
+            self.batch_events_dropped += dropped.height
+            log.error("batch events: %d waiting frames, the oldest (%d event(s)) dropped; %d dropped since start",
+                      MAX_PENDING_EVENT_FRAMES, dropped.height, self.batch_events_dropped)
+        self._events_waiting.set()
+
+    async def _write_events(self) -> None:
+        """Store the waiting batch events, oldest first, retrying with backoff while the historian fails."""
+        delay = 0.5
+        while True:
+            if not self._events:
+                self._events_waiting.clear()
+                await self._events_waiting.wait()
+                continue
+            frames = list(self._events)
+            events = pl.concat(frames, how="vertical_relaxed")
+            try:
+                await self.historian.write_batch_events(events)
+            except HistorianError as exc:
+                log.warning("batch events not stored (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            delay = 0.5
+            del self._events[: len(frames)]
+            self.batch_events_stored += events.height
 
     async def _append(self, batch: pl.DataFrame) -> None:
         loop = asyncio.get_running_loop()
@@ -323,7 +380,11 @@ class Pipeline:
         spool, what the historian has not taken by then stays on disk for the next start."""
         writer = self._forward() if self.spool is not None else self._write()
         tasks = [asyncio.create_task(self._consume(), name="pipeline-consume"),
-                 asyncio.create_task(writer, name="pipeline-write")]
+                 asyncio.create_task(writer, name="pipeline-write"),
+                 asyncio.create_task(self._write_events(), name="pipeline-write-events")]
+        for source in self.sources:
+            if hasattr(source, "on_batch_events"):
+                source.on_batch_events = self._take_events
         source_tasks = [
             asyncio.create_task(source.run(self._emit_from(source)), name=f"source-{source.name}")
             for source in self.sources
@@ -341,6 +402,21 @@ class Pipeline:
 
     async def _drain(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        try:
+            await self._drain_events(timeout_s)
+        finally:
+            await self._drain_samples(deadline)
+
+    async def _drain_events(self, timeout_s: float) -> None:
+        """Wait (bounded) for the waiting batch events to be stored."""
+        deadline = time.monotonic() + min(timeout_s, DRAIN_GIVE_UP_AFTER_FAILING_S)
+        while self._events and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._events:
+            log.error("stopping with %d batch event(s) not stored", sum(f.height for f in self._events))
+
+    async def _drain_samples(self, deadline: float) -> None:
+        timeout_s = max(0.0, deadline - time.monotonic())
         try:
             await asyncio.wait_for(self._batches.join(), timeout=timeout_s)
             if self.spool is None:

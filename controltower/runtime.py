@@ -42,11 +42,16 @@ def build_sources(site: SiteConfig, data_dir: Path) -> list[Source]:
         for s in site.sites for a in s.areas for ln in a.lines for u in ln.units
         if u.batch_node_id
     }
+    phase_nodes = {
+        f"{s.id}.{a.id}.{ln.id}.{u.id}": u.phase_node_id
+        for s in site.sites for a in s.areas for ln in a.lines for u in ln.units
+        if u.phase_node_id
+    }
     sources: list[Source] = []
     for config in site.sources:
         if config.kind == "opcua":
             source = OpcUaSource(config, tags, data_dir=data_dir)
-            source.bind_batch_nodes(batch_nodes)
+            source.bind_batch_nodes(batch_nodes, phase_nodes)
             sources.append(source)
         else:
             sources.append(MqttSource(config, tags, dead_letter=dead_letter, data_dir=data_dir))

@@ -207,6 +207,9 @@ class Unit(Strict):
     kind: str | None = None
     # Optional OPC-UA node holding the unit's current batch id; its value is stamped on the unit's samples.
     batch_node_id: str | None = None
+    # Optional OPC-UA node holding the unit's current ISA-88 phase: with the batch id node, its
+    # changes become batch events (start, phase change, end) stored as phase spans.
+    phase_node_id: str | None = None
     # What the unit's batches make and by which recipe (ISA-88); the simulator announces them with
     # its batches (a unit of a known kind without them gets its model's).
     product: str | None = Field(default=None, min_length=1)
@@ -388,6 +391,9 @@ class MqttSourceConfig(Strict):
     # Field paths in the JSON payload for the sample time and batch id (absent: receive time, no batch).
     timestamp_field: str | None = "ts"
     batch_field: str | None = "batch_id"
+    # Topic of each unit's batch events (batch_start / phase_change / batch_end JSON objects), from
+    # {prefix} {site} {area} {line} {unit}, e.g. "{prefix}/{site}/{area}/{line}/{unit}/_batch"; None: none.
+    batch_event_topic: str | None = None
     quality_field: str | None = "quality"
     flush_interval_ms: int = Field(default=500, ge=10, le=60_000)
     flush_max_samples: int = Field(default=10_000, ge=1)
@@ -403,6 +409,11 @@ class MqttSourceConfig(Strict):
     @classmethod
     def _template(cls, template: str | None) -> str | None:
         return None if template is None else _check_template(template, {"prefix", "site", "area", "line", "unit", "tag"})
+
+    @field_validator("batch_event_topic")
+    @classmethod
+    def _batch_event_template(cls, template: str | None) -> str | None:
+        return None if template is None else _check_template(template, {"prefix", "site", "area", "line", "unit"})
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttSourceConfig:

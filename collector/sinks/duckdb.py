@@ -8,6 +8,10 @@ collector writes in time order, the per-row-group min/max of `ts` (DuckDB's zone
 Table `latest` keeps the newest sample of each tag (upserted with each batch) for `latest()`
 and `tags()`, so the screen never scans the history for them.
 
+Table `batch_events` holds the batch-event stream (`controltower.batch_events`), `ts` as BIGINT ns
+like the samples; (site, area, line, unit, ts, transition) is its key, so a replayed event is
+stored once.
+
 Writes run in a worker thread, one at a time; reads may come from any thread, each on its own
 cursor.
 
@@ -29,6 +33,7 @@ import duckdb
 import polars as pl
 
 from collector.sinks import HistorianError
+from controltower.batch_events import BATCH_EVENT_SCHEMA, conform_events, empty_batch_events
 from controltower.samples import SAMPLE_SCHEMA, conform, empty_samples
 
 COLUMNS = tuple(SAMPLE_SCHEMA)
@@ -52,7 +57,24 @@ _SCHEMA_SQL = [
     "CREATE TABLE IF NOT EXISTS latest ({}, PRIMARY KEY (tag_id))".format(
         ", ".join(f"{c} {t}" for c, t in _COLUMN_TYPES.items())
     ),
+    "CREATE TABLE IF NOT EXISTS batch_events (ts BIGINT NOT NULL, site VARCHAR NOT NULL, area VARCHAR NOT NULL, "
+    "line VARCHAR NOT NULL, unit VARCHAR NOT NULL, batch_id VARCHAR, phase VARCHAR, transition VARCHAR NOT NULL, "
+    "product VARCHAR, recipe VARCHAR, PRIMARY KEY (site, area, line, unit, ts, transition))",
 ]
+_EVENT_COLUMNS = ", ".join(BATCH_EVENT_SCHEMA)
+_INSERT_EVENTS = f"INSERT INTO batch_events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events ON CONFLICT DO NOTHING"
+_UNIT_PATH = "site || '.' || area || '.' || line || '.' || unit"
+# The events of a unit or line in a time range, and the last one of each unit before it (the
+# phase already running when the range starts).
+_READ_EVENTS = f"""
+    SELECT {_EVENT_COLUMNS} FROM batch_events
+    WHERE ({_UNIT_PATH} = $path OR starts_with({_UNIT_PATH}, $path || '.')) AND ts >= $start AND ts < $end
+    UNION ALL
+    SELECT {_EVENT_COLUMNS} FROM batch_events
+    WHERE ({_UNIT_PATH} = $path OR starts_with({_UNIT_PATH}, $path || '.')) AND ts < $start
+    QUALIFY row_number() OVER (PARTITION BY site, area, line, unit ORDER BY ts DESC,
+        CASE transition WHEN 'batch_end' THEN 0 WHEN 'observed' THEN 1 WHEN 'batch_start' THEN 2 ELSE 3 END DESC) = 1
+"""
 # Sorted by time, so each row group covers a narrow time span (see the module docstring).
 _INSERT_SAMPLES = f"INSERT INTO samples ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM batch ORDER BY ts, tag_id"
 _NEWEST_PER_TAG = f"""
@@ -137,6 +159,41 @@ class DuckDbHistorian:
                 raise HistorianError(f"cannot write to the DuckDB historian {self.path}: {exc}") from exc
             finally:
                 cur.close()
+
+    async def write_batch_events(self, events: pl.DataFrame) -> None:
+        """Store batch events (`controltower.batch_events` schema) off the event loop; an event
+        already stored (same unit, time and transition) is not stored again."""
+        if events.height:
+            await asyncio.to_thread(self.write_batch_events_sync, events)
+
+    def write_batch_events_sync(self, events: pl.DataFrame) -> None:
+        table = conform_events(events).drop_nulls(["ts", "site", "area", "line", "unit", "transition"]).with_columns(
+            pl.col("ts").dt.epoch("ns")).unique(["site", "area", "line", "unit", "ts", "transition"],
+                                                keep="last", maintain_order=True).to_arrow()
+        if not table.num_rows:
+            return
+        with self._write_lock:
+            cur = self._cursor()
+            try:
+                cur.register("events", table)
+                cur.execute(_INSERT_EVENTS)
+            except duckdb.Error as exc:
+                raise HistorianError(f"cannot write batch events to the DuckDB historian {self.path}: {exc}") from exc
+            finally:
+                cur.close()
+
+    def read_batch_events(self, path: str, start: datetime, end: datetime | None = None) -> pl.DataFrame:
+        """Batch events of the unit or line (any ISA-95 prefix) at `path` with start <= ts < end,
+        plus each unit's last event before `start`; sorted by unit, time, transition."""
+        params = {"path": path, "start": _ns(start), "end": _ns(end) if end is not None else 2**63 - 1}
+        cur = self._cursor()
+        try:
+            frame = pl.from_arrow(cur.sql(_READ_EVENTS, params=params).to_arrow_table())
+        except duckdb.Error as exc:
+            raise HistorianError(f"cannot read batch events from the DuckDB historian {self.path}: {exc}") from exc
+        finally:
+            cur.close()
+        return conform_events(frame) if frame.height else empty_batch_events()
 
     # --- reading -------------------------------------------------------------------------------
 

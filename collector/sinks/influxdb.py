@@ -17,6 +17,11 @@ Reads use InfluxQL on `/query` (`db`, `rp`, `q`, `epoch=ns`, chunked), which Inf
 InfluxDB 2.x (through a DBRP mapping) both answer. VictoriaMetrics has no InfluxQL: with it, read
 through its Prometheus or export API instead.
 
+Batch events (`controltower.batch_events`) go to the measurement `batch_events`, one point per
+transition: tags area, line, site, transition, unit; string fields batch_id, phase, product,
+recipe; the time is the event's. The transition is a tag, so a batch ending and the next starting
+at one instant are two points, and a replayed event overwrites itself.
+
 The token (from the environment variable `token_env`, or the file `token_file`) is never shown: not
 in repr, logs, nor in any exception text (server answers are scrubbed of it too).
 """
@@ -45,10 +50,19 @@ from collector.sinks import HistorianError
 from collector.sinks.lineprotocol import (
     DEFAULT_MAX_LINES,
     DEFAULT_MEASUREMENT,
+    UNENCODABLE_REASON,
     QueryError,
+    _documents,
+    _query_error,
+    _series_frame,
     encode_chunks,
+    escape_measurement,
+    escape_tag,
     parse_query_response,
+    split_unencodable,
+    string_field,
 )
+from controltower.batch_events import BATCH_EVENT_SCHEMA, conform_events, empty_batch_events
 from controltower.samples import SAMPLE_SCHEMA, empty_samples
 
 if TYPE_CHECKING:
@@ -60,6 +74,39 @@ T = TypeVar("T")
 # Tags per InfluxQL statement: keeps the WHERE clause (and the request) a sane size.
 TAGS_PER_QUERY = 100
 _READ_COLUMNS = [c for c in SAMPLE_SCHEMA if c != "ts"]
+BATCH_EVENT_MEASUREMENT = "batch_events"
+_EVENT_TAGS = ("area", "line", "site", "transition", "unit")  # sorted, as InfluxDB keeps them
+_EVENT_FIELDS = ("batch_id", "phase", "product", "recipe")
+
+
+def encode_batch_events(events: pl.DataFrame) -> bytes:
+    """Batch events as line protocol (the `batch_events` measurement; see the module doc)."""
+    events = conform_events(events).drop_nulls(["ts", *_EVENT_TAGS])
+    if events.is_empty():
+        return b""
+    tags = [pl.concat_str(pl.lit(f",{t}="), escape_tag(pl.col(t))) for t in _EVENT_TAGS]
+    # A point needs a field: batch_id is always written (empty when unknown).
+    fields = [pl.concat_str(pl.lit("batch_id="), string_field(pl.col("batch_id").fill_null("")))]
+    fields += [pl.when(pl.col(f).is_not_null()).then(pl.concat_str(pl.lit(f",{f}="), string_field(pl.col(f))))
+               .otherwise(pl.lit("")) for f in _EVENT_FIELDS[1:]]
+    lines = events.select(pl.concat_str(
+        pl.lit(escape_measurement(BATCH_EVENT_MEASUREMENT)), *tags, pl.lit(" "), *fields, pl.lit(" "),
+        pl.col("ts").dt.epoch("ns").cast(pl.String)).alias("line"))["line"]
+    return ("\n".join(lines.to_list()) + "\n").encode()
+
+
+def batch_events_statement(path: str, start_ns: int, end_ns: int | None, retention_policy: str | None = None) -> str:
+    """InfluxQL for the batch events of the unit or line at `path` in [start, end), and (a second
+    statement) each unit's last event before start."""
+    source = quote_identifier(BATCH_EVENT_MEASUREMENT)
+    if retention_policy:
+        source = f"{quote_identifier(retention_policy)}.{source}"
+    parts = path.split(".")
+    where = " AND ".join(f"{quote_identifier(k)} = {quote_string(v)}" for k, v in zip(("site", "area", "line", "unit"), parts))
+    within = f"time >= {int(start_ns)}" + (f" AND time < {int(end_ns)}" if end_ns is not None else "")
+    return (f"SELECT * FROM {source} WHERE {where} AND {within}; "
+            f"SELECT * FROM {source} WHERE {where} AND time < {int(start_ns)} "
+            f'GROUP BY "site", "area", "line", "unit" ORDER BY time DESC LIMIT 1')
 
 
 class _Retryable(Exception):
@@ -152,6 +199,8 @@ class InfluxDbHistorian:
         self.max_lines = max_lines
         self.__token = token or None
         self._write_lock = threading.Lock()
+        # Samples set aside, per reason: rows line protocol cannot carry (see lineprotocol.py).
+        self.rejected: dict[str, int] = {}
         # urllib3 retries are off: the loop in `_attempts` owns retrying.
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout_s), retries=False, maxsize=4)
         self._client = None
@@ -256,6 +305,12 @@ class InfluxDbHistorian:
     def write_sync(self, batch: pl.DataFrame) -> None:
         if not batch.height:
             return
+        batch, set_aside = split_unencodable(batch)
+        if set_aside.height:
+            # Refused by InfluxDB anyway, and with them the whole request, again at every retry.
+            self.rejected[UNENCODABLE_REASON] = self.rejected.get(UNENCODABLE_REASON, 0) + set_aside.height
+            log.warning("InfluxDB historian: %d sample(s) set aside, %s: tag_id %r", set_aside.height,
+                        UNENCODABLE_REASON, set_aside["tag_id"][0])
         try:
             bodies = list(encode_chunks(batch, self.measurement, self.max_lines))
         except ValueError as exc:
@@ -296,6 +351,38 @@ class InfluxDbHistorian:
             raise self._error("write", f"HTTP {exc.status}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Retryable(_connection_reason(exc)) from None
+
+    async def write_batch_events(self, events: pl.DataFrame) -> None:
+        """Store batch events (`batch_events` measurement) from a worker thread; HistorianError when it could not."""
+        if events.height:
+            await asyncio.to_thread(self.write_batch_events_sync, events)
+
+    def write_batch_events_sync(self, events: pl.DataFrame) -> None:
+        body = encode_batch_events(events)
+        if body:
+            with self._write_lock:
+                self._attempts("write batch events", lambda: self._write_body(body))
+
+    def read_batch_events(self, path: str, start: datetime, end: datetime | None = None) -> pl.DataFrame:
+        """Batch events of the unit or line at `path` (an ISA-95 prefix) with start <= ts < end,
+        plus each unit's last event before `start`; sorted by unit, time, transition."""
+        body = self.query(batch_events_statement(path, _ns(start), None if end is None else _ns(end),
+                                                 self.retention_policy))
+        frames = []
+        try:
+            for doc in _documents(body):
+                error = _query_error(doc)
+                if error:
+                    raise QueryError(error)
+                for result in doc.get("results", []):
+                    frames.extend(_series_frame(series) for series in result.get("series", []) or [])
+        except (QueryError, json.JSONDecodeError) as exc:
+            raise self._error("query", str(exc)) from None
+        frames = [f for f in frames if f.height]
+        if not frames:
+            return empty_batch_events()
+        frame = pl.concat(frames, how="diagonal_relaxed")
+        return conform_events(frame.select([c for c in BATCH_EVENT_SCHEMA if c in frame.columns]))
 
     # --- reading -------------------------------------------------------------------------------
 

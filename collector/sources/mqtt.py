@@ -20,6 +20,11 @@ as a binding's field does:
 
 `payload: sparkplug_b`: see `collector.sources.sparkplug`.
 
+Batch events: with `batch_event_topic`, each collected unit's batch-event topic is subscribed as
+well, whatever the payload format; its messages are decoded by
+`collector.sources.mqtt_batch_events` (set aside and counted like other payloads when malformed)
+and handed to `on_batch_events` at each flush, before the messages are acknowledged.
+
 Connection: MQTT 5 (default) or 3.1.1; a persistent session (a `client_id`, clean start off,
 MQTT 5 session expiry `session_expiry_s`) keeps the subscriptions and the QoS 1/2 messages
 published while the collector is away; `shared_group` subscribes as `$share/<group>/<topic>` so
@@ -27,9 +32,11 @@ several collectors split one stream; TLS for mqtts:// URLs or a `tls` block (CA,
 certificate for mutual TLS); username and a password read from the environment variable named by
 `password_env` (never logged).
 
-Decoding appends to column lists; a flush turns them into one sample batch. A malformed payload
-is counted per reason, written to the dead-letter file with its topic and error, and skipped;
-it never stops the source.
+JSON payloads are kept as they came until the source flushes; then the whole flush is parsed at
+once (`collector.sources.json_flush`: Polars' NDJSON reader, no Python loop per value), and any
+message that path cannot vouch for is decoded on its own (`MqttJsonDecoder.decode`), which is the
+reference. A malformed payload is counted per reason, written to the dead-letter file with its
+topic and error, and skipped; it never stops the source.
 """
 
 from __future__ import annotations
@@ -55,8 +62,10 @@ from paho.mqtt.properties import Properties
 
 from collector.deadletter import DeadLetterFile
 from collector.sources import Emit, SourceHealth
+from collector.sources.columns import SampleColumns, concat_batches
+from collector.sources.mqtt_batch_events import BatchEventDecoder, BatchEventError
 from collector.sources.supervisor import supervise
-from controltower.samples import QUALITY_DTYPE, Quality, samples_frame, tag_paths_frame, timestamp_series
+from controltower.samples import Quality, tag_paths_frame
 from controltower.site import MqttSourceConfig, MqttTlsConfig, TagInfo
 
 log = logging.getLogger(__name__)
@@ -79,27 +88,14 @@ class PayloadError(ValueError):
         self.reason = reason
 
 
-class _Columns:
-    """Per message: time, receive time, batch id. Per sample: its message's row, tag, value, quality.
-    A message's fields are stored once, not once per sample."""
-
-    __slots__ = ("batch_id", "message", "quality", "received", "tag_id", "ts", "value")
-
-    def __init__(self) -> None:
-        self.ts: list[datetime] = []
-        self.received: list[datetime] = []
-        self.batch_id: list[str | None] = []
-        self.message: list[int] = []
-        self.tag_id: list[str] = []
-        self.value: list[float | None] = []
-        self.quality: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.tag_id)
+Rejected = tuple[str, bytes, "PayloadError"]  # (topic, payload, why) of what a decoder set aside
 
 
 class MqttJsonDecoder:
-    """Turns (topic, payload) pairs into sample columns for the tags bound to those topics."""
+    """Turns (topic, payload) pairs into sample columns for the tags bound to those topics.
+
+    `add` keeps a message for the next `take_batch`, which decodes all of them at once (the fast
+    path) and one by one with `decode` those it hands back; `decode` alone decodes one now."""
 
     def __init__(self, config: MqttSourceConfig, tags: list[TagInfo]):
         self.config = config
@@ -118,11 +114,20 @@ class MqttJsonDecoder:
             self.names_by_topic[topic][field] = t.tag_id
             self.bindings[topic].append(_FieldBinding(tuple(field.split(".")), field, t.tag_id))
         self.tag_paths = tag_paths_frame(tags)
-        self.columns = _Columns()
+        self.columns = SampleColumns()
         self.partial_errors: list[PayloadError] = []
+        self.rejected: list[Rejected] = []  # set aside by `take_batch`, for the source to count
         self.commands: list[tuple[str, bytes]] = []  # nothing to send back for JSON
+        self._topics: list[str] = []
+        self._payloads: list[bytes] = []
+        self._received: list[datetime] = []
+        self.pending_samples = 0  # an estimate, for the source's flush_max_samples
+        self._samples_per_message = {topic: len(b) for topic, b in self.bindings.items()}
         if config.payload == "batched_json":
             self.decode = self.decode_batched  # type: ignore[method-assign]
+        from collector.sources.json_flush import JsonFlushDecoder  # noqa: PLC0415 - it imports this module's parser
+
+        self._flush_decoder = JsonFlushDecoder(self)
 
     def subscriptions(self) -> list[str]:
         """The topic filters to subscribe to (before any $share prefix)."""
@@ -143,7 +148,7 @@ class MqttJsonDecoder:
             qualities = {}
 
         cols = self.columns
-        message = len(cols.ts)
+        row = len(cols.ts)
         count = 0
         bad_values = []
         for b in bindings:
@@ -159,15 +164,10 @@ class MqttJsonDecoder:
                 continue
             if quality not in _QUALITIES:
                 quality = "uncertain"
-            cols.message.append(message)
-            cols.tag_id.append(b.tag_id)
-            cols.value.append(value)
-            cols.quality.append(quality)
+            cols.add_sample(row, b.tag_id, value, quality)
             count += 1
         if count:
-            cols.ts.append(ts)
-            cols.received.append(received)
-            cols.batch_id.append(str(batch_id) if batch_id not in (None, _MISSING) else None)
+            cols.add_row(ts, received, str(batch_id) if batch_id not in (None, _MISSING) else None)
         if bad_values:
             error = PayloadError("non_numeric_value", f"field(s) {', '.join(bad_values)} hold no number")
             if count == 0:
@@ -228,20 +228,12 @@ class MqttJsonDecoder:
                 except PayloadError:
                     problems["bad_timestamp"] = problems.get("bad_timestamp", 0) + 1
                     continue
-                cols.message.append(len(cols.ts))
-                cols.ts.append(ts)
-                cols.received.append(received)
-                cols.batch_id.append(batch_id)
+                row = cols.add_row(ts, received, batch_id)
             else:
                 if message_row is None:
-                    message_row = len(cols.ts)
-                    cols.ts.append(message_ts)
-                    cols.received.append(received)
-                    cols.batch_id.append(batch_id)
-                cols.message.append(message_row)
-            cols.tag_id.append(tag_id)
-            cols.value.append(value)
-            cols.quality.append(quality)
+                    message_row = cols.add_row(message_ts, received, batch_id)
+                row = message_row
+            cols.add_sample(row, tag_id, value, quality)
             count += 1
         for reason, n in problems.items():
             error = PayloadError(reason, f"{n} of {len(items)} sample(s) set aside: {reason.replace('_', ' ')}")
@@ -258,26 +250,35 @@ class MqttJsonDecoder:
                 return _parse_time(raw_ts, self.config.timestamp_field)
         return received
 
+    def parse_time(self, raw: Any) -> datetime:
+        """A message or item time as the reference reads it (PayloadError when it is none)."""
+        return _parse_time(raw, self.config.timestamp_field or "ts")
+
+    def add(self, topic: str, payload: bytes, received: datetime) -> None:
+        """Keep a message for the next `take_batch` (decoded then, with the rest of its flush)."""
+        self._topics.append(topic)
+        self._payloads.append(payload)
+        self._received.append(received)
+        estimate = self._samples_per_message.get(topic, 1)
+        if self.config.payload == "batched_json":
+            estimate = len(payload) // 24  # the shortest item, {"tag":"x","value":1}, is about 24 bytes
+        self.pending_samples += estimate
+
     def take_batch(self) -> pl.DataFrame | None:
-        """The samples decoded since the last call, as one batch."""
-        cols, self.columns = self.columns, _Columns()
-        return columns_frame(cols, self.tag_paths)
-
-
-def columns_frame(cols: _Columns, tag_paths: pl.DataFrame) -> pl.DataFrame | None:
-    """One sample batch from decoded columns (None when there are none)."""
-    if not cols:
-        return None
-    row = pl.Series(cols.message, dtype=pl.UInt32)  # each sample's message
-    return samples_frame(
-        ts=timestamp_series("ts", cols.ts).gather(row),
-        server_ts=timestamp_series("server_ts", cols.received).gather(row),
-        tag_id=cols.tag_id,
-        value=cols.value,
-        quality=pl.Series(cols.quality, dtype=pl.String).cast(QUALITY_DTYPE),
-        batch_id=pl.Series(cols.batch_id, dtype=pl.String).gather(row),
-        tag_paths=tag_paths,
-    )
+        """The samples of the messages added (and decoded) since the last call, as one batch; what
+        was set aside is in `rejected` (topic, payload, error), one entry per reason."""
+        topics, payloads, received = self._topics, self._payloads, self._received
+        self._topics, self._payloads, self._received, self.pending_samples = [], [], [], 0
+        fast = self._flush_decoder.decode(topics, payloads, received)
+        for i in fast.slow:
+            try:
+                self.decode(topics[i], payloads[i], received[i])
+            except PayloadError as exc:
+                self.rejected.append((topics[i], payloads[i], exc))
+            while self.partial_errors:
+                self.rejected.append((topics[i], payloads[i], self.partial_errors.pop()))
+        cols, self.columns = self.columns, SampleColumns()
+        return concat_batches([fast.batch, cols.frame(self.tag_paths)])
 
 
 class MqttBindingError(ValueError):
@@ -386,6 +387,8 @@ class MqttSource:
         else:
             self.decoder = MqttJsonDecoder(config, mine)
         self.dead_letter = dead_letter
+        self.batch_events = BatchEventDecoder(config, mine)
+        self.on_batch_events = None  # set by the pipeline: an async callable taking an event frame
         self._flush_now = asyncio.Event()
         # (paho client, mid, qos) of QoS 1/2 messages received but not yet in an emitted batch.
         self._unacked: list[tuple[Any, int, int]] = []
@@ -398,24 +401,46 @@ class MqttSource:
                 f"MQTT source {config.name}: password_env: environment variable {config.password_env} is not set"
             )
 
-    def _set_aside(self, topic: str, payload: bytes, error: PayloadError) -> None:
+    def _set_aside(self, topic: str, payload: bytes, error: PayloadError | BatchEventError) -> None:
         self.health.reject(error.reason)
         if self.dead_letter is not None:
             self.dead_letter.add(source=self.name, topic=topic, reason=error.reason, error=str(error), payload=payload)
 
     def handle_message(self, topic: str, payload: bytes, received: datetime) -> None:
-        try:
-            self.decoder.decode(topic, payload, received)
-        except PayloadError as exc:
-            self._set_aside(topic, payload, exc)
-        while self.decoder.partial_errors:
-            self._set_aside(topic, payload, self.decoder.partial_errors.pop())
-        if len(self.decoder.columns) >= self.config.flush_max_samples:
+        if self.batch_events.unit_by_topic and topic in self.batch_events.unit_by_topic:
+            try:
+                self.batch_events.decode(topic, payload)
+            except BatchEventError as exc:
+                self._set_aside(topic, payload, exc)
+            return
+        # JSON messages are decoded with the rest of their flush (`take_batch`), Sparkplug ones
+        # now (births and sequence numbers are state).
+        self.decoder.add(topic, payload, received)
+        if self.decoder.rejected:
+            self._set_aside_rejected()
+        if self.decoder.pending_samples >= self.config.flush_max_samples:
             self._flush_now.set()
 
-    async def _flush(self, emit: Emit) -> None:
+    def _set_aside_rejected(self) -> None:
+        rejected, self.decoder.rejected = self.decoder.rejected, []
+        for topic, payload, error in rejected:
+            self._set_aside(topic, payload, error)
+
+    def take_batch(self) -> pl.DataFrame | None:
+        """The samples of the messages handled since the last call; what was malformed is counted
+        and dead-lettered now."""
         batch = self.decoder.take_batch()
+        self._set_aside_rejected()
+        return batch
+
+    async def _flush(self, emit: Emit) -> None:
+        batch = self.take_batch()
         acks, self._unacked = self._unacked, []
+        events = self.batch_events.take()
+        if events.height:
+            self.health.events["batch_events"] = self.health.events.get("batch_events", 0) + events.height
+            if self.on_batch_events is not None:
+                await self.on_batch_events(events)
         if batch is not None and batch.height:
             self.health.samples_in += batch.height
             self.health.batches_out += 1
@@ -467,7 +492,7 @@ class MqttSource:
         return client
 
     def subscriptions(self) -> list[str]:
-        filters = self.decoder.subscriptions()
+        filters = self.decoder.subscriptions() + self.batch_events.subscriptions()
         if self.config.shared_group:
             return [f"$share/{self.config.shared_group}/{f}" for f in filters]
         return filters

@@ -22,6 +22,11 @@ known", as for a Sparkplug death), the tags count as stale, and a gap is opened;
 session has its subscriptions again the gap is closed and written to the gap log
 (`collector.gaps`, `<data_dir>/gaps.jsonl`) and counted in `health` (gaps, gap_seconds).
 
+Batch events: a unit's `batch_node_id` (and `phase_node_id`) variables are subscribed as well;
+their value changes become batch events (`collector.sources.batch_state`: observed,
+batch_start, phase_change, batch_end), handed to `on_batch_events` at each flush when the
+pipeline set it. The batch id also stamps the unit's samples.
+
 Security (see `collector.sources.opcua_security`): with a `security_policy` the collector
 creates its certificate on first run, refuses server certificates that are not in its trust
 list (saving them under `<certificate_dir>/rejected/` and saying how to trust them), and
@@ -45,6 +50,7 @@ import polars as pl
 from asyncua import ua
 
 from collector.gaps import Gap, GapLog
+from collector.sources.batch_state import BatchStateTracker
 from collector.sources import Emit, SourceHealth
 from collector.sources.opcua_security import ClientSecurity, Pki, connect, negotiated_security, secure_client
 from collector.sources.supervisor import supervise
@@ -153,21 +159,34 @@ class OpcUaSource:
         # Batch id nodes, per unit, from the site config's `batch_node_id`.
         self._unit_by_batch_node: dict[ua.NodeId, str] = {}
         self._batch_by_unit: dict[str, str | None] = {}
+        # Phase nodes, per unit (`phase_node_id`), and the batch events both make.
+        self._unit_by_phase_node: dict[ua.NodeId, str] = {}
+        self._batch_state = BatchStateTracker()
+        self.on_batch_events = None  # set by the pipeline: an async callable taking an event frame
         self._buffer = _ColumnBuffer()
         self._flush_now = asyncio.Event()
 
-    def bind_batch_nodes(self, batch_nodes: dict[str, str]) -> None:
-        """unit_id -> node id of the unit's batch id variable (only units this source collects)."""
+    def bind_batch_nodes(self, batch_nodes: dict[str, str], phase_nodes: dict[str, str] | None = None) -> None:
+        """unit_id -> node id of the unit's batch id variable, and of its phase variable (only
+        units this source collects)."""
         units = {t.unit_id for t in self._tags}
         for unit_id, node_id in batch_nodes.items():
             if unit_id in units:
                 self._unit_by_batch_node[ua.NodeId.from_string(node_id)] = unit_id
+        for unit_id, node_id in (phase_nodes or {}).items():
+            if unit_id in units:
+                self._unit_by_phase_node[ua.NodeId.from_string(node_id)] = unit_id
 
     # -- callback side: no I/O, no awaits ------------------------------------------------
     def _on_change(self, node_id: ua.NodeId, value: Any, dv: ua.DataValue) -> None:
         unit_id = self._unit_by_batch_node.get(node_id)
         if unit_id is not None:
             self._batch_by_unit[unit_id] = str(value) if value not in (None, "") else None
+            self._batch_state.note(unit_id, "batch_id", value, dv.SourceTimestamp or dv.ServerTimestamp or datetime.now(UTC))
+            return
+        unit_id = self._unit_by_phase_node.get(node_id)
+        if unit_id is not None:
+            self._batch_state.note(unit_id, "phase", value, dv.SourceTimestamp or dv.ServerTimestamp or datetime.now(UTC))
             return
         tag_id = self._tag_by_node.get(node_id)
         if tag_id is None:
@@ -211,13 +230,18 @@ class OpcUaSource:
             .drop("unit_id", "current_batch")
         )
 
-    async def _flush(self, emit: Emit) -> None:
+    async def _flush(self, emit: Emit, *, everything: bool = False) -> None:
         batch = self._take_batch()
         if batch is not None:
             self.health.samples_in += batch.height
             self.health.batches_out += 1
             self.health.last_sample_at = datetime.now(UTC)
             await emit(batch)
+        events = self._batch_state.take(everything=everything)
+        if events.height:
+            self.health.events["batch_events"] = self.health.events.get("batch_events", 0) + events.height
+            if self.on_batch_events is not None:
+                await self.on_batch_events(events)
 
     async def run(self, emit: Emit) -> None:
         if not self._tags:
@@ -232,6 +256,10 @@ class OpcUaSource:
             )
         finally:
             self._close_gap("stop")  # stopped while disconnected: the gap ends here, on record
+            with contextlib.suppress(Exception):  # the batch events held back go out too
+                events = self._batch_state.take(everything=True)
+                if events.height and self.on_batch_events is not None:
+                    await asyncio.shield(self.on_batch_events(events))
 
     # -- connection loss: stale tags and gaps ------------------------------------------------
     def _mark_stale(self, lost_at: datetime, reason: str) -> None:
@@ -337,7 +365,8 @@ class OpcUaSource:
         groups: dict[Monitoring, list[ua.NodeId]] = {}
         default = monitoring_of(self.config, None)
         batch_default = (default[0], default[1], int(ua.DeadbandType.None_), 0.0)
-        for node_id in self._unit_by_batch_node:
+        self._batch_state.forget()  # what happened while disconnected is not known: observe again
+        for node_id in [*self._unit_by_batch_node, *self._unit_by_phase_node]:
             groups.setdefault(batch_default, []).append(node_id)
         refused: list[str] = []
         percent = [n for n, m in self._monitoring.items() if m[2] == ua.DeadbandType.Percent]

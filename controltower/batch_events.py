@@ -110,7 +110,7 @@ def phase_spans(events: pl.DataFrame, start: datetime | None = None, end: dateti
     """Phase spans (see the module doc) of `events`, sorted by unit and start; with `start` /
     `end`, only those overlapping [start, end) (an open span overlaps whenever it began before
     `end`). Feed it the last event of each unit before `start` too, or the phase running at
-    `start` is missing."""
+    `start` is missing, and the first at or after `end`, or the last span looks open."""
     if events.is_empty():
         return empty_phase_spans()
     ordered = sort_events(events).with_columns(unit_id_expr())
@@ -139,7 +139,8 @@ def with_phases(samples: pl.DataFrame, spans: pl.DataFrame) -> pl.DataFrame:
     right = spans.select(pl.col("unit_id").alias("_unit"), pl.col("start").alias("_start"),
                          pl.col("end").alias("_end"), pl.col("batch_id").alias("_span_batch"),
                          pl.col("phase").alias("phase")).sort("_start")
-    joined = keyed.sort("ts").join_asof(right, left_on="ts", right_on="_start", by="_unit", strategy="backward")
+    joined = keyed.sort("ts").join_asof(right, left_on="ts", right_on="_start", by="_unit", strategy="backward",
+                                         check_sortedness=False)  # sorted above; Polars cannot check within groups
     inside = (pl.col("_end").is_null() | (pl.col("ts") < pl.col("_end"))) & (
         pl.col("batch_id").is_null() | (pl.col("batch_id") == pl.col("_span_batch")))
     return (

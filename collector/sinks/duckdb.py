@@ -64,16 +64,18 @@ _SCHEMA_SQL = [
 _EVENT_COLUMNS = ", ".join(BATCH_EVENT_SCHEMA)
 _INSERT_EVENTS = f"INSERT INTO batch_events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events ON CONFLICT DO NOTHING"
 _UNIT_PATH = "site || '.' || area || '.' || line || '.' || unit"
-# The events of a unit or line in a time range, and the last one of each unit before it (the
-# phase already running when the range starts).
+_IN_PATH = f"({_UNIT_PATH} = $path OR starts_with({_UNIT_PATH}, $path || '.'))"
+_RANK = "CASE transition WHEN 'batch_end' THEN 0 WHEN 'observed' THEN 1 WHEN 'batch_start' THEN 2 ELSE 3 END"
+# The events of a unit or line in a time range, the last one of each unit before it (the phase
+# already running when the range starts) and the first one after it (which ends the last span).
 _READ_EVENTS = f"""
-    SELECT {_EVENT_COLUMNS} FROM batch_events
-    WHERE ({_UNIT_PATH} = $path OR starts_with({_UNIT_PATH}, $path || '.')) AND ts >= $start AND ts < $end
+    SELECT {_EVENT_COLUMNS} FROM batch_events WHERE {_IN_PATH} AND ts >= $start AND ts < $end
     UNION ALL
-    SELECT {_EVENT_COLUMNS} FROM batch_events
-    WHERE ({_UNIT_PATH} = $path OR starts_with({_UNIT_PATH}, $path || '.')) AND ts < $start
-    QUALIFY row_number() OVER (PARTITION BY site, area, line, unit ORDER BY ts DESC,
-        CASE transition WHEN 'batch_end' THEN 0 WHEN 'observed' THEN 1 WHEN 'batch_start' THEN 2 ELSE 3 END DESC) = 1
+    SELECT {_EVENT_COLUMNS} FROM batch_events WHERE {_IN_PATH} AND ts < $start
+    QUALIFY row_number() OVER (PARTITION BY site, area, line, unit ORDER BY ts DESC, {_RANK} DESC) = 1
+    UNION ALL
+    SELECT {_EVENT_COLUMNS} FROM batch_events WHERE {_IN_PATH} AND ts >= $end
+    QUALIFY row_number() OVER (PARTITION BY site, area, line, unit ORDER BY ts, {_RANK}) = 1
 """
 # Sorted by time, so each row group covers a narrow time span (see the module docstring).
 _INSERT_SAMPLES = f"INSERT INTO samples ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM batch ORDER BY ts, tag_id"
@@ -184,7 +186,8 @@ class DuckDbHistorian:
 
     def read_batch_events(self, path: str, start: datetime, end: datetime | None = None) -> pl.DataFrame:
         """Batch events of the unit or line (any ISA-95 prefix) at `path` with start <= ts < end,
-        plus each unit's last event before `start`; sorted by unit, time, transition."""
+        plus each unit's last event before `start` and first at or after `end`; sorted by unit,
+        time, transition."""
         params = {"path": path, "start": _ns(start), "end": _ns(end) if end is not None else 2**63 - 1}
         cur = self._cursor()
         try:

@@ -96,17 +96,20 @@ def encode_batch_events(events: pl.DataFrame) -> bytes:
 
 
 def batch_events_statement(path: str, start_ns: int, end_ns: int | None, retention_policy: str | None = None) -> str:
-    """InfluxQL for the batch events of the unit or line at `path` in [start, end), and (a second
-    statement) each unit's last event before start."""
+    """InfluxQL for the batch events of the unit or line at `path` in [start, end), each unit's
+    last event before start and (with an end) its first at or after end."""
     source = quote_identifier(BATCH_EVENT_MEASUREMENT)
     if retention_policy:
         source = f"{quote_identifier(retention_policy)}.{source}"
     parts = path.split(".")
     where = " AND ".join(f"{quote_identifier(k)} = {quote_string(v)}" for k, v in zip(("site", "area", "line", "unit"), parts))
     within = f"time >= {int(start_ns)}" + (f" AND time < {int(end_ns)}" if end_ns is not None else "")
-    return (f"SELECT * FROM {source} WHERE {where} AND {within}; "
-            f"SELECT * FROM {source} WHERE {where} AND time < {int(start_ns)} "
-            f'GROUP BY "site", "area", "line", "unit" ORDER BY time DESC LIMIT 1')
+    per_unit = 'GROUP BY "site", "area", "line", "unit"'
+    statements = [f"SELECT * FROM {source} WHERE {where} AND {within}",
+                  f"SELECT * FROM {source} WHERE {where} AND time < {int(start_ns)} {per_unit} ORDER BY time DESC LIMIT 3"]
+    if end_ns is not None:
+        statements.append(f"SELECT * FROM {source} WHERE {where} AND time >= {int(end_ns)} {per_unit} LIMIT 1")
+    return "; ".join(statements)
 
 
 class _Retryable(Exception):
@@ -365,7 +368,8 @@ class InfluxDbHistorian:
 
     def read_batch_events(self, path: str, start: datetime, end: datetime | None = None) -> pl.DataFrame:
         """Batch events of the unit or line at `path` (an ISA-95 prefix) with start <= ts < end,
-        plus each unit's last event before `start`; sorted by unit, time, transition."""
+        plus each unit's last event before `start` and first at or after `end`; sorted by unit,
+        time, transition."""
         body = self.query(batch_events_statement(path, _ns(start), None if end is None else _ns(end),
                                                  self.retention_policy))
         frames = []

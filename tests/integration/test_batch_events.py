@@ -89,3 +89,27 @@ def _reopen(tmp_path: Path):
     from collector.sinks.duckdb import DuckDbHistorian
 
     return DuckDbHistorian(tmp_path / "tower" / "historian.duckdb")
+
+
+async def test_influxdb_v1_stores_batch_events_and_answers_phase_spans(influxdb_v1) -> None:
+    from collector.sinks.influxdb import InfluxDbHistorian
+    from tests.collector.test_batch_events import U1, at, events, spans_as_tuples
+
+    historian = InfluxDbHistorian(url=influxdb_v1.url, api="v1", bucket="controltower")
+    try:
+        odd = events().with_columns(line=pl.lit("l 1,x"), product=pl.lit('mAb "101"'))  # escaping round trip
+        await historian.write_batch_events(odd)
+        await historian.write_batch_events(odd)  # a replay overwrites itself
+        stored = historian.read_batch_events("s", at(-1))
+        assert stored.height == odd.height
+        assert stored.sort("unit", "ts", "transition").equals(
+            odd.sort("unit", "ts", "transition")), stored
+        u1 = U1.replace(".l.", ".l 1,x.")
+        assert spans_as_tuples(read_phase_spans(historian, "s.a.l 1,x.u1", at(12), at(30))) == [
+            (u1, "B1", "heat", at(10), at(20)), (u1, "B2", "fill", at(20), None)]
+        # A window inside a span: the events before and after it give its start and end.
+        assert spans_as_tuples(read_phase_spans(historian, "s.a.l 1,x", at(16), at(18))) == [
+            (u1, "B1", "heat", at(10), at(20))]
+        assert read_phase_spans(historian, "s.a.other", at(0)).is_empty()
+    finally:
+        historian.close()

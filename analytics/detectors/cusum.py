@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from typing import Self
 
+import numpy as np
 import polars as pl
 
 from analytics.detectors.base import per_tag
 from analytics.detectors.spc import fit_centres, standardised
 from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, tail_of, upsert, with_tail
+from analytics.detectors.wide import Compacted, WideBatch, WideScores, aligned, long_reasons, memory_scores
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "up": pl.Float64(), "down": pl.Float64()}
@@ -39,6 +41,20 @@ def cusum(increment: str) -> pl.Expr:
     """max(0, S + u) run over the tag's rows of column `increment` (the first row being S_0 >= 0)."""
     c = per_tag(pl.col(increment).cum_sum())
     return c - pl.min_horizontal(per_tag(pl.col(increment).cum_sum().cum_min()), pl.lit(0.0))
+
+
+def cusum_columns(increments: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """max(0, S + u) down each column of `increments`, from the column's `start` S_0 >= 0 (the
+    same cumulative sum and minimum as `cusum`, the seed as the first term)."""
+    c = np.cumsum(np.vstack([start[None, :], increments]), axis=0)
+    return (c - np.minimum(np.minimum.accumulate(c, axis=0), 0.0))[1:]
+
+
+def cusum_reason(h: float) -> pl.Expr:
+    """"CUSUM upper 6.2 > h 5" from the `up` and `down` columns."""
+    upper = pl.col("up") >= pl.col("down")
+    return pl.format(f"CUSUM {{}} {{}} > h {h:g}", pl.when(upper).then(pl.lit("upper")).otherwise(pl.lit("lower")),
+                     pl.max_horizontal("up", "down").round(2))
 
 
 class CusumChart:
@@ -65,10 +81,13 @@ class CusumChart:
         self._state = pl.DataFrame(schema=_STATE_SCHEMA)
         self._levels = LevelMemory()
 
-    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+    def _check(self) -> None:
         if self.k < 0 or self.h <= 0:
             raise ValueError(f"need k >= 0 and h > 0, got k={self.k}, h={self.h}")
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+        self._check()
         rows, fresh = split_usable(batch, self.centres_)
         keys = keys_of(rows)
         seeds = self.centres_.join(self._state, on="tag_id", how="left").select(
@@ -95,8 +114,31 @@ class CusumChart:
             (high / self.h).alias("score"),
             over.cast(pl.UInt8).alias("level_now"),
             pl.when(over).then(pl.col("centre") + side * self.h * pl.col("sigma")).alias("limit_now"),
-            pl.when(over).then(pl.format(f"CUSUM {{}} {{}} > h {self.h:g}",
-                                         pl.when(upper).then(pl.lit("upper")).otherwise(pl.lit("lower")),
-                                         high.round(2))).alias("reason_now"),
+            pl.when(over).then(cusum_reason(self.h)).alias("reason_now"),
         )
         return self._levels.merge(rows, scored)
+
+    def score_wide(self, wide: WideBatch) -> WideScores:
+        """`score` on a wide batch (`wide.pivot`): `cumsum` and `minimum.accumulate` down each
+        tag's column of usable samples, from the carried sums."""
+        self._check()
+        ids = wide.tag_ids
+        centre, sigma = aligned(self.centres_, ids, "centre"), aligned(self.centres_, ids, "sigma")
+        known = ~np.isnan(centre)
+        ok = wide.usable & known
+        packed = Compacted(wide.values, ok)
+        y = (packed.x - centre) / sigma
+        up0, down0 = aligned(self._state, ids, "up", 0.0), aligned(self._state, ids, "down", 0.0)
+        up, down = cusum_columns(y - self.k, up0), cusum_columns(-y - self.k, down0)
+        self._state = upsert(self._state, pl.DataFrame(
+            {"tag_id": ids, "up": packed.last(up, up0), "down": packed.last(down, down0)},
+            schema=_STATE_SCHEMA).filter(pl.Series(known)))
+        high = np.maximum(up, down)
+        side = np.where(up >= down, 1.0, -1.0)
+
+        def reasons(rows: np.ndarray, cols: np.ndarray) -> list:
+            r = packed.row_of(rows, cols)
+            return long_reasons(pl.DataFrame({"up": up[r, cols], "down": down[r, cols]}), cusum_reason(self.h))
+
+        return memory_scores(self._levels, wide, ok, packed.unpack(high / self.h), packed.unpack(high > self.h, False),
+                             packed.unpack(centre + side * self.h * sigma), reasons)

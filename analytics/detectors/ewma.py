@@ -23,14 +23,25 @@ from __future__ import annotations
 
 from typing import Self
 
+import numpy as np
 import polars as pl
+from scipy.signal import lfilter
 
 from analytics.detectors.base import per_tag
 from analytics.detectors.spc import fit_centres
 from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, tail_of, upsert, with_tail
+from analytics.detectors.wide import Compacted, WideBatch, WideScores, aligned, long_reasons, memory_scores
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "value": pl.Float64(), "n": pl.Int64()}
+
+
+def ewma_reason(lam: float, L: float) -> pl.Expr:
+    """"EWMA 37.62 above 37.51 (lam 0.2, L 3)" from the `ewma`, `centre` and `s` columns."""
+    side = pl.when(pl.col("ewma") >= pl.col("centre")).then(1.0).otherwise(-1.0)
+    bound = pl.col("centre") + side * L * pl.col("s")
+    return pl.format(f"EWMA {{}} {{}} {{}} (lam {lam:g}, L {L:g})", pl.col("ewma").round_sig_figs(5),
+                     pl.when(side > 0).then(pl.lit("above")).otherwise(pl.lit("below")), bound.round_sig_figs(5))
 
 
 class EwmaChart:
@@ -58,10 +69,13 @@ class EwmaChart:
         self._state = pl.DataFrame(schema=_STATE_SCHEMA)
         self._levels = LevelMemory()
 
-    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+    def _check(self) -> None:
         if not 0 < self.lam <= 1 or self.L <= 0:
             raise ValueError(f"need 0 < lam <= 1 and L > 0, got lam={self.lam}, L={self.L}")
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+        self._check()
         rows, fresh = split_usable(batch, self.centres_)
         keys = keys_of(rows)
         # Seed row per tag: the carried EWMA (or the centre) and the count of samples so far.
@@ -91,9 +105,41 @@ class EwmaChart:
             ((pl.col("ewma") - pl.col("centre")).abs() / pl.col("s")).alias("score"),
             over.cast(pl.UInt8).alias("level_now"),
             pl.when(over).then(bound).alias("limit_now"),
-            pl.when(over).then(pl.format(f"EWMA {{}} {{}} {{}} (lam {self.lam:g}, L {self.L:g})",
-                                         pl.col("ewma").round_sig_figs(5),
-                                         pl.when(side > 0).then(pl.lit("above")).otherwise(pl.lit("below")),
-                                         bound.round_sig_figs(5))).alias("reason_now"),
+            pl.when(over).then(ewma_reason(self.lam, self.L)).alias("reason_now"),
         )
         return self._levels.merge(rows, scored)
+
+    def score_wide(self, wide: WideBatch) -> WideScores:
+        """`score` on a wide batch (`wide.pivot`): the recursion is `scipy.signal.lfilter` down
+        each tag's column of usable samples, started from the carried EWMA."""
+        self._check()
+        ids = wide.tag_ids
+        centre, sigma = aligned(self.centres_, ids, "centre"), aligned(self.centres_, ids, "sigma")
+        ok = wide.usable & ~np.isnan(centre)
+        packed = Compacted(wide.values, ok)
+        before = aligned(self._state, ids, "value")
+        before = np.where(np.isnan(before), centre, before)
+        n0 = aligned(self._state, ids, "n", 0).astype(np.int64)
+        q = 1.0 - self.lam
+        ewma, _ = lfilter([self.lam], [1.0, -q], packed.x, axis=0, zi=(q * before)[None, :])
+        width = self.lam / (2.0 - self.lam)
+        if self.exact_limits:
+            n = n0 + np.arange(1, ewma.shape[0] + 1)[:, None]
+            s = sigma * np.sqrt(width * (1.0 - q ** (2.0 * n)))
+        else:
+            s = np.broadcast_to(sigma * np.sqrt(width), ewma.shape)
+        gap = np.abs(ewma - centre)
+        over = gap > self.L * s
+        side = np.where(ewma >= centre, 1.0, -1.0)
+        known = ~np.isnan(centre)
+        self._state = upsert(self._state, pl.DataFrame(
+            {"tag_id": ids, "value": packed.last(ewma, before), "n": n0 + packed.n}, schema=_STATE_SCHEMA).filter(
+            pl.Series(known)))
+
+        def reasons(rows: np.ndarray, cols: np.ndarray) -> list:
+            r = packed.row_of(rows, cols)
+            return long_reasons(pl.DataFrame({"ewma": ewma[r, cols], "centre": centre[cols], "s": s[r, cols]}),
+                                ewma_reason(self.lam, self.L))
+
+        return memory_scores(self._levels, wide, ok, packed.unpack(gap / s), packed.unpack(over, False),
+                             packed.unpack(centre + side * self.L * s), reasons)

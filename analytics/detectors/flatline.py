@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from typing import Self
 
+import numpy as np
 import polars as pl
 
 from analytics.detectors.base import TAG_KEY, last_of_tag, on_flagged, per_tag
 from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, upsert
+from analytics.detectors.wide import Compacted, WideBatch, WideScores, aligned, last_index, long_reasons, memory_scores
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "value_was": pl.Float64(), "run_was": pl.UInt32()}
@@ -65,10 +67,13 @@ class FlatlineDetector:
         self._state = pl.DataFrame(schema=_STATE_SCHEMA)
         self._levels = LevelMemory()
 
-    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+    def _check(self) -> None:
         if self.min_run < 2 or self.tolerance < 0:
             raise ValueError(f"need min_run >= 2 and tolerance >= 0, got {self.min_run}, {self.tolerance}")
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+        self._check()
         known = pl.DataFrame({"tag_id": [t.tag_id for t in self.tags]}, schema={"tag_id": pl.String()})
         rows, fresh = split_usable(batch, known)
         keys = keys_of(rows)
@@ -92,3 +97,32 @@ class FlatlineDetector:
                                                  pl.col("run").alias("run_was"))
         self._state = upsert(self._state, ends)
         return self._levels.merge(rows, scored.drop("run"))
+
+    def score_wide(self, wide: WideBatch) -> WideScores:
+        """`score` on a wide batch (`wide.pivot`): each run's length is the distance to the last
+        move down the tag's column of usable samples (`maximum.accumulate` of move positions)."""
+        self._check()
+        ids = wide.tag_ids
+        known = np.isin(np.array(ids, dtype=object), [t.tag_id for t in self.tags])
+        ok = wide.usable & known
+        packed = Compacted(wide.values, ok)
+        x = packed.x
+        value_was = aligned(self._state, ids, "value_was")
+        run_was = aligned(self._state, ids, "run_was", 0).astype(np.int64)
+        previous = np.vstack([value_was[None, :], x[:-1]])
+        moved = ~(np.abs(x - previous) <= self.tolerance)
+        position = np.arange(x.shape[0])[:, None]
+        since = last_index(moved)
+        run = np.where(since >= 0, position - since + 1, position + 1 + run_was)
+        ends = np.flatnonzero(known & (packed.n > 0))
+        if ends.size:
+            self._state = upsert(self._state, pl.DataFrame(
+                {"tag_id": np.array(ids)[ends], "value_was": packed.last(x, value_was)[ends],
+                 "run_was": packed.last(run, run_was)[ends]}, schema=_STATE_SCHEMA))
+
+        def reasons(rows: np.ndarray, cols: np.ndarray) -> list:
+            runs = pl.DataFrame({"run": run[packed.row_of(rows, cols), cols]}, schema={"run": pl.UInt32()})
+            return long_reasons(runs, pl.format("same value for {} samples", pl.col("run")))
+
+        return memory_scores(self._levels, wide, ok, packed.unpack(run / self.min_run),
+                             packed.unpack(run >= self.min_run, False), packed.unpack(x), reasons)

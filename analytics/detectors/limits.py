@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Self
 
+import numpy as np
 import polars as pl
 
 from analytics.detectors.base import (
@@ -39,6 +40,7 @@ from analytics.detectors.base import (
     sorted_by_tag,
     usable,
 )
+from analytics.detectors.wide import WideBatch, WideScores, aligned, forward_fill
 from controltower.site import TagInfo
 
 # (limit, side, level): side +1 for a high limit, -1 for a low one.
@@ -216,3 +218,70 @@ class LimitDetector:
     def _has_delays(self) -> bool:
         """True when some tag sets an on- or off-delay (else the raw state is the alarm state)."""
         return any(getattr(t.tag.limits, k) for t in self.tags for k in _DELAYS)
+
+    def score_wide(self, wide: WideBatch) -> WideScores:
+        """`score` on a wide batch (`wide.pivot`): per limit the enter/exit markers and the
+        delays' run starts are forward-filled down each tag's column (`forward_fill`)."""
+        ids = wide.tag_ids
+        params = self.params()
+        p = {c: aligned(params, ids, c) for c in ("alarm_low", "warning_low", "warning_high", "alarm_high", "deadband",
+                                                  "span", *_DELAYS)}
+        x, ok = wide.values, wide.usable
+        delays = self._has_delays()
+        carried = np.isin(np.array(ids, dtype=object), self._state.get_column("tag_id").to_list())
+        active, ends = {}, {"tag_id": ids}
+        for name, side, _ in LIMITS:
+            limit = p[name]
+            entered = x > limit if side > 0 else x < limit
+            left = x <= limit - p["deadband"] if side > 0 else x >= limit + p["deadband"]
+            marker = entered & ~np.isnan(limit)  # a tag without this limit never has it active
+            decided = ok & (np.isnan(limit) | entered | left)
+            was = aligned(self._state, ids, f"{name}_was", False).astype(bool)
+            raw = forward_fill(marker, decided, was)
+            ends[f"{name}_was"] = raw[-1]
+            if delays:
+                raw, since, count = self._delayed(name, raw, was, carried, wide, p)
+                ends[f"{name}_since_was"], ends[f"{name}_count_was"] = since[-1], count[-1]
+            else:
+                ends[f"{name}_since_was"] = ends[f"{name}_count_was"] = pl.Series([None] * len(ids), dtype=pl.Int64)
+            active[name] = raw
+            ends[f"{name}_delayed_was"] = raw[-1]
+        self._state = pl.concat([self._state.join(wide.tag_frame(), on="tag_id", how="anti"),
+                                 pl.DataFrame(ends).select(_STATE_SCHEMA.keys()).cast(_STATE_SCHEMA)])
+        level = np.where(active["alarm_high"] | active["alarm_low"], 2,
+                         np.where(active["warning_high"] | active["warning_low"], 1, 0)).astype(np.uint8)
+        upper = np.where(np.isnan(p["warning_high"]), p["alarm_high"], p["warning_high"])
+        lower = np.where(np.isnan(p["warning_low"]), p["alarm_low"], p["warning_low"])
+        excess = np.fmax(np.fmax(x - upper, lower - x), 0.0)
+        score = np.where(ok, excess / p["span"], np.nan)
+        which = np.full(x.shape, -1, np.int8)  # the most severe active limit, in LIMITS order
+        for i in reversed(range(len(LIMITS))):
+            which[active[LIMITS[i][0]]] = i
+        values = np.vstack([p[name] for name, _, _ in LIMITS])  # (4, K)
+        texts = np.vstack([aligned(params, ids, f"{name}_reason") for name, _, _ in LIMITS])
+        cols = np.broadcast_to(np.arange(len(ids)), x.shape)
+        limit = np.where(which >= 0, values[np.maximum(which, 0), cols], np.nan)
+
+        def reasons(rows: np.ndarray, c: np.ndarray) -> list:
+            w = which[rows, c]
+            return np.where(w >= 0, texts[np.maximum(w, 0), c], None).tolist()
+
+        return WideScores(wide, score, level, limit, reasons)
+
+    def _delayed(self, name: str, raw: np.ndarray, was: np.ndarray, carried: np.ndarray, wide: WideBatch,
+                 p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`delayed_state` on arrays: (active, run start ts, run samples) per cell."""
+        ids, ok = wide.tag_ids, wide.usable
+        starts = np.empty(raw.shape, bool)
+        starts[0] = ~carried | (raw[0] != was)
+        np.not_equal(raw[1:], raw[:-1], out=starts[1:])
+        ts = np.broadcast_to(wide.ts[:, None], raw.shape)
+        since = forward_fill(ts, starts, aligned(self._state, ids, f"{name}_since_was"))
+        step = ok.astype(np.int64)
+        done = np.cumsum(step, axis=0)
+        count = done - forward_fill(done - step, starts, -aligned(self._state, ids, f"{name}_count_was", 0))
+        held = (ts - since).astype(float) / 1e9
+        go = raw & (held >= p["on_delay_s"]) & (count >= p["on_delay_samples"])
+        stop = ~raw & (held >= p["off_delay_s"]) & (count >= p["off_delay_samples"])
+        seed = aligned(self._state, ids, f"{name}_delayed_was", False).astype(bool)
+        return forward_fill(go, ok & (go | stop), seed), since, count

@@ -31,11 +31,25 @@ from __future__ import annotations
 
 from typing import Self
 
+import numpy as np
 import polars as pl
 
 from analytics.detectors.base import on_flagged, per_tag
 from analytics.detectors.spc import fit_centres, standardised
 from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
+from analytics.detectors.wide import (
+    NO_TIME,
+    Compacted,
+    WideBatch,
+    WideScores,
+    aligned,
+    long_reasons,
+    memory_scores,
+    replace_tails,
+    rolling_count,
+    stack_tail,
+    tail_frame,
+)
 from controltower.site import TagInfo
 
 _TAIL_SCHEMA = {"tag_id": pl.String(), "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64()}
@@ -92,6 +106,48 @@ def rule_reason(rule: int, same_side_run: int) -> pl.Expr:
     }[rule]
 
 
+def first_rule_reason(rules: list[int], same_side_run: int) -> pl.Expr:
+    """The reason of the lowest-numbered rule that fires, from the `_r<rule>`, `_above<rule>`,
+    `z` and `d` columns."""
+    reason = pl.when(False).then(pl.lit(None, pl.String))
+    for r in rules:
+        reason = reason.when(pl.col(f"_r{r}")).then(rule_reason(r, same_side_run))
+    return reason.otherwise(None)
+
+
+def wide_rules(z: np.ndarray, d: np.ndarray, seen: np.ndarray, same_side_run: int, rules: list[int]
+               ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """`rule_expressions` and `above_expressions` over (rows x tags) arrays of z and d (NaN
+    where the tag has no sample yet; `seen` counts the tag's samples up to each row): the rules
+    that fire on each row, and the side of rules 1, 2, 5 and 6."""
+    n = same_side_run
+    count = rolling_count
+    fires, above = {}, {}
+    if 1 in rules:
+        fires[1], above[1] = np.abs(z) > 3, z > 0
+    if 2 in rules:
+        high = count(z > 0, n) == n
+        fires[2], above[2] = high | (count(z < 0, n) == n), z > 0
+    if 3 in rules:
+        fires[3] = (count(d > 0, 5) == 5) | (count(d < 0, 5) == 5)
+    if 4 in rules:
+        turn = np.zeros(d.shape, bool)
+        turn[1:] = d[1:] * d[:-1] < 0
+        fires[4] = count(turn, 12) == 12
+    if 5 in rules:
+        high, low = (count(z > 2, 3) >= 2) & (seen >= 3), (count(z < -2, 3) >= 2) & (seen >= 3)
+        fires[5], above[5] = high | low, high
+    if 6 in rules:
+        high, low = (count(z > 1, 5) >= 4) & (seen >= 5), (count(z < -1, 5) >= 4) & (seen >= 5)
+        fires[6], above[6] = high | low, high
+    if 7 in rules:
+        fires[7] = count(np.abs(z) < 1, 15) == 15
+    if 8 in rules:
+        wide = np.abs(z) > 1
+        fires[8] = (count(wide, 8) == 8) & (count(z > 1, 8) >= 1) & (count(z < -1, 8) >= 1)
+    return fires, above
+
+
 class NelsonRules:
     """Level 1 while any of the enabled Nelson `rules` fires on a tag with a fitted centre line.
 
@@ -125,10 +181,13 @@ class NelsonRules:
         self._tail = pl.DataFrame(schema=_TAIL_SCHEMA)
         self._levels = LevelMemory()
 
-    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+    def _check(self) -> None:
         if not self.rules or not set(self.rules) <= set(ZONE) or self.same_side_run < 2:
             raise ValueError(f"rules must be among 1-8 and same_side_run >= 2, got {self.rules}, {self.same_side_run}")
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
+        self._check()
         rows, fresh = split_usable(batch, self.centres_, self._tail.get_column("tag_id"))
         keys = keys_of(rows)
         stats = (
@@ -143,10 +202,10 @@ class NelsonRules:
         sides = {r: e.fill_null(False).alias(f"_above{r}") for r, e in above_expressions().items() if r in fires}
         stats = stats.with_columns(*fires.values(), *sides.values())
         any_rule = pl.any_horizontal(pl.col(f"_r{r}") for r in fires)
-        zone, reason = pl.when(False).then(pl.lit(None, pl.Float64)), pl.when(False).then(pl.lit(None, pl.String))
+        zone = pl.when(False).then(pl.lit(None, pl.Float64))
         for r in fires:  # the lowest-numbered rule that fires names the condition
             zone = zone.when(pl.col(f"_r{r}")).then(pl.lit(ZONE[r]))
-            reason = reason.when(pl.col(f"_r{r}")).then(rule_reason(r, self.same_side_run))
+        reason = first_rule_reason(list(fires), self.same_side_run)
         above = pl.when(False).then(pl.lit(None, pl.Boolean))
         for r in fires:
             above = above.when(pl.col(f"_r{r}")).then(pl.col(f"_above{r}") if r in sides else pl.col("z") >= 0)
@@ -160,3 +219,45 @@ class NelsonRules:
         scored = on_flagged(scored, pl.col("level_now") > 0, "reason_now", lambda rows: rows.select(reason).to_series())
         scored = scored.select("_row", "score", "level_now", "limit_now", "reason_now")
         return self._levels.merge(rows, scored)
+
+    def score_wide(self, wide: WideBatch) -> WideScores:
+        """`score` on a wide batch (`wide.pivot`): every rule is a rolling count (cumulative-sum
+        differences) down each tag's column of usable samples, the carried tail on top."""
+        self._check()
+        ids = wide.tag_ids
+        centre, sigma = aligned(self.centres_, ids, "centre"), aligned(self.centres_, ids, "sigma")
+        known = ~np.isnan(centre)
+        ok = wide.usable & known
+        packed = Compacted(wide.values, ok)
+        depth = max(self.same_side_run, 15) - 1
+        times = packed.pack(np.broadcast_to(wide.ts[:, None], ok.shape), NO_TIME)
+        stacked, n_tail = stack_tail(self._tail, ids, depth, {"ts": times, "value": packed.x})
+        self._tail = replace_tails(self._tail, ids, tail_frame(stacked, _TAIL_SCHEMA, ids, depth, n_tail,
+                                                               np.where(known, packed.n, 0), depth))
+        x = stacked["value"]
+        z = (x - centre) / sigma
+        d = np.full(x.shape, np.nan)
+        d[1:] = x[1:] - x[:-1]
+        seen = np.arange(x.shape[0])[:, None] - (depth - n_tail) + 1
+        rules = sorted(self.rules)
+        fires, above = wide_rules(z, d, seen, self.same_side_run, rules)
+        fires = {r: f[depth:] for r, f in fires.items()}
+        above = {r: a[depth:] for r, a in above.items()}
+        z, d = z[depth:], d[depth:]
+        level = np.zeros(z.shape, bool)
+        zone = np.full(z.shape, np.nan)
+        up = z >= 0
+        for r in reversed(rules):  # the lowest-numbered rule that fires names the condition
+            level |= fires[r]
+            zone = np.where(fires[r], ZONE[r], zone)
+            up = np.where(fires[r], above.get(r, z >= 0), up)
+        limit = centre + np.where(up, 1.0, -1.0) * zone * sigma
+
+        def reasons(rows: np.ndarray, cols: np.ndarray) -> list:
+            r = packed.row_of(rows, cols)
+            cells = pl.DataFrame({"z": z[r, cols], "d": d[r, cols], **{f"_r{q}": fires[q][r, cols] for q in rules},
+                                  **{f"_above{q}": above[q][r, cols] for q in above}})
+            return long_reasons(cells, first_rule_reason(rules, self.same_side_run))
+
+        return memory_scores(self._levels, wide, ok, packed.unpack(np.abs(z)), packed.unpack(level, False),
+                             packed.unpack(limit), reasons)

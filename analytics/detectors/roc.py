@@ -18,10 +18,23 @@ from __future__ import annotations
 
 from typing import Self
 
+import numpy as np
 import polars as pl
 
 from analytics.detectors.base import per_tag
 from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
+from analytics.detectors.wide import (
+    NO_TIME,
+    Compacted,
+    WideBatch,
+    WideScores,
+    aligned,
+    long_reasons,
+    memory_scores,
+    replace_tails,
+    stack_tail,
+    tail_frame,
+)
 from controltower.site import TagInfo
 
 _TAIL_SCHEMA = {"tag_id": pl.String(), "ts": pl.Datetime("ns", "UTC"), "value": pl.Float64()}
@@ -31,6 +44,12 @@ def rate_per_second() -> pl.Expr:
     """(x - previous x) / seconds since the previous sample, within the tag; null when dt <= 0."""
     dt = per_tag(pl.col("ts").diff()).dt.total_nanoseconds() / 1e9
     return pl.when(dt > 0).then(per_tag(pl.col("value").diff()) / dt)
+
+
+def rate_reason() -> pl.Expr:
+    """"rising 2.5/s, limit 1.0/s" from the `rate` and `rate_limit` columns."""
+    return pl.format("{} {}/s, limit {}/s", pl.when(pl.col("rate") > 0).then(pl.lit("rising")).otherwise(pl.lit("falling")),
+                     pl.col("rate").abs().round_sig_figs(3), pl.col("rate_limit"))
 
 
 class RateOfChangeDetector:
@@ -72,9 +91,32 @@ class RateOfChangeDetector:
             (pl.col("rate").abs() / pl.col("rate_limit")).alias("score"),
             over.cast(pl.UInt8).alias("level_now"),
             pl.when(over).then(pl.col("rate_limit")).alias("limit_now"),
-            pl.when(over).then(pl.format("{} {}/s, limit {}/s",
-                                         pl.when(pl.col("rate") > 0).then(pl.lit("rising")).otherwise(pl.lit("falling")),
-                                         pl.col("rate").abs().round_sig_figs(3), pl.col("rate_limit")))
-            .alias("reason_now"),
+            pl.when(over).then(rate_reason()).alias("reason_now"),
         )
         return self._levels.merge(rows, scored)
+
+    def score_wide(self, wide: WideBatch) -> WideScores:
+        """`score` on a wide batch (`wide.pivot`): differences down each tag's column of usable
+        samples, the carried last sample on top."""
+        ids = wide.tag_ids
+        rate_limit = aligned(self.params(), ids, "rate_limit")
+        known = ~np.isnan(rate_limit)
+        ok = wide.usable & known
+        packed = Compacted(wide.values, ok)
+        times = packed.pack(np.broadcast_to(wide.ts[:, None], ok.shape), NO_TIME)
+        stacked, n_tail = stack_tail(self._tail, ids, 1, {"ts": times, "value": packed.x})
+        ts, x = stacked["ts"], stacked["value"]
+        dt = np.diff(ts, axis=0).astype(float) / 1e9
+        dt[(ts[1:] == NO_TIME) | (ts[:-1] == NO_TIME) | ~(dt > 0)] = np.nan
+        rate = np.diff(x, axis=0) / dt
+        self._tail = replace_tails(self._tail, ids, tail_frame(stacked, _TAIL_SCHEMA, ids, 1, n_tail,
+                                                               np.where(known, packed.n, 0), 1))
+        fast = np.abs(rate)
+        over = fast > rate_limit
+
+        def reasons(rows: np.ndarray, cols: np.ndarray) -> list:
+            r = packed.row_of(rows, cols)
+            return long_reasons(pl.DataFrame({"rate": rate[r, cols], "rate_limit": rate_limit[cols]}), rate_reason())
+
+        return memory_scores(self._levels, wide, ok, packed.unpack(fast / rate_limit), packed.unpack(over, False),
+                             packed.unpack(np.broadcast_to(rate_limit, ok.shape)), reasons)

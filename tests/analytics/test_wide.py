@@ -1,0 +1,91 @@
+"""The wide path (`analytics.detectors.wide`): every univariate detector scores a pivoted batch
+exactly as its long path does and as its per-sample loop in tests/analytics/reference.py,
+across micro-batch boundaries, with bad, null and NaN samples, missing cells, and batches that
+switch between the wide and the long path."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from analytics.detectors.wide import pivot
+from tests.analytics.helpers import assert_close
+from tests.analytics.test_univariate_streaming import FACTORIES, REFERENCES, micro_batches
+
+WIDE = sorted(name for name, make in FACTORIES.items() if hasattr(make(), "score_wide"))
+
+
+@pytest.fixture(scope="module")
+def series(series_with_nan: pl.DataFrame) -> pl.DataFrame:
+    return series_with_nan
+
+
+@pytest.fixture(scope="module")
+def series_with_nan() -> pl.DataFrame:
+    from tests.analytics.test_univariate_streaming import series as make_series
+    frame = make_series.__wrapped__()
+    # A few NaN values (not null): skipped like nulls, kept as NaN in the output.
+    return frame.with_columns(pl.when(pl.int_range(pl.len()) % 97 == 5).then(float("nan"))
+                              .otherwise(pl.col("value")).alias("value"))
+
+
+def assert_same(got: pl.DataFrame, want: pl.DataFrame, name: str) -> None:
+    assert_frame_equal(got.drop("score", "limit", "reason"), want.drop("score", "limit", "reason"))
+    assert_close(got["score"].to_list(), want["score"].to_list(), rel=1e-9)
+    assert_close(got["limit"].to_list(), want["limit"].to_list(), rel=1e-9)
+    if name != "cusum":  # CUSUM's reason shows the sum rounded to 0.01: a last-digit tie may round apart
+        assert got["reason"].to_list() == want["reason"].to_list()
+
+
+def test_pivot_shape(series: pl.DataFrame):
+    wide = pivot(series)
+    assert wide is not None
+    assert wide.tag_ids == sorted(series["tag_id"].unique().to_list())
+    assert (np.diff(wide.ts) > 0).all()
+    assert wide.present is not None  # the stranger tag has fewer timestamps
+    assert int(wide.present.sum()) == series.height
+    assert int(wide.usable.sum()) == series.filter(
+        pl.col("value").is_not_null() & ~pl.col("value").is_nan() & (pl.col("quality") != "bad")).height
+    twice = pl.concat([series.head(5), series.head(5)])
+    assert pivot(twice) is None  # a tag twice at one timestamp: the long path keeps the tie order
+    sparse = series.with_columns(pl.col("ts") + pl.duration(nanoseconds=pl.int_range(pl.len())))
+    assert pivot(sparse) is None  # no shared timestamps
+
+
+@pytest.mark.parametrize("name", WIDE)
+def test_wide_equals_long(name: str, series: pl.DataFrame):
+    wide_det, long_det = FACTORIES[name](), FACTORIES[name]()
+    for i, b in enumerate(micro_batches(series, 4)):
+        want = long_det.score(b)
+        wide = pivot(b)
+        if wide is None or i % 5 == 3:  # every fifth batch goes the long way: shared state
+            got = wide_det.score(b)
+        else:
+            got = wide_det.score_wide(wide).to_long()
+        assert_same(got, want, name)
+
+
+@pytest.mark.parametrize("name", WIDE)
+def test_wide_matches_per_sample_loop(name: str, series: pl.DataFrame):
+    det, ref = FACTORIES[name](), REFERENCES[name]()
+    flagged = 0
+    for b in micro_batches(series, 3):
+        wide = pivot(b)
+        got = det.score_wide(wide).to_long() if wide is not None else det.score(b)
+        want = ref.score(b)
+        assert got["tag_id"].to_list() == want["tag_id"].to_list()
+        assert got["level"].to_list() == want["level"].to_list()
+        assert_close(got["score"].to_list(), want["score"].to_list(), rel=1e-9)
+        flagged += int((got["level"] > 0).sum())
+    assert flagged > 0  # the series exercises the detector
+
+
+@pytest.mark.parametrize("name", WIDE)
+def test_single_time_step_batches(name: str, series: pl.DataFrame):
+    head = series.sort("ts").head(150)
+    whole = FACTORIES[name]().score(head)
+    det = FACTORIES[name]()
+    parts = [det.score_wide(pivot(part)).to_long() for part in head.partition_by("ts", maintain_order=True)]
+    assert_same(pl.concat(parts).sort("tag_id", "ts", maintain_order=True), whole, name)

@@ -8,7 +8,9 @@ historian and store them (`analytics.models.ModelStore`), or show the stored one
 The historian is the site's (`historian:`; DuckDB or InfluxDB, both read a tag and time
 range). The embedded DuckDB file is locked while a control tower runs on it: fit from a copy,
 or while the tower is stopped. `--batches` reads the unit's samples of those batch ids (within
---from/--to when given, else from the start of the historian). The store defaults to the
+--from/--to when given, else from the start of the historian). A golden model is given each
+sample's ISA-88 phase from the historian's batch events (`controltower.batch_events`), so it
+aligns batches by phase; without stored phases it aligns whole batches. The store defaults to the
 site's `detectors.models.dir` under the data directory, where the live engine looks.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,28 +73,44 @@ def unit_tags(site: SiteConfig, unit: str) -> tuple[str, ...]:
 
 
 def read_training(site: SiteConfig, data_dir: Path, unit: str, since: datetime | None, until: datetime | None,
-                  batches: list[str] | None) -> pl.DataFrame:
+                  batches: list[str] | None, *, phases: bool = False) -> pl.DataFrame:
     """The unit's samples for training, from the site's historian; ValueError when there are none
-    or a named batch is not there."""
+    or a named batch is not there. With `phases`, a `phase` column from the stored batch events
+    (`phased_samples`)."""
     from collector.sinks import open_historian
 
     tags = unit_tags(site, unit)
     historian = open_historian(site.historian, data_dir)
+    where = f"between {since.isoformat() if since else 'the start'} and {until.isoformat() if until else 'now'}"
     try:
         samples = historian.read(list(tags), since or EPOCH, until)
+        if batches:
+            samples = samples.filter(pl.col("batch_id").is_in(batches))
+            found = set(samples.get_column("batch_id").unique().to_list())
+            missing = [b for b in batches if b not in found]
+            if missing:
+                raise ValueError(f"no samples of unit {unit} for batch(es) {', '.join(missing)} {where} "
+                                 f"in the {historian.name} historian")
+        if samples.is_empty():
+            raise ValueError(f"no samples of unit {unit} {where} in the {historian.name} historian")
+        if phases:
+            samples = phased_samples(historian, unit, samples)
+            if samples.is_empty():
+                raise ValueError(f"no samples of unit {unit} {where} fall in a stored phase span")
     finally:
         historian.close()
-    where = f"between {since.isoformat() if since else 'the start'} and {until.isoformat() if until else 'now'}"
-    if batches:
-        samples = samples.filter(pl.col("batch_id").is_in(batches))
-        found = set(samples.get_column("batch_id").unique().to_list())
-        missing = [b for b in batches if b not in found]
-        if missing:
-            raise ValueError(f"no samples of unit {unit} for batch(es) {', '.join(missing)} {where} "
-                             f"in the {historian.name} historian")
-    if samples.is_empty():
-        raise ValueError(f"no samples of unit {unit} {where} in the {historian.name} historian")
     return samples
+
+
+def phased_samples(historian: Any, unit: str, samples: pl.DataFrame) -> pl.DataFrame:
+    """`samples` of `unit` with the phase of each (an as-of join on the unit's phase spans over
+    their time range). When the historian knows phases there, the samples outside every phase
+    span are left out (they would make a phase of their own); otherwise every phase is null."""
+    from controltower.batch_events import read_phase_spans, with_phases
+
+    spans = read_phase_spans(historian, unit, samples["ts"].min(), samples["ts"].max() + timedelta(microseconds=1))
+    joined = with_phases(samples, spans)
+    return joined.filter(pl.col("phase").is_not_null()) if spans.height else joined
 
 
 def run_model(args: argparse.Namespace) -> int:
@@ -120,7 +138,7 @@ def run_model(args: argparse.Namespace) -> int:
         raise ValueError(f"--to ({until.isoformat()}) must be after --from ({since.isoformat()})")
     if not 0 < args.alpha < 1:
         raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
-    samples = read_training(site, data_dir, args.unit, since, until, batches)
+    samples = read_training(site, data_dir, args.unit, since, until, batches, phases=args.kind == "golden")
     training: dict[str, Any] = {"from": since.isoformat() if since else None,
                                 "to": until.isoformat() if until else None, "batches": batches}
     try:

@@ -108,6 +108,7 @@ def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tu
                   "batch_t2": model.batch_t2_limit_, "batch_spe": model.batch_spe_limit_}
         training["batches"] = list(model.batches_)
         training["left_out_partial"] = list(model.partial_)
+        training["phases"] = list(model.phases_)  # ["batch"]: aligned on time into the whole batch
         training["rows"] = model.n_rows_
     else:
         X = wide_rows(samples, variables, row_s=ROW_S).drop("ts")

@@ -1,0 +1,90 @@
+"""`controltower model fit --kind golden` from a historian that holds batch events: the samples
+are joined to the phase spans (as-of, by unit and time), so the golden model learns one envelope
+per ISA-88 phase; without stored events it aligns whole batches, as before. The events are the
+ones the simulator announces for the same plant (`simulators.batch_events.BatchTransitions`)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from analytics.golden import WHOLE_BATCH
+from analytics.models import ModelStore
+from collector.sinks.duckdb import DuckDbHistorian
+from controltower.batch_events import batch_events_frame
+from controltower.cli import main
+from simulators.batch_events import BatchTransitions
+from simulators.plant import Plant
+from tests.analytics.simulated_unit import START, UNIT, batch_seconds, bioreactor_site, simulate
+
+SITE = bioreactor_site()
+SEED = 5
+DT_S = 5.0
+PHASES = ["inoculation", "growth", "production", "harvest"]
+GOOD = "BR101-0002,BR101-0003,BR101-0004,BR101-0005"
+
+
+def announced_events(seconds: float) -> pl.DataFrame:
+    """The batch events the simulator announces over `seconds` of the plant, tick by tick."""
+    clock = Plant(SITE, seed=SEED, start=START)._by_path[UNIT].clock
+    transitions = BatchTransitions()
+    rows = []
+    for elapsed in np.arange(0.0, seconds + DT_S, DT_S):
+        state = clock.at(float(elapsed))
+        for e in transitions.update({UNIT: (state.batch_id, state.phase)}, START + timedelta(seconds=float(elapsed))):
+            rows.append({"ts": e.at, "unit_id": e.unit, "batch_id": e.batch_id, "phase": e.phase,
+                         "transition": e.transition})
+    return batch_events_frame(rows)
+
+
+def site_file(root: Path, samples: pl.DataFrame, events: pl.DataFrame | None) -> Path:
+    historian = DuckDbHistorian(root / "data" / "historian.duckdb")
+    historian.write_sync(samples)
+    if events is not None:
+        historian.write_batch_events_sync(events)
+    historian.close()
+    config = SITE.model_dump(mode="json", exclude_defaults=True)
+    config["data_dir"] = str(root / "data")
+    path = root / "site.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def plant_run() -> tuple[pl.DataFrame, pl.DataFrame]:
+    seconds = 5.5 * batch_seconds(SITE)
+    return simulate(SITE, seed=SEED, seconds=seconds, dt_s=DT_S), announced_events(seconds)
+
+
+def test_golden_fit_from_the_historian_learns_an_envelope_per_phase(plant_run, tmp_path: Path, capsys) -> None:
+    samples, events = plant_run
+    assert events["transition"].value_counts().sort("transition").rows() == [
+        ("batch_end", 5), ("batch_start", 5), ("phase_change", 17)]
+    path = site_file(tmp_path, samples, events)
+    assert main(["model", "fit", "--config", str(path), "--unit", UNIT, "--kind", "golden", "--batches", GOOD]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["training"]["phases"] == PHASES
+    model = ModelStore(tmp_path / "data" / "models").load(UNIT, "golden").model
+    assert list(model.phases_) == PHASES
+    # One envelope per phase, as long as the phase (at the model's resolution), give or take a point.
+    clock = Plant(SITE, seed=SEED, start=START)._by_path[UNIT].clock
+    for phase, points in zip(PHASES, model.points_, strict=True):
+        longest = max(clock.phase_durations(n)[PHASES.index(phase)] for n in range(2, 6))
+        assert abs(points - longest / model.resolution_s) <= 2, (phase, points, longest)
+    # Each phase's envelope starts where that phase starts: inoculation and growth begin apart.
+    offsets = np.concatenate([[0], np.cumsum(model.points_)])
+    first_means = model.mean_[offsets[:-1]]
+    assert not np.allclose(first_means[0], first_means[1])
+
+
+def test_without_stored_phases_the_golden_fit_aligns_whole_batches(plant_run, tmp_path: Path, capsys) -> None:
+    samples, _ = plant_run
+    path = site_file(tmp_path, samples, None)
+    assert main(["model", "fit", "--config", str(path), "--unit", UNIT, "--kind", "golden", "--batches", GOOD]) == 0
+    assert json.loads(capsys.readouterr().out)["training"]["phases"] == [WHOLE_BATCH]

@@ -19,6 +19,12 @@ escaped with a backslash; in string fields, double quotes and backslashes are. L
 no newline in a value: a newline or carriage return becomes a space. Quality is a tag, so that
 Grafana can filter and group on it.
 
+A tag value that ends in a backslash has no encoding: InfluxDB reads `\\,` or `\\ ` as an escaped
+separator whatever comes before it (a doubled backslash does not help; influxdata/influxdb#5231,
+#3070, closed as won't fix). `split_unencodable` sets such rows aside (the historian counts them
+under UNENCODABLE_REASON), and `encode_lines` refuses them rather than send a line InfluxDB
+would refuse, failing the whole request with it (a retried write could never succeed).
+
 From Grafana (InfluxQL data source, database = the historian's bucket):
 
     SELECT mean("value") FROM "process_values" WHERE "tag_id"='basel.granulation.l1.gr1.temp'
@@ -128,18 +134,43 @@ def line_expr(measurement: str = DEFAULT_MEASUREMENT) -> pl.Expr:
     return _line(series_key_expr(measurement))
 
 
+UNENCODABLE_REASON = "a tag value ends in a backslash (line protocol cannot encode it)"
+
+
+def _unencodable(columns: Iterable[str]) -> pl.Expr:
+    """Rows with a tag value ending in a backslash (after newlines became spaces, which keeps the last
+    character unless it is a newline)."""
+    return pl.any_horizontal(
+        _no_newlines(pl.col(c).cast(pl.String)).str.ends_with("\\").fill_null(False) for c in columns
+    )
+
+
+def split_unencodable(batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows line protocol can carry, rows with a tag value ending in a backslash): see the module doc."""
+    tag_columns = [c for c in TAG_COLUMNS if c in batch.columns]
+    bad = batch.select(_unencodable(tag_columns)).to_series()
+    if not bad.any():
+        return batch, batch.clear()
+    return batch.filter(~bad), batch.filter(bad)
+
+
 def encode_lines(batch: pl.DataFrame, measurement: str = DEFAULT_MEASUREMENT) -> pl.Series:
     """Sample batch (sample schema) -> a String series of line-protocol lines, one per row.
 
     Same result as `line_expr`, faster: a batch holds few distinct tag sets (tag x quality), so
     each series key is built and escaped once and joined back to the rows.
-    Raises ValueError when a row has no `ts`: InfluxDB would stamp it with its own clock.
+    Raises ValueError when a row has no `ts` (InfluxDB would stamp it with its own clock), or a tag
+    value ending in a backslash (`split_unencodable` sets those aside first).
     """
     frame = conform(batch).with_columns(pl.col("quality").cast(pl.String))
     if frame["ts"].null_count():
         raise ValueError(f"{frame['ts'].null_count()} sample(s) without a source timestamp (ts)")
     tag_columns = list(TAG_COLUMNS)
-    keys = frame.select(tag_columns).unique().with_columns(series_key_expr(measurement))
+    keys = frame.select(tag_columns).unique()
+    # Checked on the distinct tag sets (a handful per batch), not on every row.
+    if (bad := keys.filter(_unencodable(tag_columns))).height:
+        raise ValueError(f"{UNENCODABLE_REASON}: tag_id {bad['tag_id'][0]!r}")
+    keys = keys.with_columns(series_key_expr(measurement))
     frame = frame.join(keys, on=tag_columns, how="left", nulls_equal=True, maintain_order="left")
     return frame.select(_line(pl.col("series_key"))).to_series()
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from collections import Counter
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -37,3 +41,16 @@ json_values = st.recursive(
     ),
     max_leaves=25,
 )
+
+
+def reason_of(message: str) -> str:
+    """The message without the values it quotes, so that rejections group by kind."""
+    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|-?\d[\d.e+-]*", "…", message)[:90]
+
+
+def write_report(counts: Counter[str]) -> None:
+    """The rejections counted by reason, as one JSON object, to the file CONTROLTOWER_FUZZ_REPORT
+    names (a dedicated run; bench/reliability.py tabulates it); nothing when it is unset."""
+    report = os.environ.get("CONTROLTOWER_FUZZ_REPORT")
+    if report:
+        Path(report).write_text(json.dumps(dict(counts.most_common()), indent=1))

@@ -17,11 +17,8 @@ CONTROLTOWER_FUZZ_REPORT names a file, one JSON object of counts written at the 
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -30,7 +27,7 @@ from hypothesis import strategies as st
 
 from analytics.alerts import AlertBook
 from analytics.journal import AlarmJournal
-from tests.fuzz.strategies import FUZZ, json_values, nasty_text
+from tests.fuzz.strategies import FUZZ, json_values, nasty_text, reason_of, write_report
 from tests.screen.demo_context import BATCHES, BIO, FILL, build_context, demo_scene
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -105,14 +102,7 @@ def client(tmp_path_factory):
     assert ids, "the demo scene raises alerts"
     yield app.server.test_client(), ids
     ctx.historian.close()
-    report = os.environ.get("CONTROLTOWER_FUZZ_REPORT")
-    if report:
-        Path(report).write_text(json.dumps(dict(REJECTIONS.most_common()), indent=1))
-
-
-def reason_of(message: str) -> str:
-    """The message without the values it quotes, so that rejections group by kind."""
-    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|-?\d[\d.e+-]*", "…", message)[:90]
+    write_report(REJECTIONS)
 
 
 def check(route: str, response) -> None:

@@ -48,15 +48,8 @@ from datetime import UTC, datetime
 import polars as pl
 from google.protobuf.message import DecodeError
 
-from collector.sources.mqtt import (
-    SAMPLE_TIME_MAX,
-    SAMPLE_TIME_MIN,
-    MqttBindingError,
-    PayloadError,
-    _Columns,
-    _render,
-    columns_frame,
-)
+from collector.sources.columns import SampleColumns
+from collector.sources.mqtt import SAMPLE_TIME_MAX, SAMPLE_TIME_MIN, MqttBindingError, PayloadError, Rejected, _render
 from collector.sources.sparkplug_b_proto import DataType, Metric, Payload
 from controltower.samples import tag_paths_frame
 from controltower.site import MqttSourceConfig, TagInfo
@@ -140,8 +133,9 @@ class SparkplugDecoder:
         self.groups = sorted({k[0] for k in self.bindings})
         self.nodes: dict[tuple[str, str], _EdgeNode] = defaultdict(_EdgeNode)
         self.tag_paths = tag_paths_frame(tags)
-        self.columns = _Columns()
+        self.columns = SampleColumns()
         self.partial_errors: list[PayloadError] = []
+        self.rejected: list[Rejected] = []  # set aside by `add`, for the source to count
         self.commands: list[tuple[str, bytes]] = []  # (topic, payload) for the source to publish
         self.stats: dict[str, int] = defaultdict(int)
 
@@ -158,6 +152,20 @@ class SparkplugDecoder:
         return dict(self.nodes[(group, edge_node)].devices[device].by_name)
 
     # --- decoding ---------------------------------------------------------------------------
+
+    @property
+    def pending_samples(self) -> int:
+        return len(self.columns)
+
+    def add(self, topic: str, payload: bytes, received: datetime) -> None:
+        """Decode one message now (its births and sequence number change the state the next one
+        is read with); what is unusable goes to `rejected`."""
+        try:
+            self.decode(topic, payload, received)
+        except PayloadError as exc:
+            self.rejected.append((topic, payload, exc))
+        while self.partial_errors:
+            self.rejected.append((topic, payload, self.partial_errors.pop()))
 
     def decode(self, topic: str, payload: bytes, received: datetime) -> int:
         """Handle one message; return how many samples it appended. Raise PayloadError when it is
@@ -253,21 +261,13 @@ class SparkplugDecoder:
                 non_numeric.append(name)
                 continue
             if m.HasField("timestamp"):
-                cols.message.append(len(cols.ts))
-                cols.ts.append(_from_ms(m.timestamp, received))
-                cols.received.append(received)
-                cols.batch_id.append(None)
+                row = cols.add_row(_from_ms(m.timestamp, received), received)
             else:
                 # Metrics without a time of their own share one row: the payload's time.
                 if message_row is None:
-                    message_row = len(cols.ts)
-                    cols.ts.append(ts)
-                    cols.received.append(received)
-                    cols.batch_id.append(None)
-                cols.message.append(message_row)
-            cols.tag_id.append(tag_id)
-            cols.value.append(value)
-            cols.quality.append(quality)
+                    message_row = cols.add_row(ts, received)
+                row = message_row
+            cols.add_sample(row, tag_id, value, quality)
             count += 1
         if non_numeric:
             self.partial_errors.append(PayloadError("non_numeric_value", f"metric(s) {', '.join(non_numeric)} hold no number"))
@@ -299,14 +299,10 @@ class SparkplugDecoder:
     def _stale(self, tag_ids: list[str], ts: datetime, received: datetime) -> int:
         """A bad-quality null sample for each tag: its source is gone."""
         cols = self.columns
-        for tag_id in tag_ids:
-            cols.message.append(len(cols.ts))
-            cols.ts.append(ts)
-            cols.received.append(received)
-            cols.batch_id.append(None)
-            cols.tag_id.append(tag_id)
-            cols.value.append(None)
-            cols.quality.append("bad")
+        if tag_ids:
+            row = cols.add_row(ts, received)
+            for tag_id in tag_ids:
+                cols.add_sample(row, tag_id, None, "bad")
         return len(tag_ids)
 
     def _request_rebirth(self, key, node: _EdgeNode, reason: str) -> None:
@@ -320,8 +316,8 @@ class SparkplugDecoder:
 
     def take_batch(self) -> pl.DataFrame | None:
         """The samples decoded since the last call, as one batch."""
-        cols, self.columns = self.columns, _Columns()
-        return columns_frame(cols, self.tag_paths)
+        cols, self.columns = self.columns, SampleColumns()
+        return cols.frame(self.tag_paths)
 
 
 def rebirth_request(now: datetime | None = None) -> bytes:

@@ -30,10 +30,10 @@ def test_generated_payloads_decode_to_every_value_at_the_send_time(fmt: str) -> 
     sent_at = NOW.timestamp() + 0.25
     for topic, payload in stream.births(sent_at):
         source.handle_message(topic, payload, NOW)
-    births = source.decoder.take_batch()
+    births = source.take_batch()
     for i in range(30):  # past the variants and, for Sparkplug, several seq numbers
         source.handle_message(*stream.data(i, sent_at), NOW)
-    batch = source.decoder.take_batch()
+    batch = source.take_batch()
     assert source.health.rejected == {}
     assert batch.height == 30 * 4
     assert batch["tag_id"].n_unique() == 12 and batch["value"].null_count() == 0

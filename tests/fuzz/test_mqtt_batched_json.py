@@ -32,7 +32,7 @@ SITE = parse_site_config({
 def deliver(payload: bytes, topic: str = TOPIC) -> tuple[int, dict[str, int]]:
     src = MqttSource(SITE.sources[0], SITE.tag_table())
     src.handle_message(topic, payload, NOW)
-    batch = src.decoder.take_batch()
+    batch = src.take_batch()
     assert batch is None or batch.schema == pl.Schema(SAMPLE_SCHEMA)
     return (0 if batch is None else batch.height), src.health.rejected
 

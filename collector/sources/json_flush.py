@@ -1,0 +1,341 @@
+"""Whole-flush decoding of MQTT JSON payloads (`payload: json` and `batched_json`): the fast path.
+
+The MQTT source keeps each message's raw payload, topic and receive time until it flushes; then
+the payloads of one flush are parsed together by Polars' NDJSON reader (Rust), with an explicit
+schema made from the tag bindings, and turned into sample columns without a Python loop per
+value. Per message, only the times that are ISO text are parsed in Python.
+
+Exactness: the per-message decoder (`MqttJsonDecoder.decode` / `decode_batched`) stays the
+reference. This path takes a message only when it must give the very samples the reference
+gives, and hands every other message back (`slow`) to be decoded one by one, which sets bad ones
+aside and counts them by reason exactly as before:
+- screened out before parsing (a byte search, vectorised): an empty payload, a line break in it
+  (one line per payload), and the tokens `null`, `true`, `false`, `NaN`, `Infinity` (the reader
+  maps null and missing alike, and rejects what Python's json accepts there); for `json`, a
+  payload holding the quality map's key (a per-field quality);
+- after parsing: a message with none of its topic's fields, a time that is not an epoch number or
+  ISO text within the sample range (or text that a JSON number could also have been), an integer
+  time at or beyond 2**53, a batch id that is not plainly text, a batched item whose tag is not
+  bound to its topic or that has no value.
+If the reader rejects the whole lot (a value that is text, an item that is not an object, JSON it
+does not accept), every message of the group goes the slow way: that flush costs what it did.
+One difference remains: an object with the same key twice keeps the first value here and the last
+one in the reference (RFC 8259 leaves it open; no publisher does it on purpose).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from collector.sources.columns import sample_batch
+from controltower.samples import Quality
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+# Within these (as the reference's SAMPLE_TIME_MIN/MAX) a time fits a Datetime(ns).
+TIME_MIN_US = (datetime(1677, 9, 22, tzinfo=UTC) - EPOCH) // _US
+TIME_MAX_US = (datetime(2262, 4, 11, tzinfo=UTC) - EPOCH) // _US
+_EXACT_INT = 2.0**53  # an integer time at or beyond this lost digits as a float: the reference decides
+
+# Tokens the reader treats differently from Python's json (see the module doc).
+_SCREENED = (b"\n", b"\r", b"null", b"true", b"false", b"NaN", b"Infinity")
+# Text that a JSON number, literal, object or list also reads as (at a String field the reader
+# renders those as text): the reader cannot say which it was, nor render it as Python's str() does.
+_NOT_SURELY_TEXT = r"^(?:[-+0-9.eE]+|true|false)$|^[\[{]"
+_QUALITIES = [q.value for q in Quality]
+
+
+class FlushResult:
+    """The samples of the messages this path took, and the indices of the ones it did not."""
+
+    __slots__ = ("batch", "slow")
+
+    def __init__(self, batch: pl.DataFrame | None, slow: list[int]):
+        self.batch = batch
+        self.slow = slow
+
+
+def _plain_key(*keys: str | None) -> bool:
+    """Top-level, distinct keys: what a flat schema can name."""
+    present = [k for k in keys if k is not None]
+    return all("." not in k for k in present) and len(set(present)) == len(present)
+
+
+def screened(payloads: list[bytes], extra: tuple[bytes, ...] = ()) -> np.ndarray:
+    """Which payloads hold a token the reader cannot decode as the reference does (bool array)."""
+    series = pl.Series("p", payloads, dtype=pl.Binary)
+    frame = pl.DataFrame([series])
+    return frame.select(
+        pl.any_horizontal(pl.col("p").bin.size() == 0, *(pl.col("p").bin.contains(t) for t in _SCREENED + extra))
+    ).to_series().to_numpy()
+
+
+def epoch_us(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch numbers (seconds; above 1e11, milliseconds) as microseconds, rounded as
+    `datetime.fromtimestamp` rounds (the fraction, half to even); and which are usable."""
+    ok = np.abs(raw) < _EXACT_INT
+    seconds = np.where(ok, raw, 0.0)
+    seconds = np.where(np.abs(seconds) > 1e11, seconds / 1000, seconds)
+    ok &= np.abs(seconds) < 1e11
+    seconds = np.where(ok, seconds, 0.0)
+    whole = np.trunc(seconds)
+    us = whole.astype(np.int64) * 1_000_000 + np.round((seconds - whole) * 1e6).astype(np.int64)
+    ok &= (us >= TIME_MIN_US) & (us <= TIME_MAX_US)
+    return us, ok
+
+
+def _times(column: pl.Series, received_us: np.ndarray, parse_text) -> tuple[np.ndarray, np.ndarray]:
+    """A time column as read (Float64 or String; null: absent) as microseconds, absent ones the
+    receive time; and which are usable. `parse_text` is the reference's text parser (raises)."""
+    if column.dtype == pl.Float64:
+        raw = column.to_numpy()  # nulls are NaN
+        absent = np.isnan(raw)
+        us, ok = epoch_us(np.where(absent, 0.0, raw))
+        return np.where(absent, received_us, us), ok | absent
+    us = received_us.copy()
+    ok = np.ones(len(column), dtype=bool)
+    parsed: dict[str, int | None] = {}
+    for i, text in enumerate(column.to_list()):
+        if text is None:
+            continue
+        value = parsed.get(text, -1)
+        if value == -1:
+            value = None
+            if not re.match(_NOT_SURELY_TEXT, text):
+                try:
+                    value = (parse_text(text) - EPOCH) // _US
+                except ValueError:  # PayloadError
+                    value = None
+            parsed[text] = value
+        if value is None:
+            ok[i] = False
+        else:
+            us[i] = value
+    return us, ok
+
+
+def _batch_ids(column: pl.Series | None, n: int) -> tuple[pl.Series, np.ndarray]:
+    """Batch ids as read (String) and which are surely JSON text (a number would render differently)."""
+    if column is None:
+        return pl.Series([None] * n, dtype=pl.String), np.ones(n, dtype=bool)
+    plain = ~(column.str.contains(_NOT_SURELY_TEXT).fill_null(False).to_numpy())
+    return column, plain
+
+
+def _read(lines: list[bytes], schemas: list[dict]) -> pl.DataFrame | None:
+    """The payloads read with the first schema the reader accepts (None: it accepts none)."""
+    data = b"\n".join(lines)
+    for schema in schemas:
+        try:
+            frame = pl.read_ndjson(io.BytesIO(data), schema=schema)
+        except Exception:  # noqa: BLE001 - any refusal of the reader sends the group the slow way
+            continue
+        return frame if frame.height == len(lines) else None
+    return None
+
+
+class JsonFlushDecoder:
+    """The fast path for one source's JSON decoder (its bindings and keys; see the module doc)."""
+
+    def __init__(self, decoder) -> None:
+        config = decoder.config
+        self.decoder = decoder
+        self.batched = config.payload == "batched_json"
+        self.ts_key, self.batch_key, self.quality_key = config.timestamp_field, config.batch_field, config.quality_field
+        self.tag_paths = decoder.tag_paths
+        if self.batched:
+            spec = config.batched_json
+            self.item_keys = (spec.tag_field, spec.value_field, spec.timestamp_field, spec.quality_field)
+            names = {n for per_topic in decoder.names_by_topic.values() for n in per_topic}
+            self.enabled = (_plain_key(spec.samples_field, self.ts_key, self.batch_key) and _plain_key(*self.item_keys)
+                            and not any(re.match(_NOT_SURELY_TEXT, n) for n in names))
+            self.topic_index = {t: i for i, t in enumerate(decoder.names_by_topic)}
+            self.names = pl.DataFrame(
+                [(i, name, tag) for t, i in self.topic_index.items() for name, tag in decoder.names_by_topic[t].items()],
+                schema={"__topic": pl.UInt32, "__name": pl.String, "__tag_id": pl.String}, orient="row")
+        else:
+            # Topics whose bindings read the same fields share one read.
+            self.groups: dict[str, tuple[tuple[str, ...], list[str]]] = {}
+            for topic, bindings in decoder.bindings.items():
+                fields = tuple(b.field for b in bindings)
+                if _plain_key(*fields, self.ts_key, self.batch_key, self.quality_key):
+                    self.groups[topic] = (fields, [b.tag_id for b in bindings])
+            self.enabled = True
+
+    def decode(self, topics: list[str], payloads: list[bytes], received: list[datetime]) -> FlushResult:
+        if not self.enabled or not payloads:
+            return FlushResult(None, list(range(len(payloads))))
+        received_us = np.array([(r - EPOCH) // _US for r in received], dtype=np.int64)
+        if self.batched:
+            return self._batched(topics, payloads, received_us)
+        return self._objects(topics, payloads, received_us)
+
+    # --- payload: json ----------------------------------------------------------------------
+
+    def _objects(self, topics: list[str], payloads: list[bytes], received_us: np.ndarray) -> FlushResult:
+        quality = (f'"{self.quality_key}"'.encode(),) if self.quality_key else ()
+        bad = screened(payloads, quality)
+        slow: list[int] = []
+        by_fields: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        groups = self.groups
+        for i, topic in enumerate(topics):
+            group = groups.get(topic)
+            if group is None or bad[i]:
+                slow.append(i)
+            else:
+                by_fields[group[0]].append(i)
+        parts = []
+        for fields, members in by_fields.items():
+            part = self._object_group(fields, members, topics, payloads, received_us, slow)
+            if part is not None:
+                parts.append(part)
+        return FlushResult(self._frame(parts), sorted(slow))
+
+    def _object_group(self, fields, members, topics, payloads, received_us, slow) -> pl.DataFrame | None:
+        base = {f: pl.Float64 for f in fields}
+        if self.batch_key:
+            base[self.batch_key] = pl.String
+        schemas = [base]
+        if self.ts_key:
+            schemas = [{**base, self.ts_key: pl.Float64}, {**base, self.ts_key: pl.String}]
+        frame = _read([payloads[i] for i in members], schemas)
+        if frame is None:
+            slow.extend(members)
+            return None
+        index = np.asarray(members, dtype=np.int64)
+        ts_us, ok = (_times(frame[self.ts_key], received_us[index], self.decoder.parse_time)
+                     if self.ts_key else (received_us[index], np.ones(len(members), dtype=bool)))
+        batch_ids, plain = _batch_ids(frame[self.batch_key] if self.batch_key else None, len(members))
+        values = frame.select(fields).to_numpy().astype(np.float64, copy=False)  # nulls (absent) are NaN
+        present = ~np.isnan(values)
+        ok &= plain & present.any(axis=1)  # none of the fields: the reference says which were expected
+        slow.extend(index[~ok].tolist())
+        keep = np.flatnonzero(ok)
+        if not len(keep):
+            return None
+        n_fields = len(fields)
+        # Each sample's tag: its topic's tag for that field.
+        topic_tags: dict[str, int] = {}
+        tag_ids: list[str] = []
+        topic_base = np.empty(len(keep), dtype=np.int64)
+        for k, m in enumerate(keep):
+            topic = topics[members[m]]
+            start = topic_tags.get(topic)
+            if start is None:
+                start = topic_tags[topic] = len(tag_ids)
+                tag_ids += self.groups[topic][1]
+            topic_base[k] = start
+        present = present[keep]
+        rows, cols = np.nonzero(present)  # message-major: a message's samples together, in field order
+        return pl.DataFrame({
+            "message": index[keep][rows],
+            "ts_us": ts_us[keep][rows],
+            "received_us": received_us[index[keep]][rows],
+            "tag_id": pl.Series(tag_ids, dtype=pl.String).gather(topic_base[rows] + cols),
+            "value": values[keep][rows, cols],
+            "quality": pl.repeat("good", len(rows), dtype=pl.String, eager=True),
+            "batch_id": batch_ids.gather(keep[rows]),
+        })
+
+    # --- payload: batched_json --------------------------------------------------------------
+
+    def _batched(self, topics: list[str], payloads: list[bytes], received_us: np.ndarray) -> FlushResult:
+        bad = screened(payloads)
+        topic_index = self.topic_index
+        slow: list[int] = []
+        members: list[int] = []
+        member_topic: list[int] = []
+        for i, topic in enumerate(topics):
+            t = topic_index.get(topic)
+            if t is None or bad[i]:
+                slow.append(i)
+            else:
+                members.append(i)
+                member_topic.append(t)
+        part = self._batched_group(members, member_topic, payloads, received_us, slow) if members else None
+        return FlushResult(self._frame([part] if part is not None else []), sorted(slow))
+
+    def _batched_group(self, members, member_topic, payloads, received_us, slow) -> pl.DataFrame | None:
+        spec = self.decoder.config.batched_json
+        tag_key, value_key, item_ts_key, item_quality_key = self.item_keys
+
+        def schema(time_type) -> dict:
+            item = {tag_key: pl.String, value_key: pl.Float64}
+            if item_ts_key:
+                item[item_ts_key] = time_type
+            if item_quality_key:
+                item[item_quality_key] = pl.String
+            out = {spec.samples_field: pl.List(pl.Struct(item))}
+            if self.ts_key:
+                out[self.ts_key] = time_type
+            if self.batch_key:
+                out[self.batch_key] = pl.String
+            return out
+
+        frame = _read([payloads[i] for i in members], [schema(pl.Float64), schema(pl.String)])
+        if frame is None:
+            slow.extend(members)
+            return None
+        n = len(members)
+        index = np.asarray(members, dtype=np.int64)
+        ts_us, ok = (_times(frame[self.ts_key], received_us[index], self.decoder.parse_time)
+                     if self.ts_key else (received_us[index], np.ones(n, dtype=bool)))
+        batch_ids, plain = _batch_ids(frame[self.batch_key] if self.batch_key else None, n)
+        ok &= plain & frame[spec.samples_field].is_not_null().to_numpy()
+        item = pl.col("__item")
+        fields = [item.struct.field(tag_key).alias("__name"), item.struct.field(value_key).alias("__value")]
+        if item_ts_key:
+            fields.append(item.struct.field(item_ts_key).alias("__ts"))
+        if item_quality_key:
+            fields.append(item.struct.field(item_quality_key).alias("__quality"))
+        items = (pl.DataFrame({"__member": np.arange(n, dtype=np.int64), "__topic": pl.Series(member_topic, dtype=pl.UInt32),
+                               "__item": frame[spec.samples_field]})
+                 .filter(pl.col("__item").list.len() > 0).explode("__item")
+                 .select("__member", "__topic", *fields)
+                 .join(self.names, on=["__topic", "__name"], how="left", maintain_order="left"))
+        item_ok = items["__tag_id"].is_not_null().to_numpy() & items["__value"].is_not_null().to_numpy()
+        member = items["__member"].to_numpy()
+        item_ts = ts_us[member]
+        if item_ts_key:
+            own_us, own_ok = _times(items["__ts"], item_ts, self.decoder.parse_time)
+            item_ts, item_ok = own_us, item_ok & own_ok
+        # A message with one item the fast path cannot vouch for goes the slow way as a whole.
+        ok[member[~item_ok]] = False
+        slow.extend(index[~ok].tolist())
+        keep = ok[member]
+        if not keep.any():
+            return None
+        if item_quality_key:
+            given = pl.col("__quality")
+            quality = (pl.when(given.is_null()).then(pl.lit("good"))
+                       .when(given.is_in(_QUALITIES)).then(given).otherwise(pl.lit("uncertain")))
+        else:
+            quality = pl.lit("good")
+        kept = items.filter(pl.Series(keep)).with_columns(quality.alias("__quality"))
+        member = member[keep]
+        return pl.DataFrame({
+            "message": index[member],
+            "ts_us": item_ts[keep],
+            "received_us": received_us[index[member]],
+            "tag_id": kept["__tag_id"],
+            "value": kept["__value"],
+            "quality": kept["__quality"],
+            "batch_id": batch_ids.gather(member),
+        })
+
+    def _frame(self, parts: list[pl.DataFrame]) -> pl.DataFrame | None:
+        if not parts:
+            return None
+        long = parts[0] if len(parts) == 1 else pl.concat(parts).sort("message", maintain_order=True)
+        return sample_batch(
+            ts=long["ts_us"].cast(pl.Datetime("us", "UTC")),
+            server_ts=long["received_us"].cast(pl.Datetime("us", "UTC")),
+            tag_id=long["tag_id"], value=long["value"], quality=long["quality"], batch_id=long["batch_id"],
+            tag_paths=self.tag_paths,
+        )

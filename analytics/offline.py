@@ -44,13 +44,14 @@ import polars as pl
 from analytics.multivariate import (
     DynamicPCADetector,
     IsolationForestDetector,
+    NearestNeighbourDetector,
     PCADetector,
     QuantileThreshold,
     ewma,
     held_out_scores,
 )
 
-METHODS = ("auto", "pca", "dpca", "iforest")
+METHODS = ("auto", "pca", "dpca", "iforest", "knn")
 # Chosen on training data (docs/benchmarks.md, "SKAB"): on replays of SKAB's anomaly-free file
 # with synthetic step / ramp / noise faults, dynamic PCA had the best F1 of the PCA
 # configurations under both calibrations. The isolation forest scored within noise of it on
@@ -58,7 +59,7 @@ METHODS = ("auto", "pca", "dpca", "iforest")
 AUTO = "dpca"
 # dpca's half-life of 3 rows: chosen by bench/skab_select.py on anomaly-free replays only, among
 # candidates declared before being run on test rows (F1 0.72 against 0.69 unsmoothed).
-HALFLIFE = {"pca": 0.0, "dpca": 3.0, "iforest": 10.0}
+HALFLIFE = {"pca": 0.0, "dpca": 3.0, "iforest": 10.0, "knn": 3.0}
 N_FOLDS = 5
 TOP = 3
 MIN_TRAIN_ROWS = 50
@@ -73,6 +74,8 @@ def make_detector(method: str, alpha: float = 0.01):
         return DynamicPCADetector(lags=2, variance=0.9, alpha=alpha)
     if method == "iforest":
         return IsolationForestDetector(n_estimators=200, random_state=0)
+    if method == "knn":
+        return NearestNeighbourDetector(n_neighbors=5)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -151,13 +154,15 @@ class Detection:
 
 
 def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha: float = 0.01,
-        exclude: Sequence[str] = (), normal: pl.DataFrame | None = None, train_name: str = "train",
-        test_name: str = "test", normal_name: str = "normal") -> Detection:
+        exclude: Sequence[str] = (), normal: pl.DataFrame | None = None, halflife: float | None = None,
+        train_name: str = "train", test_name: str = "test", normal_name: str = "normal") -> Detection:
     """`detect`, also returning the fitted detector, the method used and the threshold."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if halflife is not None and not (np.isfinite(halflife) and halflife >= 0):
+        raise ValueError(f"halflife must be >= 0 rows, got {halflife}")
     chosen = AUTO if method == "auto" else method
     tr, te = _prepare(train, train_name, exclude), _prepare(test, test_name, exclude)
     a, b = tr.variables.columns, te.variables.columns
@@ -175,7 +180,7 @@ def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha:
     X_test = te.variables.select(a).with_columns(pl.col(c).fill_null(medians[c][0]) for c in a)
 
     detector = make_detector(chosen, alpha)
-    halflife = HALFLIFE[chosen]
+    halflife = HALFLIFE[chosen] if halflife is None else halflife
     def smooth(s: np.ndarray) -> np.ndarray:
         return ewma(s, halflife)
     try:
@@ -231,11 +236,12 @@ def replay_scores(detector, normal: pl.DataFrame, n_train: int, horizon: int,
 
 
 def detect(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha: float = 0.01,
-           exclude: Sequence[str] = (), normal: pl.DataFrame | None = None) -> pl.DataFrame:
+           exclude: Sequence[str] = (), normal: pl.DataFrame | None = None,
+           halflife: float | None = None) -> pl.DataFrame:
     """Score `test` (n rows) with a detector fitted on normal `train`: (n, [time,] score, alarm,
-    contributors); `normal` optionally calibrates the threshold (module doc). Raises ValueError
-    on bad input."""
-    return run(train, test, method=method, alpha=alpha, exclude=exclude, normal=normal).result
+    contributors); `normal` optionally calibrates the threshold (module doc), `halflife` (rows)
+    replaces the method's default smoothing `HALFLIFE[method]`. Raises ValueError on bad input."""
+    return run(train, test, method=method, alpha=alpha, exclude=exclude, normal=normal, halflife=halflife).result
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,6 +254,9 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", nargs="*", default=[], metavar="COL", help="columns to ignore (e.g. labels)")
     parser.add_argument("--normal", type=Path, default=None,
                         help="optional longer anomaly-free recording to calibrate the threshold for drift")
+    parser.add_argument("--halflife", type=float, default=None, metavar="ROWS",
+                        help="EWMA half-life of the score in rows, 0 = none (default: per method, "
+                             + ", ".join(f"{m} {h:g}" for m, h in HALFLIFE.items()) + ")")
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -257,7 +266,7 @@ def run_detect(args: argparse.Namespace) -> int:
     normal_path = getattr(args, "normal", None)
     normal = read_table(normal_path) if normal_path is not None else None
     det = run(train, test, method=args.method, alpha=args.alpha, exclude=args.exclude, normal=normal,
-              train_name=str(args.train), test_name=str(args.test), normal_name=str(normal_path))
+              halflife=getattr(args, "halflife", None), train_name=str(args.train), test_name=str(args.test), normal_name=str(normal_path))
     out = det.result
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out.write_csv(args.out)

@@ -12,6 +12,7 @@ from analytics.multivariate import (
     DynamicPCADetector,
     IsolationForestDetector,
     MultivariateDetector,
+    NearestNeighbourDetector,
     PCADetector,
     QuantileThreshold,
     ewma,
@@ -30,6 +31,7 @@ FACTORIES = {
     "pca_textbook": lambda: PCADetector(limits="textbook"),
     "dpca": lambda: DynamicPCADetector(lags=2),
     "iforest": lambda: IsolationForestDetector(n_estimators=50, random_state=3),
+    "knn": lambda: NearestNeighbourDetector(n_neighbors=5),
 }
 
 
@@ -137,7 +139,7 @@ def test_calibrated_limits_hold_alpha_on_fresh_normal_rows(train: pl.DataFrame):
         assert alarms.dtype == np.uint8 and abs(alarms.mean() - alpha) < tol, type(detector).__name__
 
 
-@pytest.mark.parametrize("name", ["pca", "pca_sum", "dpca", "iforest"])
+@pytest.mark.parametrize("name", ["pca", "pca_sum", "dpca", "iforest", "knn"])
 def test_mean_shift_is_detected_and_blamed_on_its_variable(name: str, train: pl.DataFrame):
     det = FACTORIES[name]()
     threshold = QuantileThreshold(0.01).fit(held_out_scores(det, train))
@@ -219,3 +221,22 @@ def test_chunked_scoring_equals_the_straightforward_formula(lags: int):
                                  pl.col("v5")).alias("v5"))
     with pytest.raises(ValueError, match=r"\['v2', 'v5'\]"):
         det.score_samples(bad)
+
+
+def test_nearest_neighbour_residual_by_hand():
+    """Estimate = mean of the k nearest remembered rows (standardised), score = squared residual."""
+    X = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [4.0, 4.0], [5.0, 5.0], [2.0, 1.0]])
+    frame = pl.DataFrame(X, schema=["a", "b"], orient="row")
+    det = NearestNeighbourDetector(n_neighbors=2).fit(frame)
+    new = np.array([[0.2, 0.1], [4.5, 4.4]])
+    Z, zn = (X - X.mean(0)) / X.std(0, ddof=1), (new - X.mean(0)) / X.std(0, ddof=1)
+    expected = []
+    for z in zn:
+        near = np.argsort(((Z - z) ** 2).sum(1))[:2]
+        expected.append(((z - Z[near].mean(0)) ** 2).sum())
+    got = det.score_samples(pl.DataFrame(new, schema=["a", "b"], orient="row"))
+    assert np.allclose(got, expected)
+    c = det.contributions(pl.DataFrame(new, schema=["a", "b"], orient="row")).to_numpy()
+    assert np.allclose(c.sum(1), got)
+    with pytest.raises(ValueError, match="too few rows"):
+        NearestNeighbourDetector(n_neighbors=6).fit(frame)

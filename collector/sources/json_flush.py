@@ -1,26 +1,30 @@
 """Whole-flush decoding of MQTT JSON payloads (`payload: json` and `batched_json`): the fast path.
 
 The MQTT source keeps each message's raw payload, topic and receive time until it flushes; then
-the payloads of one flush are parsed together by Polars' NDJSON reader (Rust), with an explicit
-schema made from the tag bindings, and turned into sample columns without a Python loop per
-value. Per message, only the times that are ISO text are parsed in Python.
+the payloads of one flush are decoded together, without a Python statement per value:
+- `json` (an object per message): parsed by Polars' NDJSON reader (Rust) with an explicit schema
+  made from the tag bindings, topics that read the same fields in one read;
+- `batched_json` (a list of items per message): parsed by orjson per message (the same Python
+  values as the reference's json.loads), then one list per item key over the whole flush, turned
+  into typed series and checked vectorised (the reader's nested lists were slower than that).
+Per message, only times are parsed in Python (ISO text, and message times of batched JSON).
 
 Exactness: the per-message decoder (`MqttJsonDecoder.decode` / `decode_batched`) stays the
 reference. This path takes a message only when it must give the very samples the reference
 gives, and hands every other message back (`slow`) to be decoded one by one, which sets bad ones
-aside and counts them by reason exactly as before:
-- screened out before parsing (a byte search, vectorised): an empty payload, a line break in it
-  (one line per payload), and the tokens `null`, `true`, `false`, `NaN`, `Infinity` (the reader
-  maps null and missing alike, and rejects what Python's json accepts there); for `json`, a
-  payload holding the quality map's key (a per-field quality);
-- after parsing: a message with none of its topic's fields, a time that is not an epoch number or
-  ISO text within the sample range (or text that a JSON number could also have been), an integer
-  time at or beyond 2**53, a batch id that is not plainly text, a batched item whose tag is not
-  bound to its topic or that has no value.
-If the reader rejects the whole lot (a value that is text, an item that is not an object, JSON it
-does not accept), every message of the group goes the slow way: that flush costs what it did.
-One difference remains: an object with the same key twice keeps the first value here and the last
-one in the reference (RFC 8259 leaves it open; no publisher does it on purpose).
+aside and counts them by reason exactly as before.
+`json`, screened out before parsing (a byte search, vectorised): an empty payload, a line break
+in it (one line per payload), and the tokens `null`, `true`, `false`, `NaN`, `Infinity` (the
+reader maps null and absent alike, and rejects what Python's json accepts there), the quality
+map's key (a per-field quality); after parsing: a message with none of its topic's fields, a time
+that is not an epoch number or ISO text within the sample range (or text that a JSON number could
+also have been), an integer time at or beyond 2**53, a batch id that is not plainly text. If the
+reader rejects a group (a value that is text, JSON it does not accept), the whole group goes the
+slow way: that flush costs what it did. One difference remains: an object with the same key
+twice keeps the first value here and the last one in the reference (RFC 8259 leaves it open).
+`batched_json`: what orjson refuses (NaN, a lone surrogate, a BOM, a number beyond float64), an
+item that is not an object, a tag that is not text or not bound to the topic, a value that is not
+a number or null, a time the reference would refuse, an integer batch id beyond 64 bits.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import orjson
 import polars as pl
 
 from collector.sources.columns import sample_batch
@@ -49,6 +54,26 @@ _SCREENED = (b"\n", b"\r", b"null", b"true", b"false", b"NaN", b"Infinity")
 # renders those as text): the reader cannot say which it was, nor render it as Python's str() does.
 _NOT_SURELY_TEXT = r"^(?:[-+0-9.eE]+|true|false)$|^[\[{]"
 _QUALITIES = [q.value for q in Quality]
+_QUALITY_SET = frozenset(_QUALITIES)
+_ABSENT = np.iinfo(np.int64).min  # an item without a time of its own
+
+
+def _is_number(v) -> bool:
+    return v is None or v.__class__ is float or v.__class__ is int or v.__class__ is bool
+
+
+def _typed(values: list, dtype, accepts) -> tuple[pl.Series, np.ndarray]:
+    """The values as a series of `dtype` (strict: no conversion but int/bool to float) and which
+    are what the reference takes; the others are null in the series."""
+    try:
+        return pl.Series(values, dtype=dtype, strict=True), np.ones(len(values), dtype=bool)
+    except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+        fine = np.fromiter((accepts(v) for v in values), dtype=bool, count=len(values))
+        try:
+            series = pl.Series([v if f else None for v, f in zip(values, fine)], dtype=dtype, strict=True)
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):  # e.g. an int beyond 64 bits
+            return pl.Series([None] * len(values), dtype=dtype), np.zeros(len(values), dtype=bool)
+        return series, fine
 
 
 class FlushResult:
@@ -152,9 +177,7 @@ class JsonFlushDecoder:
         if self.batched:
             spec = config.batched_json
             self.item_keys = (spec.tag_field, spec.value_field, spec.timestamp_field, spec.quality_field)
-            names = {n for per_topic in decoder.names_by_topic.values() for n in per_topic}
-            self.enabled = (_plain_key(spec.samples_field, self.ts_key, self.batch_key) and _plain_key(*self.item_keys)
-                            and not any(re.match(_NOT_SURELY_TEXT, n) for n in names))
+            self.enabled = _plain_key(spec.samples_field, self.ts_key, self.batch_key) and _plain_key(*self.item_keys)
             self.topic_index = {t: i for i, t in enumerate(decoder.names_by_topic)}
             self.names = pl.DataFrame(
                 [(i, name, tag) for t, i in self.topic_index.items() for name, tag in decoder.names_by_topic[t].items()],
@@ -246,88 +269,148 @@ class JsonFlushDecoder:
     # --- payload: batched_json --------------------------------------------------------------
 
     def _batched(self, topics: list[str], payloads: list[bytes], received_us: np.ndarray) -> FlushResult:
-        bad = screened(payloads)
+        """Batched JSON: orjson per message (it builds the same Python values as the reference's
+        json.loads, and refuses what it does not read alike), then one list per item key over the
+        whole flush and vectorised checks; no Python statement per item."""
+        spec = self.decoder.config.batched_json
+        samples_key, ts_key, batch_key = spec.samples_field, self.ts_key, self.batch_key
+        tag_key, value_key, item_ts_key, item_quality_key = self.item_keys
         topic_index = self.topic_index
         slow: list[int] = []
         members: list[int] = []
         member_topic: list[int] = []
-        for i, topic in enumerate(topics):
-            t = topic_index.get(topic)
-            if t is None or bad[i]:
+        lengths: list[int] = []
+        items: list = []
+        ts_raw: list = []
+        batch_raw: list = []
+        loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+        for i, payload in enumerate(payloads):
+            t = topic_index.get(topics[i])
+            try:
+                doc = loads(payload)
+            except JSONDecodeError:
+                doc = None
+            got = doc.get(samples_key) if doc.__class__ is dict else None
+            if t is None or got.__class__ is not list:
                 slow.append(i)
-            else:
-                members.append(i)
-                member_topic.append(t)
-        part = self._batched_group(members, member_topic, payloads, received_us, slow) if members else None
+                continue
+            members.append(i)
+            member_topic.append(t)
+            lengths.append(len(got))
+            items += got
+            ts_raw.append(doc.get(ts_key) if ts_key else None)
+            batch_raw.append(doc.get(batch_key) if batch_key else None)
+        part = None
+        if members:
+            part = self._batched_items(members, member_topic, lengths, items, ts_raw, batch_raw, received_us, slow)
         return FlushResult(self._frame([part] if part is not None else []), sorted(slow))
 
-    def _batched_group(self, members, member_topic, payloads, received_us, slow) -> pl.DataFrame | None:
-        spec = self.decoder.config.batched_json
+    def _batched_items(self, members, member_topic, lengths, items, ts_raw, batch_raw, received_us, slow):
         tag_key, value_key, item_ts_key, item_quality_key = self.item_keys
-
-        def schema(time_type) -> dict:
-            item = {tag_key: pl.String, value_key: pl.Float64}
-            if item_ts_key:
-                item[item_ts_key] = time_type
-            if item_quality_key:
-                item[item_quality_key] = pl.String
-            out = {spec.samples_field: pl.List(pl.Struct(item))}
-            if self.ts_key:
-                out[self.ts_key] = time_type
-            if self.batch_key:
-                out[self.batch_key] = pl.String
-            return out
-
-        frame = _read([payloads[i] for i in members], [schema(pl.Float64), schema(pl.String)])
-        if frame is None:
-            slow.extend(members)
-            return None
         n = len(members)
         index = np.asarray(members, dtype=np.int64)
-        ts_us, ok = (_times(frame[self.ts_key], received_us[index], self.decoder.parse_time)
-                     if self.ts_key else (received_us[index], np.ones(n, dtype=bool)))
-        batch_ids, plain = _batch_ids(frame[self.batch_key] if self.batch_key else None, n)
-        ok &= plain & frame[spec.samples_field].is_not_null().to_numpy()
-        item = pl.col("__item")
-        fields = [item.struct.field(tag_key).alias("__name"), item.struct.field(value_key).alias("__value")]
+        member = np.repeat(np.arange(n), lengths)  # each item's message (position in members)
+        ok = np.ones(n, dtype=bool)
+        # Message time and batch id, per message as the reference reads them.
+        ts_us = received_us[index].copy()
+        parse = self.decoder.parse_time
+        for k, raw in enumerate(ts_raw):
+            if raw is not None:
+                try:
+                    ts_us[k] = (parse(raw) - EPOCH) // _US
+                except ValueError:  # PayloadError: the reference sets the whole message aside
+                    ok[k] = False
+        batch_ids = pl.Series([None if b is None else str(b) for b in batch_raw], dtype=pl.String)
+        for k, b in enumerate(batch_raw):
+            if b.__class__ is float and abs(b) >= 2.0**63:  # orjson's float for an integer json keeps as int
+                ok[k] = False
+        if not items:
+            slow.extend(index[~ok].tolist())
+            return None
+        try:
+            names = [it.get(tag_key) for it in items]
+        except AttributeError:  # an item that is not an object: those messages go the slow way
+            is_item = np.fromiter((it.__class__ is dict for it in items), dtype=bool, count=len(items))
+            ok[member[~is_item]] = False
+            items = [it if it.__class__ is dict else {} for it in items]
+            names = [it.get(tag_key) for it in items]
+        values = [it.get(value_key) for it in items]
+        item_ok = np.ones(len(items), dtype=bool)
+        name_series, name_ok = _typed(names, pl.String, lambda v: v.__class__ is str)
+        value_series, value_ok = _typed(values, pl.Float64, _is_number)
+        item_ok &= name_ok & value_ok
+        value_array = value_series.to_numpy()
+        item_ok &= ~np.isinf(value_array)  # an integer beyond float64: the reference says it holds no number
+        tag_ids = pl.DataFrame({"__topic": pl.Series(member_topic, dtype=pl.UInt32).gather(member),
+                                "__name": name_series}).join(
+            self.names, on=["__topic", "__name"], how="left", maintain_order="left")["__tag_id"]
+        item_ok &= tag_ids.is_not_null().to_numpy()
+        sample_us = ts_us[member]
         if item_ts_key:
-            fields.append(item.struct.field(item_ts_key).alias("__ts"))
+            own = [it.get(item_ts_key) for it in items]
+            if own.count(None) != len(own):
+                own_us, own_ok = self._item_times(own)
+                sample_us = np.where(own_us == _ABSENT, sample_us, own_us)
+                item_ok &= own_ok
         if item_quality_key:
-            fields.append(item.struct.field(item_quality_key).alias("__quality"))
-        items = (pl.DataFrame({"__member": np.arange(n, dtype=np.int64), "__topic": pl.Series(member_topic, dtype=pl.UInt32),
-                               "__item": frame[spec.samples_field]})
-                 .filter(pl.col("__item").list.len() > 0).explode("__item")
-                 .select("__member", "__topic", *fields)
-                 .join(self.names, on=["__topic", "__name"], how="left", maintain_order="left"))
-        item_ok = items["__tag_id"].is_not_null().to_numpy() & items["__value"].is_not_null().to_numpy()
-        member = items["__member"].to_numpy()
-        item_ts = ts_us[member]
-        if item_ts_key:
-            own_us, own_ok = _times(items["__ts"], item_ts, self.decoder.parse_time)
-            item_ts, item_ok = own_us, item_ok & own_ok
+            given = [it.get(item_quality_key, "good") for it in items]
+            if given.count("good") != len(given):
+                given = [q if q.__class__ is str and q in _QUALITY_SET else "uncertain" for q in given]
+            quality = pl.Series(given, dtype=pl.String)
+        else:
+            quality = pl.repeat("good", len(items), dtype=pl.String, eager=True)
+        # A null value is a bad-quality sample, whatever quality the item names.
+        if value_series.null_count():
+            quality = quality.zip_with(value_series.is_not_null(), pl.repeat("bad", len(items), dtype=pl.String, eager=True))
         # A message with one item the fast path cannot vouch for goes the slow way as a whole.
         ok[member[~item_ok]] = False
         slow.extend(index[~ok].tolist())
         keep = ok[member]
         if not keep.any():
             return None
-        if item_quality_key:
-            given = pl.col("__quality")
-            quality = (pl.when(given.is_null()).then(pl.lit("good"))
-                       .when(given.is_in(_QUALITIES)).then(given).otherwise(pl.lit("uncertain")))
-        else:
-            quality = pl.lit("good")
-        kept = items.filter(pl.Series(keep)).with_columns(quality.alias("__quality"))
+        keep_series = pl.Series(keep)
         member = member[keep]
         return pl.DataFrame({
             "message": index[member],
-            "ts_us": item_ts[keep],
+            "ts_us": sample_us[keep],
             "received_us": received_us[index[member]],
-            "tag_id": kept["__tag_id"],
-            "value": kept["__value"],
-            "quality": kept["__quality"],
+            "tag_id": tag_ids.filter(keep_series),
+            "value": value_series.filter(keep_series),
+            "quality": quality.filter(keep_series),
             "batch_id": batch_ids.gather(member),
         })
+
+    def _item_times(self, raw: list) -> tuple[np.ndarray, np.ndarray]:
+        """Items' own times (None: absent, given back as _ABSENT) as microseconds; which are usable."""
+        n = len(raw)
+        us = np.full(n, _ABSENT, dtype=np.int64)
+        ok = np.ones(n, dtype=bool)
+        numeric = np.fromiter((v.__class__ is float or v.__class__ is int for v in raw), dtype=bool, count=n)
+        if numeric.any():
+            at = np.flatnonzero(numeric)
+            numbers = np.array([float(raw[i]) if abs(raw[i]) < _EXACT_INT else np.inf for i in at], dtype=np.float64)
+            number_us, number_ok = epoch_us(numbers)
+            us[at] = number_us
+            ok[at] = number_ok
+        parsed: dict[str, int | None] = {}
+        parse = self.decoder.parse_time
+        for i in np.flatnonzero(~numeric).tolist():
+            value = raw[i]
+            if value is None:
+                continue
+            if value.__class__ is not str:
+                ok[i] = False  # a boolean, list or object: the reference counts a bad timestamp
+                continue
+            if value not in parsed:
+                try:
+                    parsed[value] = (parse(value) - EPOCH) // _US
+                except ValueError:  # PayloadError
+                    parsed[value] = None
+            if parsed[value] is None:
+                ok[i] = False
+            else:
+                us[i] = parsed[value]
+        return us, ok
 
     def _frame(self, parts: list[pl.DataFrame]) -> pl.DataFrame | None:
         if not parts:

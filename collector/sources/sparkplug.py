@@ -64,6 +64,9 @@ DEVICE_MESSAGES = ("DBIRTH", "DDATA", "DDEATH")
 # Sparkplug signed integers travel in unsigned fields: the bit width to sign-extend from.
 _SIGNED_BITS = {DataType.INT8: 8, DataType.INT16: 16, DataType.INT32: 32, DataType.INT64: 64}
 _NUMERIC_FIELDS = ("int_value", "long_value", "float_value", "double_value", "boolean_value")
+# Metric field numbers (see `sparkplug_b_proto`): the value oneof starts at 10.
+_NAME, _ALIAS, _TIMESTAMP, _DATATYPE, _IS_NULL, _FIRST_VALUE_FIELD = 1, 2, 3, 4, 7, 10
+_NUMERIC_FIELD_NUMBERS = frozenset(Metric.DESCRIPTOR.fields_by_name[f].number for f in _NUMERIC_FIELDS)
 
 
 @dataclass
@@ -232,15 +235,34 @@ class SparkplugDecoder:
     def _samples(self, key, node: _EdgeNode, dev: _Device, device: str, message, ts: datetime, received: datetime) -> int:
         group, node_id = key
         bindings, cols = self.bindings, self.columns
+        add_sample = cols.add_sample
         count = 0
         non_numeric = []
         message_row = None
         for m in message.metrics:
-            if m.HasField("name"):
-                name = m.name
+            # One ListFields call reads every field the metric carries: with upb, each HasField or
+            # attribute read costs about as much as the whole list.
+            name = alias = stamp = datatype = raw = None
+            which = 0
+            is_null = False
+            for f, v in m.ListFields():
+                number = f.number
+                if number >= _FIRST_VALUE_FIELD:
+                    which, raw = number, v
+                elif number == _NAME:
+                    name = v
+                elif number == _ALIAS:
+                    alias = v
+                elif number == _TIMESTAMP:
+                    stamp = v
+                elif number == _DATATYPE:
+                    datatype = v
+                elif number == _IS_NULL:
+                    is_null = v
+            if name is not None:
                 info = dev.by_name.get(name)
             else:
-                info = dev.by_alias.get(m.alias) if m.HasField("alias") else None
+                info = dev.by_alias.get(alias) if alias is not None else None
                 if info is None:
                     self.stats["unknown_alias"] += 1
                     self._request_rebirth(key, node, "unknown_alias")
@@ -249,25 +271,25 @@ class SparkplugDecoder:
             tag_id = bindings.get((group, node_id, device, name))
             if tag_id is None:
                 continue
-            datatype = m.datatype if m.HasField("datatype") else (info.datatype if info is not None else 0)
-            which = m.WhichOneof("value")
-            if m.is_null:
+            if is_null:
                 value, quality = None, "bad"
-            elif which in _NUMERIC_FIELDS:
-                value, quality = float(_signed(getattr(m, which), datatype)), "good"
-            elif which is None:
+            elif which in _NUMERIC_FIELD_NUMBERS:
+                if datatype is None:
+                    datatype = info.datatype if info is not None else 0
+                value, quality = float(_signed(raw, datatype)), "good"
+            elif not which:
                 continue  # a metric without a value (e.g. a DataSet or Template): nothing to sample
             else:
                 non_numeric.append(name)
                 continue
-            if m.HasField("timestamp"):
-                row = cols.add_row(_from_ms(m.timestamp, received), received)
+            if stamp is not None:
+                row = cols.add_row(_from_ms(stamp, received), received)
             else:
                 # Metrics without a time of their own share one row: the payload's time.
                 if message_row is None:
                     message_row = cols.add_row(ts, received)
                 row = message_row
-            cols.add_sample(row, tag_id, value, quality)
+            add_sample(row, tag_id, value, quality)
             count += 1
         if non_numeric:
             self.partial_errors.append(PayloadError("non_numeric_value", f"metric(s) {', '.join(non_numeric)} hold no number"))

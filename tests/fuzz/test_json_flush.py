@@ -80,7 +80,7 @@ def batched_payload(draw) -> tuple[str, bytes]:
     if draw(st.booleans()):
         doc["ts"] = draw(times)
     if draw(st.booleans()):
-        doc["batch_id"] = draw(texts)
+        doc["batch_id"] = draw(st.one_of(texts, scalars, st.integers(-(10**20), 10**20)))
     if draw(st.integers(0, 9)) == 0:
         doc = draw(json_values)
     return topic, _encode(draw, doc)

@@ -5,6 +5,11 @@ across batches) and keeps only the changes, plus one "peak" row per active condi
 (its highest-scoring sample, for the alert's worst value). Only those events reach Python and
 the `AlertBook`; samples stay in Polars.
 
+When a batch's tags share timestamps (batched MQTT, the simulator), it is pivoted once
+(`detectors.wide.pivot`) and the detectors with a wide path (`score_wide`) score it as one
+NumPy column per tag; the level changes and peaks are then found on those arrays and only the
+event rows are built. Other batches, and detectors without a wide path, use the long path.
+
 Detectors with a `check(now)` method (stale data) are also asked each cycle: after scoring a
 batch, with the batch clock (the newest sample time seen so far) unless the caller passes the
 wall clock; `check(now)` alone runs them when no batch arrived.
@@ -15,6 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Self
 
+import numpy as np
 import polars as pl
 
 from analytics.alerts import EVENT_SCHEMA, Alert, AlertBook
@@ -28,6 +34,7 @@ from analytics.detectors.quality import BadQualityDetector
 from analytics.detectors.robust_zscore import RobustZScore
 from analytics.detectors.roc import RateOfChangeDetector
 from analytics.detectors.stale import StaleDataDetector
+from analytics.detectors.wide import WideScores, aligned, pivot
 from analytics.detectors.zscore import RollingZScore
 from controltower.site import DetectorsConfig, TagInfo
 
@@ -109,6 +116,69 @@ def condition_events(scores: pl.DataFrame, levels: pl.DataFrame, detector: str) 
     )
 
 
+def wide_condition_events(scores: WideScores, levels: pl.DataFrame, detector: str) -> pl.DataFrame:
+    """`condition_events` of a detector's wide scores: the same rows in the same order."""
+    wide = scores.batch
+    level, score = scores.level, scores.score
+    T, K = level.shape
+    previous = np.vstack([aligned(levels, wide.tag_ids, "level_was", 0).astype(np.uint8)[None, :], level[:-1]])
+    changed = level != previous
+    on = (level > 0) & ~np.isnan(score)
+    if wide.present is not None:
+        changed &= wide.present
+        on &= wide.present
+    segment = np.cumsum(changed, axis=0)
+    k_on, t_on = np.nonzero(on.T)  # (tag, ts) order
+    peaks = np.zeros(0, np.int64)
+    if k_on.size:
+        group = k_on * (T + 1) + segment[t_on, k_on]
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        sc = score[t_on, k_on]
+        best = np.repeat(np.maximum.reduceat(sc, starts), np.diff(np.r_[starts, sc.size]))
+        at_best = np.flatnonzero(sc == best)
+        peaks = at_best[np.unique(group[at_best], return_index=True)[1]]
+    k_ch, t_ch = np.nonzero(changed.T)
+    k = np.r_[k_ch, k_on[peaks]]
+    t = np.r_[t_ch, t_on[peaks]]
+    kind = np.r_[np.zeros(k_ch.size, np.int8), np.ones(peaks.size, np.int8)]
+    order = np.lexsort((kind, t, k))
+    k, t = k[order], t[order]
+    lv = level[t, k]
+    reason = np.full(k.size, None, dtype=object)
+    limit = np.full(k.size, np.nan)
+    hit = lv > 0
+    if hit.any():
+        reason[hit] = scores.reasons(t[hit], k[hit])
+        limit[hit] = scores.limits(t[hit], k[hit])
+    value = wide.values[t, k]
+    null = wide.null[t, k] if wide.null is not None else np.zeros(k.size, bool)
+    return pl.DataFrame({
+        "ts": pl.Series(wide.ts[t]).cast(EVENT_SCHEMA["ts"]),
+        "tag_id": pl.Series(wide.tag_ids, dtype=pl.String).gather(k),
+        "detector": pl.Series([detector] * k.size, dtype=pl.String),
+        "level": pl.Series(lv, dtype=pl.UInt8),
+        "value": pl.Series([None if n else v for v, n in zip(value.tolist(), null.tolist())], dtype=pl.Float64),
+        "limit": pl.Series(limit).fill_nan(None),
+        "reason": pl.Series(reason.tolist(), dtype=pl.String),
+        "score": pl.Series(score[t, k]).fill_nan(None),
+    }).select(pl.col(c).cast(dt) for c, dt in EVENT_SCHEMA.items())
+
+
+class ScoreFrames(dict):
+    """Detector name -> its scores of the last batch (`SCORE_SCHEMA`); wide scores are turned
+    into that frame only when someone reads them (the engine itself never does)."""
+
+    def __getitem__(self, name: str) -> pl.DataFrame:
+        scores = super().__getitem__(name)
+        if isinstance(scores, WideScores):
+            scores = scores.to_long()
+            self[name] = scores
+        return scores
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+
 class DetectionEngine:
     """Enabled detectors + level tracking + an `AlertBook`.
 
@@ -117,15 +187,18 @@ class DetectionEngine:
     """
 
     def __init__(self, tags: list[TagInfo], config: DetectorsConfig, book: AlertBook | None = None,
-                 monitors: list | None = None):
+                 monitors: list | None = None, wide: bool = True):
         self.tags = tags
         self.config = config
         self.book = book if book is not None else AlertBook()
         self.book.add_tags(tags)
         self.detectors = build_detectors(tags, config)
         self._known = pl.Series("tag_id", [t.tag_id for t in tags], pl.String())
+        self._known_sorted = sorted(set(self._known.to_list()))
+        # False: always the long path (tests compare the two).
+        self.wide = wide and any(hasattr(d, "score_wide") for d in self.detectors)
         self._levels: dict[str, pl.DataFrame] = {d.name: pl.DataFrame(schema=_LEVEL_SCHEMA) for d in self.detectors}
-        self.last_scores: dict[str, pl.DataFrame] = {}
+        self.last_scores: dict[str, pl.DataFrame] = ScoreFrames()
         self.last_events = pl.DataFrame(schema=EVENT_SCHEMA)
         self.clock: datetime | None = None  # newest sample time seen: the batch clock
         # Stored multivariate models per unit (`analytics.monitors.load_monitors`): one alert
@@ -142,12 +215,18 @@ class DetectionEngine:
         """Score one micro-batch (sample schema) with every detector, then run the clock checks
         (`check(now)`, `now` defaulting to the batch clock); apply the condition changes to the
         book; return the alerts raised. Tags unknown to the config are ignored."""
-        batch = batch.filter(pl.col("tag_id").is_in(self._known.implode()))
+        wide = pivot(batch, self._known_sorted) if self.wide else None
+        if wide is None or self.monitors or not all(hasattr(d, "score_wide") for d in self.detectors):
+            batch = batch.filter(pl.col("tag_id").is_in(self._known.implode()))
         events = []
-        if not batch.is_empty():
-            newest = batch.get_column("ts").max()
+        if wide is not None or not batch.is_empty():
+            newest = batch.get_column("ts").max() if wide is None else pl.Series([wide.ts[-1]]).cast(
+                pl.Datetime("ns", "UTC")).item()
             self.clock = newest if self.clock is None or newest > self.clock else self.clock
             for detector in self.detectors:
+                if wide is not None and hasattr(detector, "score_wide"):
+                    events.append(self._wide_events(detector.score_wide(wide), detector.name))
+                    continue
                 scores = detector.score(batch)
                 self.last_scores[detector.name] = scores
                 events.append(self._events(scores, detector.name))
@@ -186,6 +265,15 @@ class DetectionEngine:
                 self.last_scores[f"{detector.name}_check"] = scores
                 out.append(self._events(scores, detector.name))
         return out
+
+    def _wide_events(self, scores: WideScores, name: str) -> pl.DataFrame:
+        """`_events` of wide scores."""
+        self.last_scores[name] = scores
+        events = wide_condition_events(scores, self._levels[name], name)
+        last = pl.DataFrame({"tag_id": scores.batch.tag_ids, "level_was": scores.level[-1]}, schema=_LEVEL_SCHEMA)
+        levels = self._levels[name]
+        self._levels[name] = pl.concat([levels.join(last, on="tag_id", how="anti"), last])
+        return events
 
     def _events(self, scores: pl.DataFrame, name: str) -> pl.DataFrame:
         """The condition events of one detector's scores; remembers each tag's last level."""

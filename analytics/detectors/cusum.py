@@ -134,11 +134,14 @@ class CusumChart:
             {"tag_id": ids, "up": packed.last(up, up0), "down": packed.last(down, down0)},
             schema=_STATE_SCHEMA).filter(pl.Series(known)))
         high = np.maximum(up, down)
-        side = np.where(up >= down, 1.0, -1.0)
 
         def reasons(rows: np.ndarray, cols: np.ndarray) -> list:
             r = packed.row_of(rows, cols)
             return long_reasons(pl.DataFrame({"up": up[r, cols], "down": down[r, cols]}), cusum_reason(self.h))
 
+        def limits(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            r = packed.row_of(rows, cols)
+            return centre[cols] + np.where(up[r, cols] >= down[r, cols], 1.0, -1.0) * self.h * sigma[cols]
+
         return memory_scores(self._levels, wide, ok, packed.unpack(high / self.h), packed.unpack(high > self.h, False),
-                             packed.unpack(centre + side * self.h * sigma), reasons)
+                             limits, reasons)

@@ -130,7 +130,6 @@ class EwmaChart:
             s = np.broadcast_to(sigma * np.sqrt(width), ewma.shape)
         gap = np.abs(ewma - centre)
         over = gap > self.L * s
-        side = np.where(ewma >= centre, 1.0, -1.0)
         known = ~np.isnan(centre)
         self._state = upsert(self._state, pl.DataFrame(
             {"tag_id": ids, "value": packed.last(ewma, before), "n": n0 + packed.n}, schema=_STATE_SCHEMA).filter(
@@ -141,5 +140,9 @@ class EwmaChart:
             return long_reasons(pl.DataFrame({"ewma": ewma[r, cols], "centre": centre[cols], "s": s[r, cols]}),
                                 ewma_reason(self.lam, self.L))
 
-        return memory_scores(self._levels, wide, ok, packed.unpack(gap / s), packed.unpack(over, False),
-                             packed.unpack(centre + side * self.L * s), reasons)
+        def limits(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            r = packed.row_of(rows, cols)
+            side = np.where(ewma[r, cols] >= centre[cols], 1.0, -1.0)
+            return centre[cols] + side * self.L * s[r, cols]
+
+        return memory_scores(self._levels, wide, ok, packed.unpack(gap / s), packed.unpack(over, False), limits, reasons)

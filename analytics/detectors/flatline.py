@@ -125,4 +125,5 @@ class FlatlineDetector:
             return long_reasons(runs, pl.format("same value for {} samples", pl.col("run")))
 
         return memory_scores(self._levels, wide, ok, packed.unpack(run / self.min_run),
-                             packed.unpack(run >= self.min_run, False), packed.unpack(x), reasons)
+                             packed.unpack(run >= self.min_run, False),
+                             lambda rows, cols: x[packed.row_of(rows, cols), cols], reasons)

@@ -254,25 +254,26 @@ class LimitDetector:
         lower = np.where(np.isnan(p["warning_low"]), p["alarm_low"], p["warning_low"])
         excess = np.fmax(np.fmax(x - upper, lower - x), 0.0)
         score = np.where(ok, excess / p["span"], np.nan)
-        which = np.full(x.shape, -1, np.int8)  # the most severe active limit, in LIMITS order
+        which = np.full(x.shape, -1, np.int8, order="F")  # the most severe active limit, in LIMITS order
         for i in reversed(range(len(LIMITS))):
             which[active[LIMITS[i][0]]] = i
         values = np.vstack([p[name] for name, _, _ in LIMITS])  # (4, K)
         texts = np.vstack([aligned(params, ids, f"{name}_reason") for name, _, _ in LIMITS])
-        cols = np.broadcast_to(np.arange(len(ids)), x.shape)
-        limit = np.where(which >= 0, values[np.maximum(which, 0), cols], np.nan)
+        def limits(rows: np.ndarray, c: np.ndarray) -> np.ndarray:
+            w = which[rows, c]
+            return np.where(w >= 0, values[np.maximum(w, 0), c], np.nan)
 
         def reasons(rows: np.ndarray, c: np.ndarray) -> list:
             w = which[rows, c]
             return np.where(w >= 0, texts[np.maximum(w, 0), c], None).tolist()
 
-        return WideScores(wide, score, level, limit, reasons)
+        return WideScores(wide, score, level, limits, reasons)
 
     def _delayed(self, name: str, raw: np.ndarray, was: np.ndarray, carried: np.ndarray, wide: WideBatch,
                  p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`delayed_state` on arrays: (active, run start ts, run samples) per cell."""
         ids, ok = wide.tag_ids, wide.usable
-        starts = np.empty(raw.shape, bool)
+        starts = np.empty(raw.shape, bool, order="F")
         starts[0] = ~carried | (raw[0] != was)
         np.not_equal(raw[1:], raw[:-1], out=starts[1:])
         ts = np.broadcast_to(wide.ts[:, None], raw.shape)

@@ -131,7 +131,7 @@ def wide_rules(z: np.ndarray, d: np.ndarray, seen: np.ndarray, same_side_run: in
     if 3 in rules:
         fires[3] = (count(d > 0, 5) == 5) | (count(d < 0, 5) == 5)
     if 4 in rules:
-        turn = np.zeros(d.shape, bool)
+        turn = np.zeros(d.shape, bool, order="F")
         turn[1:] = d[1:] * d[:-1] < 0
         fires[4] = count(turn, 12) == 12
     if 5 in rules:
@@ -236,7 +236,7 @@ class NelsonRules:
                                                                np.where(known, packed.n, 0), depth))
         x = stacked["value"]
         z = (x - centre) / sigma
-        d = np.full(x.shape, np.nan)
+        d = np.full(x.shape, np.nan, order="F")
         d[1:] = x[1:] - x[:-1]
         seen = np.arange(x.shape[0])[:, None] - (depth - n_tail) + 1
         rules = sorted(self.rules)
@@ -244,14 +244,21 @@ class NelsonRules:
         fires = {r: f[depth:] for r, f in fires.items()}
         above = {r: a[depth:] for r, a in above.items()}
         z, d = z[depth:], d[depth:]
-        level = np.zeros(z.shape, bool)
-        zone = np.full(z.shape, np.nan)
-        up = z >= 0
-        for r in reversed(rules):  # the lowest-numbered rule that fires names the condition
+        level = np.zeros(z.shape, bool, order="F")
+        for r in rules:
             level |= fires[r]
-            zone = np.where(fires[r], ZONE[r], zone)
-            up = np.where(fires[r], above.get(r, z >= 0), up)
-        limit = centre + np.where(up, 1.0, -1.0) * zone * sigma
+
+        def limits(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            r = packed.row_of(rows, cols)
+            zone, up = np.full(rows.size, np.nan), z[r, cols] >= 0
+            for q in reversed(rules):  # the lowest-numbered rule that fires names the condition
+                hit = fires[q][r, cols]
+                zone = np.where(hit, ZONE[q], zone)
+                if q in above:
+                    up = np.where(hit, above[q][r, cols], up)
+                else:
+                    up = np.where(hit, z[r, cols] >= 0, up)
+            return centre[cols] + np.where(up, 1.0, -1.0) * zone * sigma[cols]
 
         def reasons(rows: np.ndarray, cols: np.ndarray) -> list:
             r = packed.row_of(rows, cols)
@@ -259,5 +266,5 @@ class NelsonRules:
                                   **{f"_above{q}": above[q][r, cols] for q in above}})
             return long_reasons(cells, first_rule_reason(rules, self.same_side_run))
 
-        return memory_scores(self._levels, wide, ok, packed.unpack(np.abs(z)), packed.unpack(level, False),
-                             packed.unpack(limit), reasons)
+        return memory_scores(self._levels, wide, ok, packed.unpack(np.abs(z)), packed.unpack(level, False), limits,
+                             reasons)

@@ -119,4 +119,4 @@ class RateOfChangeDetector:
             return long_reasons(pl.DataFrame({"rate": rate[r, cols], "rate_limit": rate_limit[cols]}), rate_reason())
 
         return memory_scores(self._levels, wide, ok, packed.unpack(fast / rate_limit), packed.unpack(over, False),
-                             packed.unpack(np.broadcast_to(rate_limit, ok.shape)), reasons)
+                             lambda rows, cols: rate_limit[cols], reasons)

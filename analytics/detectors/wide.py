@@ -73,6 +73,9 @@ def pivot(batch: pl.DataFrame, known: list[str] | None = None) -> WideBatch | No
     docstring). `known` (sorted tag ids) limits the columns to those tags; others are dropped."""
     if batch.is_empty():
         return None
+    tiled = _tiled(batch, known)
+    if tiled is not None:
+        return tiled
     names = known if known is not None else batch.get_column("tag_id").unique().sort().to_list()
     codes = batch.get_column("tag_id").cast(pl.Enum(names), strict=False).to_physical()
     keep = codes.is_not_null().to_numpy()
@@ -117,23 +120,58 @@ def pivot(batch: pl.DataFrame, known: list[str] | None = None) -> WideBatch | No
         null = np.zeros(T * K, bool)
         null[flat] = value.is_null().to_numpy()
         null = null.reshape(T, K)
-    return WideBatch(times, names, values.reshape(T, K), usable.reshape(T, K), present, null)
+    return WideBatch(times, names, np.asfortranarray(values.reshape(T, K)), np.asfortranarray(usable.reshape(T, K)),
+                     None if present is None else np.asfortranarray(present),
+                     None if null is None else np.asfortranarray(null))
+
+
+def _tiled(batch: pl.DataFrame, known: list[str] | None) -> WideBatch | None:
+    """The common layout, pivoted without a lookup per sample: every timestamp holds the same
+    tags in the same order (what batched MQTT and the simulator publish). None otherwise."""
+    ts = batch.get_column("ts").to_physical().to_numpy()
+    n = ts.size
+    first = np.flatnonzero(ts != ts[0])
+    K = int(first[0]) if first.size else n
+    if n % K:
+        return None
+    grid_ts = ts.reshape(-1, K)
+    if not (grid_ts == grid_ts[:, :1]).all() or not (grid_ts[1:, 0] > grid_ts[:-1, 0]).all():
+        return None
+    ids = batch.get_column("tag_id")
+    head = ids.head(K)
+    if head.n_unique() != K or head.null_count() or (known is not None and not head.is_in(known).all()):
+        return None
+    if not ids.equals(head.gather(np.tile(np.arange(K, dtype=np.uint32), n // K))):
+        return None
+    names = head.to_list()
+    order = np.argsort(np.array(names, dtype=object), kind="stable")
+    value = batch.get_column("value")
+    raw = value.to_numpy()
+    usable = ~np.isnan(raw) & ~(batch.get_column("quality") == "bad").fill_null(False).to_numpy()
+    T = n // K
+    pick = (lambda a: np.asfortranarray(a.reshape(T, K))) if (order == np.arange(K)).all() else \
+        (lambda a: np.asfortranarray(a.reshape(T, K)[:, order]))
+    null = pick(value.is_null().to_numpy()) if value.null_count() else None
+    return WideBatch(grid_ts[:, 0].copy(), [names[i] for i in order], pick(raw), pick(usable), None, null)
 
 
 # A reason builder: (rows, cols) of cells at level > 0 -> their reason texts.
 Reasons = Callable[[np.ndarray, np.ndarray], list]
+# A limit builder: (rows, cols) of cells at level > 0 -> their limits (float array, NaN for null).
+Limits = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
 class WideScores:
-    """One detector's scores of a `WideBatch`: `score` and `limit` NaN where null, `level` uint8;
-    `reasons(rows, cols)` gives the reason texts of cells at level > 0 (built only when asked:
-    the engine needs them only where a condition changes or peaks)."""
+    """One detector's scores of a `WideBatch`: `score` (NaN where null) and `level` (uint8) per
+    cell; `limits(rows, cols)` and `reasons(rows, cols)` give the limits and reason texts of cells
+    at level > 0, built only when asked (the engine needs them only where a condition changes or
+    peaks)."""
 
     batch: WideBatch
     score: np.ndarray
     level: np.ndarray
-    limit: np.ndarray
+    limits: Limits
     reasons: Reasons
 
     def to_long(self) -> pl.DataFrame:
@@ -145,16 +183,18 @@ class WideScores:
             value = pl.when(pl.Series(self.batch.null[rows, cols])).then(None).otherwise(value)
             value = pl.select(value.alias("value")).to_series()
         reason = pl.Series("reason", [None] * rows.size, pl.String)
+        limit = np.full(rows.size, np.nan)
         hit = np.flatnonzero(level > 0)
         if hit.size:
             reason = reason.scatter(hit, pl.Series(self.reasons(rows[hit], cols[hit]), dtype=pl.String))
+            limit[hit] = self.limits(rows[hit], cols[hit])
         frame = pl.DataFrame({
             "ts": pl.Series(self.batch.ts[rows]).cast(TIMESTAMP_DTYPE),
             "tag_id": pl.Series(self.batch.tag_ids, dtype=pl.String).gather(cols),
             "value": value,
             "score": pl.Series(self.score[rows, cols]).fill_nan(None),
             "level": pl.Series(level),
-            "limit": pl.Series(self.limit[rows, cols]).fill_nan(None),
+            "limit": pl.Series(limit).fill_nan(None),
             "reason": reason,
         })
         return frame.select(pl.col(c).cast(dt) for c, dt in SCORE_SCHEMA.items())
@@ -176,8 +216,8 @@ def aligned(frame: pl.DataFrame, tag_ids: list[str], column: str, fill=None) -> 
 
 def last_index(mask: np.ndarray) -> np.ndarray:
     """Per cell, the row of the latest True at or above it in its column, -1 when none."""
-    rows = np.arange(mask.shape[0]).reshape(-1, *([1] * (mask.ndim - 1)))
-    return np.maximum.accumulate(np.where(mask, rows, -1), axis=0)
+    rows = np.arange(mask.shape[0], dtype=np.int32).reshape(-1, *([1] * (mask.ndim - 1)))
+    return np.maximum.accumulate(np.where(mask, rows, np.int32(-1)), axis=0)
 
 
 def forward_fill(values: np.ndarray, set_: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -190,7 +230,7 @@ def forward_fill(values: np.ndarray, set_: np.ndarray, seed: np.ndarray) -> np.n
 def rolling_count(flag: np.ndarray, window: int) -> np.ndarray:
     """How many of the last `window` rows (this one included) have `flag`, per column (int32);
     rows above the first `window - 1` count only the rows that exist."""
-    c = np.zeros((flag.shape[0] + 1, flag.shape[1]), np.int32)
+    c = np.zeros((flag.shape[0] + 1, flag.shape[1]), np.int32, order="F")
     np.cumsum(flag, axis=0, dtype=np.int32, out=c[1:])
     out = c[1:].copy()
     out[window:] -= c[1:-window] if window < c.shape[0] - 1 else 0
@@ -216,7 +256,7 @@ class Compacted:
         """`grid` (T x K) compacted like the values."""
         if self.all:
             return grid
-        out = np.full(grid.shape, fill, dtype=np.result_type(grid.dtype, np.asarray(fill).dtype))
+        out = np.full(grid.shape, fill, dtype=np.result_type(grid.dtype, np.asarray(fill).dtype), order="F")
         t, k = np.nonzero(self.usable)
         out[self.rows[t, k], k] = grid[t, k]
         return out
@@ -234,7 +274,7 @@ class Compacted:
         """A compacted (T x K) result back on the grid; `fill` on the cells not scored."""
         if self.all:
             return compact
-        out = np.full(compact.shape, fill, dtype=np.result_type(compact.dtype, np.asarray(fill).dtype))
+        out = np.full(compact.shape, fill, dtype=np.result_type(compact.dtype, np.asarray(fill).dtype), order="F")
         t, k = np.nonzero(self.usable)
         out[t, k] = compact[self.rows[t, k], k]
         return out
@@ -293,52 +333,65 @@ class CarriedLevels:
     """Levels over the whole grid after carrying skipped samples (see `carry_levels`)."""
 
     level: np.ndarray  # (T, K) uint8
-    limit: np.ndarray  # (T, K) float, NaN at level 0
     source: np.ndarray  # (T, K) row of the scored cell whose level, limit and reason a cell shows; -1: the carried state
+    limit_was: np.ndarray  # (K,) float: the carried limit of each tag
     reason_was: np.ndarray  # (K,) object: the carried reason of each tag
 
+    def limits(self, limits: Limits, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Limits of cells (rows, cols): NaN at level 0, else the limit of the scored cell they
+        carry (built by `limits`), or the tag's carried limit."""
+        out = np.full(rows.size, np.nan)
+        on = self.level[rows, cols] > 0
+        src = self.source[rows, cols]
+        built = on & (src >= 0)
+        if built.any():
+            out[built] = limits(src[built], cols[built])
+        was = on & (src < 0)
+        out[was] = self.limit_was[cols[was]]
+        return out
 
-def carry_levels(state: pl.DataFrame, wide: WideBatch, scored: np.ndarray, level_now: np.ndarray,
-                 limit_now: np.ndarray) -> CarriedLevels:
-    """The wide `LevelMemory.merge`: scored cells keep `level_now` / `limit_now`; the others take
-    those of the tag's previous scored sample, or the tag's `state` (`LEVEL_STATE_SCHEMA`) from
-    the previous batch. `level_state` gives the state to keep for the next batch."""
+    def reasons(self, reasons: Reasons, rows: np.ndarray, cols: np.ndarray) -> list:
+        """Reason texts of cells (rows, cols), like `limits`."""
+        out = np.full(rows.size, None, dtype=object)
+        on = self.level[rows, cols] > 0
+        src = self.source[rows, cols]
+        built = on & (src >= 0)
+        if built.any():
+            out[built] = reasons(src[built], cols[built])
+        was = on & (src < 0)
+        out[was] = self.reason_was[cols[was]]
+        return out.tolist()
+
+
+def carry_levels(state: pl.DataFrame, wide: WideBatch, scored: np.ndarray, level_now: np.ndarray) -> CarriedLevels:
+    """The wide `LevelMemory.merge`: scored cells keep `level_now`; the others take the level
+    (and limit and reason) of the tag's previous scored sample, or the tag's `state`
+    (`LEVEL_STATE_SCHEMA`) from the previous batch. `level_state` gives the state to keep."""
     ids = wide.tag_ids
-    level_was = aligned(state, ids, "level_was", 0).astype(np.uint8)
     limit_was = aligned(state, ids, "limit_was").astype(float)
+    reason_was = aligned(state, ids, "reason_was")
+    if scored.all():  # every sample scored (the usual case): nothing to carry
+        source = np.broadcast_to(np.arange(scored.shape[0])[:, None], scored.shape)
+        return CarriedLevels(level_now.astype(np.uint8), source, limit_was, reason_was)
+    level_was = aligned(state, ids, "level_was", 0).astype(np.uint8)
     source = last_index(scored)
     cols = np.broadcast_to(np.arange(len(ids)), scored.shape)
-    safe = np.maximum(source, 0)
-    carried = source >= 0
-    level = np.where(carried, level_now[safe, cols], level_was).astype(np.uint8)
-    limit = np.where(level > 0, np.where(carried, limit_now[safe, cols], limit_was), np.nan)
-    return CarriedLevels(level, limit, source, aligned(state, ids, "reason_was"))
+    level = np.where(source >= 0, level_now[np.maximum(source, 0), cols], level_was).astype(np.uint8)
+    return CarriedLevels(level, source, limit_was, reason_was)
 
 
-def level_state(state: pl.DataFrame, wide: WideBatch, carried: CarriedLevels, reasons: Reasons) -> pl.DataFrame:
+def level_state(state: pl.DataFrame, wide: WideBatch, carried: CarriedLevels, limits: Limits,
+                reasons: Reasons) -> pl.DataFrame:
     """`state` with each tag's level, limit and reason at the end of the batch."""
     T, K = carried.level.shape
     if not T:
         return state
-    last = np.full(K, T - 1)
-    new = pl.DataFrame({"tag_id": wide.tag_ids, "level_was": carried.level[-1], "limit_was": carried.limit[-1],
-                        "reason_was": carried_reasons(carried, reasons, last, np.arange(K))},
+    last, cols = np.full(K, T - 1), np.arange(K)
+    new = pl.DataFrame({"tag_id": wide.tag_ids, "level_was": carried.level[-1],
+                        "limit_was": carried.limits(limits, last, cols),
+                        "reason_was": carried.reasons(reasons, last, cols)},
                        schema=LEVEL_STATE_SCHEMA, nan_to_null=True)
     return upsert(state, new)
-
-
-def carried_reasons(carried: CarriedLevels, reasons: Reasons, rows: np.ndarray, cols: np.ndarray) -> list:
-    """Reason texts of cells (rows, cols): None at level 0, else the reason of the scored cell
-    they carry (built by `reasons`), or the tag's carried reason."""
-    out = np.full(rows.size, None, dtype=object)
-    on = carried.level[rows, cols] > 0
-    src = carried.source[rows, cols]
-    built = on & (src >= 0)
-    if built.any():
-        out[built] = reasons(src[built], cols[built])
-    was = on & (src < 0)
-    out[was] = carried.reason_was[cols[was]]
-    return out.tolist()
 
 
 def long_reasons(frame: pl.DataFrame, expr: pl.Expr) -> list:
@@ -347,11 +400,12 @@ def long_reasons(frame: pl.DataFrame, expr: pl.Expr) -> list:
 
 
 def memory_scores(levels, wide: WideBatch, scored: np.ndarray, score: np.ndarray, level_now: np.ndarray,
-                  limit_now: np.ndarray, reasons: Reasons) -> WideScores:
+                  limits: Limits, reasons: Reasons) -> WideScores:
     """`WideScores` of a detector built on `stream.LevelMemory` (`levels`): the cells in `scored`
-    have `score`, `level_now`, `limit_now` and `reasons(rows, cols)`; the others carry the tag's
-    previous level. Updates `levels.state` as `LevelMemory.merge` does."""
-    carried = carry_levels(levels.state, wide, scored, level_now, limit_now)
-    levels.state = level_state(levels.state, wide, carried, reasons)
-    return WideScores(wide, np.where(scored, score, np.nan), carried.level, carried.limit,
-                      lambda rows, cols: carried_reasons(carried, reasons, rows, cols))
+    have `score`, `level_now`, `limits(rows, cols)` and `reasons(rows, cols)`; the others carry
+    the tag's previous level. Updates `levels.state` as `LevelMemory.merge` does."""
+    carried = carry_levels(levels.state, wide, scored, level_now)
+    levels.state = level_state(levels.state, wide, carried, limits, reasons)
+    return WideScores(wide, score if scored.all() else np.where(scored, score, np.nan),
+                      carried.level, lambda rows, cols: carried.limits(limits, rows, cols),
+                      lambda rows, cols: carried.reasons(reasons, rows, cols))

@@ -89,3 +89,31 @@ def test_single_time_step_batches(name: str, series: pl.DataFrame):
     det = FACTORIES[name]()
     parts = [det.score_wide(pivot(part)).to_long() for part in head.partition_by("ts", maintain_order=True)]
     assert_same(pl.concat(parts).sort("tag_id", "ts", maintain_order=True), whole, name)
+
+
+def test_engine_wide_equals_long(series: pl.DataFrame):
+    """The live engine pivots batches whose tags share timestamps: the same condition events and
+    alerts as the long path, with the long path taking the batches that are not wide."""
+    from analytics.engine import DetectionEngine
+    from controltower.site import CusumConfig, DetectorsConfig, EwmaConfig, NelsonConfig
+    from tests.analytics.test_univariate_streaming import TAGS
+
+    config = DetectorsConfig(nelson=NelsonConfig(enabled=True), ewma=EwmaConfig(enabled=True),
+                             cusum=CusumConfig(enabled=True))
+    history = series.sort("ts").head(300)
+    engines = [DetectionEngine(TAGS, config, wide=w).fit(history) for w in (True, False)]
+    assert engines[0].wide and not engines[1].wide
+    batches = micro_batches(series, 5)[:24]
+    batches.insert(3, pl.concat([batches[3], batches[3].head(2)]))  # a duplicate: not wide
+    counts = []
+    for b in batches:
+        alerts = [e.process(b) for e in engines]
+        assert [(a.tag_id, a.detector, a.severity, a.value, a.message, a.raised_at) for a in alerts[0]] == \
+               [(a.tag_id, a.detector, a.severity, a.value, a.message, a.raised_at) for a in alerts[1]]
+        got, want = (e.last_events.drop("score", "limit", "reason") for e in engines)
+        assert_frame_equal(got, want)
+        assert_close(engines[0].last_events["score"].to_list(), engines[1].last_events["score"].to_list())
+        counts.append(engines[0].last_events.height)
+    assert sum(counts) > 0
+    for name in ("limits", "nelson", "ewma"):
+        assert_same(engines[0].last_scores[name], engines[1].last_scores[name], name)

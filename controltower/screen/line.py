@@ -1,13 +1,14 @@
 """The line page (`/line/<site>.<area>.<line>`): one panel per unit of the line with the live
 trends of its tags (warning and alarm limits drawn and labelled), the unit's anomaly score with
-its control limit, and its batches shaded; above them the line's state, its active alarms and
-its units' current batches.
+its control limit, and its batch phases (ISA-88, from the historian's batch events) shaded and
+named, else its batches; above them the line's state, its active alarms and its units' current
+batches.
 
 Refresh: the first call sends each unit's figure over the window (LTTB-downsampled on the
 server to `queries.LINE_TREND_POINTS` per tag); later ticks send a `Patch` per figure that only
 appends the samples newer than the last call and slides the time axis. The whole figure is sent
 again only every `FULL_REBUILD_FRACTION` of the window (to drop what scrolled out), when a new
-batch starts, or when the page is opened. `bench/screen.py` measures both.
+batch or phase starts, or when the page is opened: the phase shading is never in a Patch. `bench/screen.py` measures both.
 
 Every callback body is a plain function of (ctx, now, inputs) (`line_update`, `line_status`),
 so tests call them without a browser. All times are UTC.
@@ -16,6 +17,7 @@ so tests call them without a browser. All times are UTC.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,12 @@ PALETTE = {
     "alarm": "#ff5c5c",
     "batch": ("rgba(174, 188, 203, 0.07)", "rgba(174, 188, 203, 0.0)"),
 }
+# Phase shading: the Okabe-Ito colours (told apart with the common colour-vision deficiencies;
+# its black and dark blue left out, unreadable on the dark plot), picked by the phase's name so a
+# phase keeps its colour; every band is also labelled with its name.
+PHASE_COLOURS = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (213, 94, 0), (204, 121, 167),
+                 (153, 153, 153))
+PHASE_ALPHA = 0.16
 LIMIT_STYLE = {
     # column: (label, colour, dash)
     "alarm_high": ("HH", PALETTE["alarm"], "solid"),
@@ -213,8 +221,10 @@ def line_update(
         trends = q.line_trends(ctx, line_id, cut, window_s, since=until, spacing_s=state.get("spacing_s"))
         last_batches = _last_batches(trends.batches)
         known = state.get("batches", {})
-        if any(known.get(u) != b for u, b in last_batches.items()):
-            full = True  # a batch started: redraw the shading
+        known_phases = state.get("phases", {})
+        if any(known.get(u) != b for u, b in last_batches.items()) or any(
+                known_phases.get(u) != p for u, p in _last_phases(trends.phases).items()):
+            full = True  # a batch or phase started: redraw the shading
     if full:
         trends = q.line_trends(ctx, line_id, cut, window_s)
         by_tag = trends.samples.partition_by("tag_id", as_dict=True)
@@ -225,7 +235,7 @@ def line_update(
                    + (f"; live models on {len(trends.anomaly.per_unit)} unit(s)" if trends.anomaly.per_unit else ""))
         new_state = {
             "line": line_id, "until": cut.isoformat(), "built": now.timestamp(), "spacing_s": trends.spacing_s,
-            "batches": _last_batches(trends.batches),
+            "batches": _last_batches(trends.batches), "phases": _last_phases(trends.phases),
         }
         return figures, new_state, caption
     new_state = {**state, "until": cut.isoformat(), "batches": {**known, **last_batches}}
@@ -242,12 +252,68 @@ def _last_batches(batches: pl.DataFrame) -> dict[str, str]:
     return dict(zip(last["unit_id"].to_list(), last["batch_id"].to_list()))
 
 
+def _last_phases(phases: pl.DataFrame) -> dict[str, str]:
+    """The newest phase span of each unit, as `batch/phase@start` (its identity)."""
+    if phases.is_empty():
+        return {}
+    last = phases.sort("start").group_by("unit_id").agg(
+        pl.concat_str("batch_id", pl.lit("/"), "phase", pl.lit("@"), pl.col("start").dt.epoch("ms").cast(pl.String))
+        .last().alias("key"))
+    return dict(zip(last["unit_id"].to_list(), last["key"].to_list()))
+
+
+def phase_colours(phases: list[str]) -> dict[str, tuple[int, int, int]]:
+    """A colour per phase name: the one its name hashes to, else the next one free among these
+    phases (taken in name order, so the same phases always get the same colours)."""
+    taken: dict[str, tuple[int, int, int]] = {}
+    for phase in sorted(set(phases)):
+        first = zlib.crc32(phase.encode()) % len(PHASE_COLOURS)
+        free = [PHASE_COLOURS[(first + k) % len(PHASE_COLOURS)] for k in range(len(PHASE_COLOURS))]
+        taken[phase] = next((c for c in free if c not in taken.values()), free[0])
+    return taken
+
+
+def rgba(colour: tuple[int, int, int], alpha: float = 1.0) -> str:
+    return f"rgba({colour[0]}, {colour[1]}, {colour[2]}, {alpha})"
+
+
+def _phase_shading(trends: q.LineTrends, unit_id: str, shapes: list, annotations: list) -> bool:
+    """A band per phase span of the unit (clipped to the window), labelled with the phase's name,
+    and the batch id where a batch starts in view; False when the unit has no span."""
+    spans = trends.phases.filter(pl.col("unit_id") == unit_id).sort("start")
+    if spans.is_empty():
+        return False
+    seen_batches: set[str] = set()
+    colours = phase_colours([p or "?" for p in spans["phase"].to_list()])
+    for p in spans.iter_rows(named=True):
+        x0 = max(_ms(p["start"]), _ms(trends.start))
+        x1 = min(_ms(p["end"]) if p["end"] is not None else _ms(trends.end), _ms(trends.end))
+        if x1 <= x0:
+            continue
+        phase = p["phase"] or "?"
+        shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": x0, "x1": x1, "y0": 0, "y1": 1,
+                       "fillcolor": rgba(colours[phase], PHASE_ALPHA), "line": {"width": 0}, "layer": "below",
+                       "name": f"phase {phase} of {p['batch_id']}"})
+        # In the middle of the band: the window slides (Patches) and an edge label would leave it.
+        annotations.append({"text": phase.replace("_", " "), "xref": "x", "yref": "paper", "x": (x0 + x1) // 2,
+                            "y": 1.0, "xanchor": "center", "yanchor": "top", "showarrow": False,
+                            "font": {"size": 10, "color": rgba(colours[phase])}, "name": f"phase {phase}"})
+        if p["batch_id"] not in seen_batches and x0 > _ms(trends.start):
+            # Where a batch starts in view (one begun before shows in the page's head): above the plot.
+            annotations.append({"text": f"▮ {p['batch_id']}", "xref": "x", "yref": "paper", "x": x0, "y": 1.0,
+                                "xanchor": "left", "yanchor": "bottom", "showarrow": False,
+                                "font": {"size": 10, "color": PALETTE["text"]}})
+        seen_batches.add(p["batch_id"])
+    return True
+
+
 def unit_figure(trends: q.LineTrends, unit_id: str, by_tag: dict | None = None) -> dict[str, Any]:
     """One subplot per tag of the unit and one for its anomaly score, sharing the time axis:
     the normal band (between the warning limits) shaded, warning limits dashed amber, alarm
     limits solid red, all labelled (H/HH/L/LL) for readers who do not tell colours apart; the
-    score's control limit dashed and labelled "UCL"; batches shaded in alternating tones and
-    labelled with their id. A plain plotly dict (graph objects cost more than a refresh).
+    score's control limit dashed and labelled "UCL"; the unit's batch phases shaded (one colour
+    per phase, named) with the batch id at each batch's start, or, without stored phases, its
+    batches shaded in alternating tones and labelled with their id. A plain plotly dict (graph objects cost more than a refresh).
     `by_tag`: the samples already partitioned by tag, when drawing many units."""
     by_tag = by_tag if by_tag is not None else trends.samples.partition_by("tag_id", as_dict=True)
     empty = trends.samples.clear()
@@ -297,7 +363,9 @@ def unit_figure(trends: q.LineTrends, unit_id: str, by_tag: dict | None = None) 
             {"text": title, "xref": "paper", "yref": "paper", "x": 0.0, "y": top, "xanchor": "left",
              "yanchor": "bottom", "showarrow": False, "font": {"size": 11, "color": PALETTE["text"]}}
         )
-    batches = trends.batches.filter(pl.col("unit_id") == unit_id).sort("start")
+    with_phases = _phase_shading(trends, unit_id, shapes, annotations)
+    batches = trends.batches.filter(pl.col("unit_id") == unit_id).sort("start") if not with_phases \
+        else trends.batches.clear()
     for k, b in enumerate(batches.iter_rows(named=True)):
         shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": _ms(b["start"]), "x1": _ms(b["end"]),
                        "y0": 0, "y1": 1, "fillcolor": PALETTE["batch"][k % 2], "line": {"width": 0},

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from controltower.batch_events import empty_phase_spans, read_phase_spans
 from controltower.samples import TIMESTAMP_DTYPE
 from controltower.site import TagInfo
 
@@ -604,8 +605,7 @@ BATCH_SCHEMA: dict[str, pl.DataType] = {
 def batch_intervals(raw: pl.DataFrame) -> pl.DataFrame:
     """Per unit, the runs of one batch id in the raw samples (sample schema): unit_id, batch_id,
     start (first sample), end (last sample), sorted by unit then start. Samples without a batch
-    id end a run but make none. (The historian keeps the batch id of each sample, not the ISA-88
-    phase, so batches are what the trends can shade.)"""
+    id end a run but make none. (The ISA-88 phases are the historian's batch events: `LineTrends.phases`.)"""
     if raw.is_empty():
         return pl.DataFrame(schema=BATCH_SCHEMA)
     per_time = (
@@ -641,6 +641,9 @@ class LineTrends:
     batches: pl.DataFrame
     # the median spacing of the samples read (s), None when fewer than two
     spacing_s: float | None
+    # unit_id, batch_id, phase, start, end (null: running): the ISA-88 phase spans over the window
+    # (or, for an increment, those overlapping it), from the historian's batch events
+    phases: pl.DataFrame = field(default_factory=empty_phase_spans)
 
 
 def line_data_clock(ctx: TowerContext, line_id: str, now: datetime) -> datetime:
@@ -704,6 +707,7 @@ def line_trends(
         anomaly=anomaly,
         batches=batch_intervals(wanted),
         spacing_s=spacing_s,
+        phases=read_phase_spans(ctx.historian, line_id, want_from, now),
     )
 
 

@@ -13,6 +13,10 @@ Connection errors, timeouts, 429 and 5xx answers are retried with exponential ba
 server's message. Writes are idempotent (a point is its series and time), so a retried batch
 never duplicates samples. Writes run in a worker thread, one batch at a time.
 
+Clock steps: a plant clock stepped back would republish timestamps already stored, and InfluxDB
+keeps one point per series and timestamp. The samples concerned get an extra `clock_epoch` tag
+(collector/sinks/clocksteps.py), so both values are kept; the normal schema is unchanged.
+
 Reads use InfluxQL on `/query` (`db`, `rp`, `q`, `epoch=ns`, chunked), which InfluxDB 1.x and
 InfluxDB 2.x (through a DBRP mapping) both answer. VictoriaMetrics has no InfluxQL: with it, read
 through its Prometheus or export API instead.
@@ -47,6 +51,7 @@ import polars as pl
 import urllib3
 
 from collector.sinks import HistorianError
+from collector.sinks.clocksteps import ClockSteps
 from collector.sinks.lineprotocol import (
     DEFAULT_MAX_LINES,
     DEFAULT_MEASUREMENT,
@@ -204,6 +209,8 @@ class InfluxDbHistorian:
         self._write_lock = threading.Lock()
         # Samples set aside, per reason: rows line protocol cannot carry (see lineprotocol.py).
         self.rejected: dict[str, int] = {}
+        # A plant clock stepping back must not overwrite stored points (see clocksteps.py).
+        self.clock_steps = ClockSteps()
         # urllib3 retries are off: the loop in `_attempts` owns retrying.
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(total=timeout_s), retries=False, maxsize=4)
         self._client = None
@@ -314,13 +321,19 @@ class InfluxDbHistorian:
             self.rejected[UNENCODABLE_REASON] = self.rejected.get(UNENCODABLE_REASON, 0) + set_aside.height
             log.warning("InfluxDB historian: %d sample(s) set aside, %s: tag_id %r", set_aside.height,
                         UNENCODABLE_REASON, set_aside["tag_id"][0])
-        try:
-            bodies = list(encode_chunks(batch, self.measurement, self.max_lines))
-        except ValueError as exc:
-            raise self._error("write", str(exc)) from None
-        with self._write_lock:
+        with self._write_lock:  # one batch at a time: the clock-step state follows the write order
+            marked = self.clock_steps.mark(batch)
+            try:
+                bodies = list(encode_chunks(marked.batch, self.measurement, self.max_lines))
+            except ValueError as exc:
+                raise self._error("write", str(exc)) from None
             for body in bodies:
                 self._attempts("write", lambda body=body: self._write_body(body))
+            self.clock_steps.commit(marked)  # only once stored: a retried batch is marked the same way
+        if marked.steps_back:
+            log.warning("InfluxDB historian: the plant clock stepped back on %d sample(s) (e.g. %s); the samples "
+                        "dated before where the tag's clock had been are written with a clock_epoch tag, so "
+                        "that they overwrite nothing", marked.steps_back, marked.example)
 
     def _write_body(self, body: bytes) -> None:
         if self.api == "v2":

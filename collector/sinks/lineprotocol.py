@@ -10,6 +10,10 @@ The InfluxDB schema (one point per sample):
                  batch_id="<string>"    the ISA-88 batch, when known
                  server_ts=<int>i       the server/receive timestamp in ns, when known
     timestamp    `ts`, the source timestamp, in ns (write precision `ns`)
+    clock_epoch  an extra tag, only on the samples written after a plant clock stepped back and
+                 dated before where the tag's clock had been (collector/sinks/clocksteps.py):
+                 "1", "2", ... so that they do not overwrite the points already at those
+                 timestamps. Absent otherwise: the normal schema is unchanged.
 
     process_values,area=granulation,line=l1,quality=good,site=basel,tag_id=basel.granulation.l1.gr1.temp,unit=gr1
         value=41.25,batch_id="B-2024-001",server_ts=1718000000120000000i 1718000000100000000
@@ -48,6 +52,7 @@ from typing import Any
 
 import polars as pl
 
+from collector.sinks.clocksteps import CLOCK_EPOCH
 from controltower.samples import PATH_COLUMNS, SAMPLE_SCHEMA, conform, empty_samples
 
 DEFAULT_MEASUREMENT = "process_values"
@@ -89,10 +94,10 @@ def _tag_pair(column: str) -> pl.Expr:
     return pl.when(value.is_not_null() & (value != "")).then(pl.lit(f",{column}=") + escape_tag(value))
 
 
-def series_key_expr(measurement: str = DEFAULT_MEASUREMENT) -> pl.Expr:
+def series_key_expr(measurement: str = DEFAULT_MEASUREMENT, tag_columns: Iterable[str] = TAG_COLUMNS) -> pl.Expr:
     """Measurement and tag set: `process_values,area=...,unit=...`."""
     return pl.concat_str(
-        pl.lit(escape_measurement(measurement)), *(_tag_pair(c) for c in TAG_COLUMNS), ignore_nulls=True
+        pl.lit(escape_measurement(measurement)), *(_tag_pair(c) for c in tag_columns), ignore_nulls=True
     ).alias("series_key")
 
 
@@ -166,11 +171,14 @@ def encode_lines(batch: pl.DataFrame, measurement: str = DEFAULT_MEASUREMENT) ->
     if frame["ts"].null_count():
         raise ValueError(f"{frame['ts'].null_count()} sample(s) without a source timestamp (ts)")
     tag_columns = list(TAG_COLUMNS)
+    if CLOCK_EPOCH in batch.columns:  # conform keeps the sample schema only
+        frame = frame.with_columns(batch[CLOCK_EPOCH].cast(pl.String))
+        tag_columns = sorted([*tag_columns, CLOCK_EPOCH])
     keys = frame.select(tag_columns).unique()
     # Checked on the distinct tag sets (a handful per batch), not on every row.
     if (bad := keys.filter(_unencodable(tag_columns))).height:
         raise ValueError(f"{UNENCODABLE_REASON}: tag_id {bad['tag_id'][0]!r}")
-    keys = keys.with_columns(series_key_expr(measurement))
+    keys = keys.with_columns(series_key_expr(measurement, tag_columns))
     frame = frame.join(keys, on=tag_columns, how="left", nulls_equal=True, maintain_order="left")
     return frame.select(_line(pl.col("series_key"))).to_series()
 

@@ -123,6 +123,9 @@ class MqttJsonDecoder:
         self._received: list[datetime] = []
         self.pending_samples = 0  # an estimate, for the source's flush_max_samples
         self._samples_per_message = {topic: len(b) for topic, b in self.bindings.items()}
+        # Batched JSON: payload bytes per sample, learned at each flush; at first the shortest
+        # item's, {"tag":"x","value":1} (so a first flush comes early rather than late).
+        self._bytes_per_sample = 24
         if config.payload == "batched_json":
             self.decode = self.decode_batched  # type: ignore[method-assign]
         from collector.sources.json_flush import JsonFlushDecoder  # noqa: PLC0415 - it imports this module's parser
@@ -259,10 +262,10 @@ class MqttJsonDecoder:
         self._topics.append(topic)
         self._payloads.append(payload)
         self._received.append(received)
-        estimate = self._samples_per_message.get(topic, 1)
         if self.config.payload == "batched_json":
-            estimate = len(payload) // 24  # the shortest item, {"tag":"x","value":1}, is about 24 bytes
-        self.pending_samples += estimate
+            self.pending_samples += len(payload) // self._bytes_per_sample
+        else:
+            self.pending_samples += self._samples_per_message.get(topic, 1)
 
     def take_batch(self) -> pl.DataFrame | None:
         """The samples of the messages added (and decoded) since the last call, as one batch; what
@@ -278,7 +281,10 @@ class MqttJsonDecoder:
             while self.partial_errors:
                 self.rejected.append((topics[i], payloads[i], self.partial_errors.pop()))
         cols, self.columns = self.columns, SampleColumns()
-        return concat_batches([fast.batch, cols.frame(self.tag_paths)])
+        batch = concat_batches([fast.batch, cols.frame(self.tag_paths)])
+        if batch is not None and self.config.payload == "batched_json":
+            self._bytes_per_sample = max(8, sum(map(len, payloads)) // batch.height)
+        return batch
 
 
 class MqttBindingError(ValueError):

@@ -24,7 +24,10 @@ Latency: the generator streams at a fixed rate with the send time in each payloa
 a value is the time its batch was committed by the historian minus that time (p50/p95/p99).
 
 Soak: a fixed-rate stream into the collector (DuckDB, spool on) for `--soak` seconds; RSS and
-open file handles of the collector process sampled every `--soak-every` seconds.
+open file handles of the collector process sampled every `--soak-every` seconds. The collector
+here is this process (source, pipeline, spool, historian, no detectors or screen); for the whole
+product in a process of its own, with the same generator and rate, use
+`bench/soak.py --generator loadgen --rate 10000` (docs/reliability.md, Soak).
 """
 
 from __future__ import annotations

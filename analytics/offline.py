@@ -16,9 +16,11 @@ Column rules (the same for both tables):
   entirely missing in TRAIN is an error). A row of imputed values looks normal in that variable:
   detection does not invent faults from gaps.
 
-The path (`method` picks the detector; "auto" is `AUTO`, chosen on SKAB training rows and the
+The path (`method` picks the detector: pca, dpca (dynamic PCA), iforest (isolation forest), knn
+(nearest-neighbour residual, MSET-like); "auto" is `AUTO`, chosen on SKAB training rows and the
 anomaly-free file only, see docs/benchmarks.md):
-1. held-out scores of normal rows, smoothed (`postprocess.ewma`, half-life `HALFLIFE[method]`):
+1. held-out scores of normal rows, smoothed (`postprocess.ewma`, half-life `HALFLIFE[method]` or
+   `halflife=`):
    - by default the train rows are cut in `N_FOLDS` contiguous blocks, each scored by the
      detector fitted on the others;
    - with `normal=` (a longer anomaly-free recording of the same equipment), the SKAB-like
@@ -52,14 +54,15 @@ from analytics.multivariate import (
 )
 
 METHODS = ("auto", "pca", "dpca", "iforest", "knn")
-# Chosen on training data (docs/benchmarks.md, "SKAB"): on replays of SKAB's anomaly-free file
-# with synthetic step / ramp / noise faults, dynamic PCA had the best F1 of the PCA
-# configurations under both calibrations. The isolation forest scored within noise of it on
-# one replay but misses 3-5 sigma single-variable shifts (tests/analytics/test_multivariate.py).
-AUTO = "dpca"
-# dpca's half-life of 3 rows: chosen by bench/skab_select.py on anomaly-free replays only, among
-# candidates declared before being run on test rows (F1 0.72 against 0.69 unsmoothed).
-HALFLIFE = {"pca": 0.0, "dpca": 3.0, "iforest": 10.0, "knn": 3.0}
+# Chosen on training data only (docs/benchmarks.md, "SKAB"; bench/skab_select.py, round 2): on
+# replays of the second half of SKAB's anomaly-free file with synthetic step / ramp / noise
+# faults, the nearest-neighbour residual (MSET-like) with a 30-row EWMA had the best F1 of 18
+# declared candidates (pca / dpca / knn x half-life 3 / 10 / 30 x two threshold sources).
+# Round 1 had picked dpca with a 3-row half-life the same way.
+AUTO = "knn"
+# EWMA half-life of the score, in rows (`--halflife` overrides). dpca 3 and knn 30: chosen by
+# bench/skab_select.py (rounds 1 and 2) on anomaly-free replays only.
+HALFLIFE = {"pca": 0.0, "dpca": 3.0, "iforest": 10.0, "knn": 30.0}
 N_FOLDS = 5
 TOP = 3
 MIN_TRAIN_ROWS = 50

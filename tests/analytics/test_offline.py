@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from analytics.multivariate import ewma
 from analytics.offline import add_detect_arguments, detect, read_table, run, run_detect
 from tests.conftest import missing
 
@@ -41,12 +42,26 @@ def test_detect_rows_columns_and_a_fault():
     assert set(out["contributors"][0].split(";")) <= {"temp", "ph", "flow"} and out["contributors"][0].count(";") == 2
 
 
-@pytest.mark.parametrize("method", ["pca", "dpca", "iforest", "auto"])
+@pytest.mark.parametrize("method", ["pca", "dpca", "iforest", "knn", "auto"])
 def test_every_method_runs_and_is_deterministic(method: str):
     train, test = table(200, 1), table(100, 2)
     a = detect(train, test, method=method, exclude=["label"])
     b = detect(train, test, method=method, exclude=["label"])
     assert a.equals(b) and a.height == 100
+
+
+def test_halflife_smooths_the_score_it_decides_on():
+    """--halflife replaces the method's smoothing: the score is the EWMA of the raw one, decided
+    on a threshold calibrated on scores smoothed the same way."""
+    train = table(400, 1)
+    test = pl.concat([table(200, 2), table(200, 3, shift=0.3, start="2024-05-01 09:00:00")])
+    raw = detect(train, test, method="knn", halflife=0, exclude=["label"])
+    slow = detect(train, test, method="knn", halflife=30, exclude=["label"])
+    assert np.allclose(slow["score"].to_numpy(), ewma(raw["score"].to_numpy(), 30))
+    assert raw["alarm"][:200].mean() < 0.1 and raw["alarm"][200:].mean() > 0.9
+    assert slow["alarm"][:200].mean() < 0.1 and slow["alarm"][200:].mean() > 0.9
+    with pytest.raises(ValueError, match="halflife"):
+        detect(train, test, halflife=-1, exclude=["label"])
 
 
 def test_column_rules_and_errors():
@@ -101,7 +116,8 @@ def test_cli_hooks(tmp_path: Path, capsys):
     add_detect_arguments(parser)
     args = parser.parse_args(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.parquet"),
                               "--out", str(tmp_path / "out" / "scores.csv"), "--method", "pca", "--alpha", "0.05",
-                              "--exclude", "label"])
+                              "--exclude", "label", "--halflife", "2"])
+    assert args.halflife == 2.0
     assert run_detect(args) == 0
     out = pl.read_csv(tmp_path / "out" / "scores.csv")
     assert out.height == 100 and {"score", "alarm", "contributors"} <= set(out.columns)

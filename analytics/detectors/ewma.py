@@ -124,8 +124,10 @@ class EwmaChart:
         ewma, _ = lfilter([self.lam], [1.0, -q], packed.x, axis=0, zi=(q * before)[None, :])
         width = self.lam / (2.0 - self.lam)
         if self.exact_limits:
-            n = n0 + np.arange(1, ewma.shape[0] + 1)[:, None]
-            s = sigma * np.sqrt(width * (1.0 - q ** (2.0 * n)))
+            # q^(2n) with n = n0 + row + 1, as a product of a per-row and a per-tag power (a power
+            # per cell costs more than the rest of the chart); the limit widens to s_inf as it vanishes.
+            decay = np.outer(q ** (2.0 * np.arange(1, ewma.shape[0] + 1)), q ** (2.0 * n0))
+            s = sigma * np.sqrt(width * (1.0 - decay))
         else:
             s = np.broadcast_to(sigma * np.sqrt(width), ewma.shape)
         gap = np.abs(ewma - centre)

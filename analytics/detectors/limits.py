@@ -40,7 +40,7 @@ from analytics.detectors.base import (
     sorted_by_tag,
     usable,
 )
-from analytics.detectors.wide import WideBatch, WideScores, aligned, forward_fill
+from analytics.detectors.wide import WideBatch, WideScores, aligned, aligned_columns, forward_fill, latch
 from controltower.site import TagInfo
 
 # (limit, side, level): side +1 for a high limit, -1 for a low one.
@@ -220,27 +220,25 @@ class LimitDetector:
         return any(getattr(t.tag.limits, k) for t in self.tags for k in _DELAYS)
 
     def score_wide(self, wide: WideBatch) -> WideScores:
-        """`score` on a wide batch (`wide.pivot`): per limit the enter/exit markers and the
-        delays' run starts are forward-filled down each tag's column (`forward_fill`)."""
+        """`score` on a wide batch (`wide.pivot`): per limit the enter/exit markers are latched
+        down each tag's column (`latch`), and the delays' run starts forward-filled."""
         ids = wide.tag_ids
-        params = self.params()
-        p = {c: aligned(params, ids, c) for c in ("alarm_low", "warning_low", "warning_high", "alarm_high", "deadband",
-                                                  "span", *_DELAYS)}
+        p = self._wide_params(ids)
         x, ok = wide.values, wide.usable
         delays = self._has_delays()
         carried = np.isin(np.array(ids, dtype=object), self._state.get_column("tag_id").to_list())
+        was = aligned_columns(self._state, ids, {f"{name}_was": False for name, _, _ in LIMITS})
         active, ends = {}, {"tag_id": ids}
         for name, side, _ in LIMITS:
             limit = p[name]
             entered = x > limit if side > 0 else x < limit
             left = x <= limit - p["deadband"] if side > 0 else x >= limit + p["deadband"]
-            marker = entered & ~np.isnan(limit)  # a tag without this limit never has it active
-            decided = ok & (np.isnan(limit) | entered | left)
-            was = aligned(self._state, ids, f"{name}_was", False).astype(bool)
-            raw = forward_fill(marker, decided, was)
+            # A tag without this limit never has it active (NaN compares False: never entered).
+            decided = ok & (entered | left | np.isnan(limit))
+            raw = latch(decided, entered, was[f"{name}_was"].astype(bool))
             ends[f"{name}_was"] = raw[-1]
             if delays:
-                raw, since, count = self._delayed(name, raw, was, carried, wide, p)
+                raw, since, count = self._delayed(name, raw, was[f"{name}_was"].astype(bool), carried, wide, p)
                 ends[f"{name}_since_was"], ends[f"{name}_count_was"] = since[-1], count[-1]
             else:
                 ends[f"{name}_since_was"] = ends[f"{name}_count_was"] = pl.Series([None] * len(ids), dtype=pl.Int64)
@@ -248,26 +246,43 @@ class LimitDetector:
             ends[f"{name}_delayed_was"] = raw[-1]
         self._state = pl.concat([self._state.join(wide.tag_frame(), on="tag_id", how="anti"),
                                  pl.DataFrame(ends).select(_STATE_SCHEMA.keys()).cast(_STATE_SCHEMA)])
-        level = np.where(active["alarm_high"] | active["alarm_low"], 2,
-                         np.where(active["warning_high"] | active["warning_low"], 1, 0)).astype(np.uint8)
-        upper = np.where(np.isnan(p["warning_high"]), p["alarm_high"], p["warning_high"])
-        lower = np.where(np.isnan(p["warning_low"]), p["alarm_low"], p["warning_low"])
-        excess = np.fmax(np.fmax(x - upper, lower - x), 0.0)
-        score = np.where(ok, excess / p["span"], np.nan)
-        which = np.full(x.shape, -1, np.int8, order="F")  # the most severe active limit, in LIMITS order
-        for i in reversed(range(len(LIMITS))):
-            which[active[LIMITS[i][0]]] = i
-        values = np.vstack([p[name] for name, _, _ in LIMITS])  # (4, K)
-        texts = np.vstack([aligned(params, ids, f"{name}_reason") for name, _, _ in LIMITS])
+        alarm = active["alarm_high"] | active["alarm_low"]
+        level = np.where(alarm, np.uint8(2), (active["warning_high"] | active["warning_low"]).view(np.uint8))
+        excess = np.fmax(np.fmax(x - p["upper"], p["lower"] - x), 0.0) / p["span"]
+        score = excess if ok.all() else np.where(ok, excess, np.nan)
+
+        def which(rows: np.ndarray, c: np.ndarray) -> np.ndarray:
+            """The most severe active limit of each cell (index in LIMITS), -1 when none."""
+            w = np.full(rows.size, -1)
+            for i in reversed(range(len(LIMITS))):
+                w[active[LIMITS[i][0]][rows, c]] = i
+            return w
+
         def limits(rows: np.ndarray, c: np.ndarray) -> np.ndarray:
-            w = which[rows, c]
-            return np.where(w >= 0, values[np.maximum(w, 0), c], np.nan)
+            w = which(rows, c)
+            return np.where(w >= 0, p["values"][np.maximum(w, 0), c], np.nan)
 
         def reasons(rows: np.ndarray, c: np.ndarray) -> list:
-            w = which[rows, c]
-            return np.where(w >= 0, texts[np.maximum(w, 0), c], None).tolist()
+            w = which(rows, c)
+            return np.where(w >= 0, p["texts"][np.maximum(w, 0), c], None).tolist()
 
         return WideScores(wide, score, level, limits, reasons)
+
+    def _wide_params(self, ids: list[str]) -> dict[str, np.ndarray]:
+        """The per-tag parameters aligned to the columns of a wide batch (kept for the next
+        batch of the same tags)."""
+        key = tuple(ids)
+        if getattr(self, "_aligned", (None,))[0] != key:
+            names = [name for name, _, _ in LIMITS]
+            p = aligned_columns(self.params(), ids, {c: None for c in (*names, "deadband", "span", *_DELAYS,
+                                                                         *(f"{n}_reason" for n in names))})
+            p = {c: a.astype(float) if not c.endswith("_reason") else a for c, a in p.items()}
+            p["upper"] = np.where(np.isnan(p["warning_high"]), p["alarm_high"], p["warning_high"])
+            p["lower"] = np.where(np.isnan(p["warning_low"]), p["alarm_low"], p["warning_low"])
+            p["values"] = np.vstack([p[n] for n in names])  # (4, K)
+            p["texts"] = np.vstack([p[f"{n}_reason"] for n in names])
+            self._aligned = (key, p)
+        return self._aligned[1]
 
     def _delayed(self, name: str, raw: np.ndarray, was: np.ndarray, carried: np.ndarray, wide: WideBatch,
                  p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -285,4 +300,4 @@ class LimitDetector:
         go = raw & (held >= p["on_delay_s"]) & (count >= p["on_delay_samples"])
         stop = ~raw & (held >= p["off_delay_s"]) & (count >= p["off_delay_samples"])
         seed = aligned(self._state, ids, f"{name}_delayed_was", False).astype(bool)
-        return forward_fill(go, ok & (go | stop), seed), since, count
+        return latch(ok & (go | stop), go, seed), since, count

@@ -200,6 +200,14 @@ class WideScores:
         return frame.select(pl.col(c).cast(dt) for c, dt in SCORE_SCHEMA.items())
 
 
+def aligned_columns(frame: pl.DataFrame, tag_ids: list[str], fills: dict[str, object]) -> dict[str, np.ndarray]:
+    """`aligned` for several columns (name -> fill) in one join."""
+    joined = pl.DataFrame({"tag_id": tag_ids}, schema={"tag_id": pl.String()}).join(
+        frame.select("tag_id", *fills), on="tag_id", how="left", maintain_order="left")
+    return {c: aligned(joined, tag_ids, c, fill) if fill is not None or joined.schema[c] == pl.String
+            or joined.schema[c].is_temporal() else joined.get_column(c).to_numpy() for c, fill in fills.items()}
+
+
 def aligned(frame: pl.DataFrame, tag_ids: list[str], column: str, fill=None) -> np.ndarray:
     """`frame[column]` (one row per tag_id) for each of `tag_ids`, in that order; `fill` where
     the tag has no row (NaN for floats unless given)."""
@@ -227,13 +235,23 @@ def forward_fill(values: np.ndarray, set_: np.ndarray, seed: np.ndarray) -> np.n
     return np.where(idx >= 0, values[np.maximum(idx, 0), cols], seed)
 
 
+def latch(decided: np.ndarray, value: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """A boolean state down each column: `value` where `decided`, else the latest decided value
+    above, else the column's `seed`. (One running maximum over row * 2 + value.)"""
+    rows = np.arange(0, 2 * decided.shape[0], 2, dtype=np.int32)[:, None]
+    code = np.maximum.accumulate(np.where(decided, rows + value, np.int32(-1)), axis=0)
+    return np.where(code >= 0, (code & 1).astype(bool), seed)
+
+
 def rolling_count(flag: np.ndarray, window: int) -> np.ndarray:
     """How many of the last `window` rows (this one included) have `flag`, per column (int32);
     rows above the first `window - 1` count only the rows that exist."""
-    c = np.zeros((flag.shape[0] + 1, flag.shape[1]), np.int32, order="F")
-    np.cumsum(flag, axis=0, dtype=np.int32, out=c[1:])
-    out = c[1:].copy()
-    out[window:] -= c[1:-window] if window < c.shape[0] - 1 else 0
+    c = np.cumsum(flag, axis=0, dtype=np.int32)
+    if window >= c.shape[0]:
+        return c
+    out = np.empty(c.shape, np.int32, order="F")
+    out[:window] = c[:window]
+    np.subtract(c[window:], c[:-window], out=out[window:])
     return out
 
 
@@ -301,7 +319,11 @@ def stack_tail(tail: pl.DataFrame, tag_ids: list[str], depth: int, fresh: dict[s
             col = keyed.get_column(c)
             col = col.to_physical() if col.dtype.is_temporal() else col
             heads[c][r, k] = col.cast(pl.Int64 if a.dtype == np.int64 else pl.Float64).to_numpy()
-    return {c: np.vstack([heads[c], a]) for c, a in fresh.items()}, n_tail
+    stacked = {}
+    for c, a in fresh.items():  # column-major, like the batch: the columns stay contiguous
+        stacked[c] = np.empty((depth + a.shape[0], K), a.dtype, order="F")
+        stacked[c][:depth], stacked[c][depth:] = heads[c], a
+    return stacked, n_tail
 
 
 def tail_frame(stacked: dict[str, np.ndarray], schema: dict[str, pl.DataType], tag_ids: list[str], depth: int,

@@ -15,19 +15,22 @@ journal); and the deviation records written for it. Without a model, the review 
 (and how to fit one) and still shows the data, the alarms and the records.
 
 Batches are found from the samples' `batch_id`: one tag of the unit, read over [since, until),
-gives each batch's first and last sample time. The historian keeps no phase, so the golden
-model sees each batch as one phase (`analytics.golden.WHOLE_BATCH`).
+gives each batch's first and last sample time. The batch's ISA-88 phases are the historian's
+batch events (`controltower.batch_events`): the review lists them as spans, and a golden model
+fitted by phase scores each sample against its phase's envelope (samples joined to the spans by
+time); a model fitted on whole batches (`analytics.golden.WHOLE_BATCH`) ignores them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from controltower.batch_events import empty_phase_spans, read_phase_spans, with_phases
 from controltower.deviations import DeviationLog, DeviationRecord
 
 if TYPE_CHECKING:
@@ -94,6 +97,9 @@ class BatchReview:
     envelope: pl.DataFrame | None  # long: ts, tag_id, value, mean, low, high, z, outside
     alarms: pl.DataFrame  # alarm journal entries on the unit's tags while the batch ran
     deviations: list[DeviationRecord]
+    # The batch's phase spans (unit_id, batch_id, phase, start, end; end null while it runs),
+    # empty when the historian holds no batch events for it.
+    phases: pl.DataFrame = field(default_factory=empty_phase_spans)
 
     @property
     def verdict(self) -> dict[str, Any]:
@@ -176,18 +182,22 @@ def review_batch(
                             f"{until:%Y-%m-%d %H:%M} UTC")
     start, end = found["start"][0], found["end"][0]
     samples = historian.read(tags, start, end + timedelta(microseconds=1)).filter(pl.col("batch_id") == batch_id)
+    phases = read_phase_spans(historian, unit, start, end + timedelta(microseconds=1)).filter(
+        pl.col("batch_id") == batch_id)
 
-    model, note, score, envelope = _golden(models, unit, samples)
+    model, note, score, envelope = _golden(models, unit, samples, phases)
     alarms = _alarms(journal, unit, start, end)
     records = deviations.for_batch(unit, batch_id) if deviations is not None else []
-    return BatchReview(unit, batch_id, start, end, tags, samples, model, note, score, envelope, alarms, records)
+    return BatchReview(unit, batch_id, start, end, tags, samples, model, note, score, envelope, alarms, records,
+                       phases)
 
 
-def _golden(models: ModelStore | None, unit: str, samples: pl.DataFrame):
+def _golden(models: ModelStore | None, unit: str, samples: pl.DataFrame, phases: pl.DataFrame):
     fit_hint = (f"fit one from good batches with `controltower model fit --unit {unit} --kind golden "
                 "--batches ID,ID,...`")
     if models is None:
         return None, "no model store configured: batches are shown without a golden envelope", None, None
+    from analytics.golden import WHOLE_BATCH
     from analytics.models import ModelStoreError
 
     try:
@@ -198,11 +208,15 @@ def _golden(models: ModelStore | None, unit: str, samples: pl.DataFrame):
     except ModelStoreError as exc:
         return None, f"the golden-batch model of {unit} cannot be used: {exc}", None, None
     golden: GoldenBatch = fitted.model
-    score = golden.score(samples)
+    by_phase = tuple(golden.phases_) != (WHOLE_BATCH,)
+    score = golden.score(with_phases(samples, phases) if by_phase else samples.drop("phase", strict=False))
     envelope = _envelope(golden, score)
     manifest = fitted.manifest
     note = (f"golden-batch model v{manifest.get('version')} (fingerprint {str(manifest.get('fingerprint', ''))[:12]}, "
-            f"trained on {len((manifest.get('training') or {}).get('batches') or [])} batches)")
+            f"trained on {len((manifest.get('training') or {}).get('batches') or [])} batches, "
+            + (f"aligned by phase: {', '.join(golden.phases_)})" if by_phase else "aligned on whole batches)"))
+    if by_phase and phases.is_empty():
+        note += "; the historian holds no phases of this batch, so it cannot be scored by phase"
     return manifest, note, score, envelope
 
 

@@ -2,7 +2,8 @@
 Flask server, like the alarm console).
 
 Pick a unit, a period and one of the unit's batches; the page shows the batch against its
-golden-batch model (`controltower.batch_review`): the verdict in words, a deviation timeline
+golden-batch model (`controltower.batch_review`): the verdict in words, the batch's ISA-88
+phases (listed with their times, and shaded on the timeline and the trends), a deviation timeline
 (envelope excursions per variable as bars, alarms as markers), the T²/SPE score with its limit,
 what each variable contributes at the moment clicked on the score (its envelope z and its PCA
 contribution), every variable against its envelope, the deviation records, a form to write and
@@ -35,7 +36,7 @@ from controltower.batch_review import BatchNotFound, BatchReview, list_batches, 
 from controltower.deviations import CLASSIFICATIONS, MEANINGS
 from controltower.screen.chrome import brand, nav
 from controltower.screen.downsample import lttb
-from controltower.screen.line import PALETTE
+from controltower.screen.line import PALETTE, PHASE_ALPHA, phase_colours, rgba
 from controltower.websecurity import NotAllowed, acting_user, auth_enabled
 
 if TYPE_CHECKING:
@@ -162,6 +163,36 @@ def _empty(text: str) -> go.Figure:
                    xaxis={"visible": False}, yaxis={"visible": False})
 
 
+def _shade_phases(fig: go.Figure, review: BatchReview, *, labels: bool) -> None:
+    """A band per phase of the batch across the whole figure (the line page's colours), named on top."""
+    colours = phase_colours(review.phases["phase"].fill_null("?").to_list())
+    for p in review.phases.iter_rows(named=True):
+        phase = p["phase"] or "?"
+        end = p["end"] if p["end"] is not None else review.end
+        fig.add_shape(type="rect", xref="x", yref="paper", x0=p["start"], x1=end, y0=0, y1=1, layer="below",
+                      fillcolor=rgba(colours[phase], PHASE_ALPHA), line={"width": 0}, name=f"phase {phase}")
+        if labels:
+            fig.add_annotation(text=phase.replace("_", " "), xref="x", yref="paper", x=p["start"], y=1.0,
+                               xanchor="left", yanchor="bottom", showarrow=False,
+                               font={"size": 10, "color": rgba(colours[phase])})
+
+
+def phases_children(review: BatchReview) -> html.Div:
+    """The batch's phases in words: name, start, end (or "running") and length."""
+    if review.phases.is_empty():
+        return html.Div("Phases: none stored for this batch (the historian has no batch events for it)",
+                        className="sub", id="br-phases")
+    colours = phase_colours(review.phases["phase"].fill_null("?").to_list())
+    items = []
+    for p in review.phases.iter_rows(named=True):
+        phase = p["phase"] or "?"
+        end = f"{p['end']:%H:%M:%S}" if p["end"] is not None else "running"
+        length = f" ({(p['end'] - p['start']).total_seconds() / 60:.0f} min)" if p["end"] is not None else ""
+        items.append(html.Li([html.Span("■ ", style={"color": rgba(colours[phase])}), html.B(phase.replace("_", " ")),
+                              f" {p['start']:%Y-%m-%d %H:%M:%S} – {end}{length}"], className="br-phase"))
+    return html.Div([html.B("Phases (UTC)"), html.Ul(items)], id="br-phases")
+
+
 def timeline_figure(review: BatchReview) -> go.Figure:
     """Envelope excursions as bars per variable, alarms as markers (symbol and colour by priority)."""
     fig = go.Figure()
@@ -186,6 +217,7 @@ def timeline_figure(review: BatchReview) -> go.Figure:
     if not excursions.height and not raised.height:
         fig.add_annotation(text="no envelope excursion and no alarm in this batch", showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.5)
+    _shade_phases(fig, review, labels=False)
     return fig
 
 
@@ -238,6 +270,7 @@ def trends_figure(review: BatchReview) -> go.Figure:
         s = samples.filter(pl.col("tag_id") == tag)
         fig.add_trace(go.Scatter(x=s["ts"].to_list(), y=s["value"].to_list(), mode="lines", showlegend=False,
                                  line={"color": PALETTE["trace"], "width": 1.2}, name=tag), i, 1)
+    _shade_phases(fig, review, labels=True)
     return _styled(fig, 150 * len(tags) + 40, margin={"l": 10, "r": 10, "t": 30, "b": 20})
 
 
@@ -248,6 +281,7 @@ def summary_children(review: BatchReview) -> list:
         html.Div([html.B("From "), f"{review.start:%Y-%m-%d %H:%M:%S}", html.B(" to "),
                   f"{review.end:%Y-%m-%d %H:%M:%S} UTC", html.B("  samples "), str(review.samples.height)]),
         html.Div(review.model_note, className="model-note"),
+        phases_children(review),
     ]
     if verdict.get("model"):
         bad = verdict["batch_alarm"]

@@ -524,6 +524,51 @@ class AlertBook:
         with self._lock:
             return {t: reason for t, (reason, _) in self._suppressed.items()}
 
+    # --- adopting state decided elsewhere ------------------------------------------------------
+    # When the alarm points of a unit move to another book (a scaled-out analytics worker taking
+    # over a partition, controltower.uns_alarms), their state comes with them. Nothing is
+    # journalled: the book that made those transitions journalled them when they happened.
+
+    def adopt(self, alert: Alert) -> bool:
+        """Take `alert` as it is (active, cleared-unacknowledged, shelved, out of service); a copy
+        the book already holds (same id) is replaced. False, and nothing changed, when the book
+        holds another alert active on the same point (tag, detector)."""
+        with self._lock:
+            key = (alert.tag_id, alert.detector)
+            held = self._by_id.get(alert.id)
+            if alert.active and self._active.get(key) not in (None, held):
+                return False
+            if held is not None:
+                if self._active.get(key) is held:
+                    del self._active[key]
+                self._unacked.pop(alert.id, None)
+            if alert.active:
+                self._active[key] = alert
+            else:
+                self._remember(alert)
+                if not alert.acknowledged:
+                    self._unacked[alert.id] = alert
+            self._by_id[alert.id] = alert
+            if alert.shelved_until is not None and key not in self._shelves:
+                self._shelves[key] = _Shelf(until=alert.shelved_until, reason=alert.shelve_reason or "",
+                                            user=alert.shelved_by or "")
+            return True
+
+    def adopt_service_state(self, tag_id: str, out_of_service: bool, reason: str = "", user: str = "") -> bool:
+        """Take a tag's in / out of service state as decided elsewhere, marking its live alerts;
+        True when it changed."""
+        with self._lock:
+            if out_of_service == (tag_id in self._suppressed) and \
+                    (not out_of_service or self._suppressed[tag_id][0] == reason):
+                return False
+            if out_of_service:
+                self._suppressed[tag_id] = (reason, user)
+            else:
+                self._suppressed.pop(tag_id, None)
+            for a in self._tag_alerts(tag_id):
+                a.suppressed, a.suppress_reason = out_of_service, (reason if out_of_service else None)
+            return True
+
     def _unshelve(self, key: tuple[str, str], user: str, comment: str, at: datetime, *, strict: bool,
                   entries: list[dict[str, Any]] | None = None) -> None:
         targets = self._point_alerts(key)

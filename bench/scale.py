@@ -1,4 +1,6 @@
-"""Scale out: ingest throughput with 1, 2 and 4 `controltower collect` processes sharing one MQTT
+"""Scale out, in two parts (`--part`):
+
+collectors: ingest throughput with 1, 2 and 4 `controltower collect` processes sharing one MQTT
 stream (a `shared_group` subscription), each storing into one shared historian and publishing
 every batch to the UNS (docs/uns.md), as in production.
 
@@ -14,11 +16,20 @@ same run. The CPU time each collector and each analytics worker (`--workers`, ru
 on the UNS) used per value is measured too (/proc): on a small machine the wall-clock figure is
 the machine's (Mosquitto, the generator, the historian and every process share its cores), not
 the collectors' alone.
+
+analytics: 1, 2 and 4 `controltower analyse` workers splitting the UNS partitions. This script
+publishes `--analytics-messages` pre-encoded UNS values messages (`--analytics-units` units x
+`--tags` values, a limit excursion on one tag of each unit every 50th message) straight to the
+broker, QoS 1, as fast as it can; the clock runs until the workers' detected samples add up to
+every value sent. Per worker: values analysed, alerts raised, CPU time per value (/proc).
+
+    .venv/bin/python bench/scale.py --part analytics --workers-counts 1 2 4
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -42,6 +53,8 @@ from bench.benchdoc import write_section
 
 LOADGEN = REPO / "bench" / "_loadgen.py"
 TITLE = "Scale out: collector processes"
+ANALYTICS_TITLE = "Scale out: analytics workers"
+SPIKE_EVERY = 50  # every 50th message of a unit puts its first tag above alarm_high, the next one clears it
 
 
 def collector_site(work: Path, broker: Server, historian: dict, units: int, tags: int) -> Path:
@@ -89,9 +102,9 @@ def start_collectors(config: Path, work: Path, n: int) -> tuple[list[subprocess.
     raise TimeoutError(f"{n} collectors did not connect")
 
 
-def start_workers(config: Path, work: Path, n: int) -> tuple[list[subprocess.Popen], list[Path]]:
+def start_workers(config: Path, work: Path, n: int, prefix: str = "w") -> tuple[list[subprocess.Popen], list[Path]]:
     procs, dirs = [], []
-    names = [f"w{i}" for i in range(n)]
+    names = [f"{prefix}{i}" for i in range(n)]
     for name in names:
         d = work / f"analyse-{name}"
         log = (work / f"analyse-{name}.log").open("w")
@@ -101,8 +114,9 @@ def start_workers(config: Path, work: Path, n: int) -> tuple[list[subprocess.Pop
         dirs.append(d)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError(f"a worker exited; see {work}/analyse-*.log")
+        for p, name in zip(procs, names):
+            if p.poll() is not None:
+                raise RuntimeError(f"worker {name} exited: {(work / f'analyse-{name}.log').read_text()[-2000:]}")
         if all(status(d).get("members") == names for d in dirs):
             return procs, dirs
         time.sleep(0.2)
@@ -227,9 +241,174 @@ bottleneck. docs/deployment.md turns these figures into sizing.
 """
 
 
+# --- analytics workers ---------------------------------------------------------------------------
+
+
+def analytics_site(work: Path, broker: Server, units: int, tags: int) -> Path:
+    """Units with limits on every tag (so the limit detector has something to raise), the default
+    detectors, the UNS on the bench broker (the workers read no source: the bench publishes the
+    values itself)."""
+    site = site_config("batched_json", broker.mqtt_url, units, tags)
+    limits = {"alarm_low": -2.0, "warning_low": -1.5, "warning_high": 1.5, "alarm_high": 2.0, "deadband": 0.01}
+    for unit in site["sites"][0]["areas"][0]["lines"][0]["units"]:
+        for tag in unit["tags"]:
+            tag["limits"] = limits
+    site["uns"] = {"enabled": True, "url": broker.mqtt_url}
+    site["data_dir"] = str(work / "site")
+    path = work / "analytics-site.yaml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    return path
+
+
+def values_messages(config: Path, messages: int, start_s: float) -> tuple[list[tuple[str, bytes]], int]:
+    """`messages` UNS values messages round-robin over the site's units, one tick of every tag of
+    the unit each, 0.1 s apart per unit from `start_s` (epoch seconds), encoded before the clock
+    starts; (topic, payload) pairs and the number of values."""
+    import numpy as np
+    import polars as pl
+
+    from controltower.samples import samples_frame
+    from controltower.site import load_site_config
+    from controltower.uns import Topics, encode_values
+
+    site = load_site_config(config)
+    topics = Topics.of(site.uns)
+    by_unit: dict[tuple[str, str, str, str], list[str]] = {}
+    for t in site.tag_table():
+        by_unit.setdefault((t.site, t.area, t.line, t.unit), []).append(t.tag_id)
+    units = list(by_unit)
+    rng = np.random.default_rng(7)
+    out, values = [], 0
+    for i in range(messages):
+        path, tick = units[i % len(units)], i // len(units)
+        tag_ids = by_unit[path]
+        value = rng.normal(0.0, 0.2, len(tag_ids))
+        if tick % SPIKE_EVERY == SPIKE_EVERY - 1:
+            value[0] = 3.0
+        ts = int((start_s + tick * 0.1) * 1e9)
+        frame = samples_frame(ts=[ts] * len(tag_ids), server_ts=pl.Series("server_ts", [None] * len(tag_ids), pl.Int64),
+                              tag_id=tag_ids, value=value.tolist(), quality=["good"] * len(tag_ids),
+                              batch_id=[None] * len(tag_ids))
+        frame = frame.with_columns(pl.lit(v, pl.String).alias(c) for c, v in zip(("site", "area", "line", "unit"), path))
+        out.append((topics.values(*path), encode_values(frame)))
+        values += len(tag_ids)
+    return out, values
+
+
+async def publish_all(broker: Server, messages: list[tuple[str, bytes]], window: int = 64) -> float:
+    """Publish every message, QoS 1, `window` in flight at a time; the seconds it took."""
+    import aiomqtt
+
+    started = time.monotonic()
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="bench-uns-loadgen") as client:
+        for i in range(0, len(messages), window):
+            await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in messages[i:i + window]))
+    return time.monotonic() - started
+
+
+def worker_counts(dirs: list[Path], key: str) -> list[int]:
+    return [status(d).get("counts", {}).get(key, 0) for d in dirs]
+
+
+def analytics_run(broker: Server, config: Path, workers: tuple[list, list[Path]], messages: int,
+                  start_s: float) -> dict:
+    procs, dirs = workers
+    payloads, values = values_messages(config, messages, start_s)
+    before = worker_counts(dirs, "samples_detected")
+    alerts_before = worker_counts(dirs, "alerts_raised")
+    cpu_before = [cpu_seconds([p]) for p in procs]
+    started = time.monotonic()
+    publish_s = asyncio.run(publish_all(broker, payloads))
+    deadline = time.monotonic() + 600
+    while sum(worker_counts(dirs, "samples_detected")) - sum(before) < values:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"workers detected {sum(worker_counts(dirs, 'samples_detected')) - sum(before)} "
+                               f"of {values} values")
+        time.sleep(0.05)
+    seconds = time.monotonic() - started
+    time.sleep(0.5)  # the last flush's transitions
+    per_worker = [a - b for a, b in zip(worker_counts(dirs, "samples_detected"), before)]
+    assert sum(per_worker) == values, f"a value reached two workers: {per_worker} of {values}"
+    alerts = [a - b for a, b in zip(worker_counts(dirs, "alerts_raised"), alerts_before)]
+    cpu = [cpu_seconds([p]) - c for p, c in zip(procs, cpu_before)]
+    return {"seconds": seconds, "values": values, "values_per_s": values / seconds,
+            "publish_values_per_s": values / publish_s, "per_worker": per_worker, "alerts": alerts, "cpu_s": cpu}
+
+
+def measure_analytics(args, work: Path, broker: Server) -> list[dict]:
+    config = analytics_site(work, broker, args.analytics_units, args.tags)
+    results = []
+    clock = time.time() - 3600.0  # sample times move forward from run to run, as a plant's do
+    for n in args.workers_counts:
+        workers = start_workers(config, work, n, prefix=f"a{n}-")
+        try:
+            runs = []
+            for r in range(args.repeats + 1):  # the first is a warm-up
+                run = analytics_run(broker, config, workers, args.analytics_messages if r else
+                                    max(args.analytics_messages // 10, args.analytics_units * SPIKE_EVERY), clock)
+                clock += run["values"] / args.tags / args.analytics_units * 0.1 + 1.0
+                if r:
+                    runs.append(run)
+        finally:
+            stop(workers[0])
+        median = sorted(runs, key=lambda r: r["values_per_s"])[len(runs) // 2]
+        results.append({
+            "workers": n, "values_per_s": median["values_per_s"], "runs": [round(r["values_per_s"]) for r in runs],
+            "publish_values_per_s": median["publish_values_per_s"], "per_worker": median["per_worker"],
+            "alerts": median["alerts"], "cpu_s": median["cpu_s"],
+            "values_per_cpu_s": median["values"] / sum(median["cpu_s"]),
+            "cpu_us_per_value": [c / v * 1e6 if v else None for c, v in zip(median["cpu_s"], median["per_worker"])],
+        })
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def analytics_section(args, results: list[dict]) -> str:
+    base = results[0]["values_per_s"]
+    rows = "\n".join(
+        f"| {r['workers']} | {r['values_per_s']:,.0f} | {r['values_per_s'] / base:.2f}x | "
+        f"{r['values_per_cpu_s']:,.0f} | {', '.join(f'{v:,}' for v in r['per_worker'])} | "
+        f"{', '.join(f'{a}' for a in r['alerts'])} | "
+        f"{', '.join(f'{u:.1f}' if u is not None else '-' for u in r['cpu_us_per_value'])} | "
+        f"{r['publish_values_per_s']:,.0f} | {', '.join(f'{v:,}' for v in r['runs'])} |"
+        for r in results)
+    values = args.analytics_messages * args.tags
+    return f"""## {ANALYTICS_TITLE}
+
+{datetime.now(UTC).date().isoformat()}, `{' '.join(['.venv/bin/python', 'bench/scale.py', *sys.argv[1:]])}`
+on {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python {platform.python_version()}.
+
+`controltower analyse` workers (default detectors: limits, z-score, flatline, quality, rate of
+change, stale) splitting the UNS's 16 partitions by rendezvous hashing; {args.analytics_units} units of
+{args.tags} tags with limits. The bench publishes {args.analytics_messages:,} values messages ({values:,} values, one
+tick of a unit each, columnar JSON or Arrow IPC as a collector sends them; one tag of each unit above
+its alarm limit every {SPIKE_EVERY}th tick) to Mosquitto, QoS 1, as fast as it can; the clock runs until the
+workers' detected samples add up to every value (each run checks every value reached exactly one
+worker). Median of {args.repeats} runs after a warm-up; ratio against 1 worker in the same run. "µs CPU per
+value" is each worker's CPU time (user + system, /proc) over the values it analysed: what a core of
+its own costs per value. Mosquitto, the publisher and every worker share the {os.cpu_count()} cores with
+whatever else ran on the machine.
+
+| workers | values/s analysed (all) | vs 1 | values per CPU-s (all workers) | values per worker | alerts raised per worker | µs CPU per value, per worker | publish values/s | runs (values/s) |
+|---|---|---|---|---|---|---|---|---|
+{{rows}}
+
+Units are spread over the workers by their partition, so the split follows the units (with
+{args.analytics_units} units over 16 partitions it is uneven: a worker's share is its units'). On a
+machine with {os.cpu_count()} cores, adding workers cannot add CPU beyond them; more workers pay for
+themselves when one worker's core, not the broker, is the limit. docs/deployment.md turns these
+figures into sizing.
+""".replace("{rows}", rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["collectors", "analytics", "both"], default="both")
     parser.add_argument("--collectors", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--workers-counts", type=int, nargs="+", default=[1, 2, 4],
+                        help="analytics part: numbers of analytics workers to measure (default 1 2 4)")
+    parser.add_argument("--analytics-messages", type=int, default=3200)
+    parser.add_argument("--analytics-units", type=int, default=32)
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--units", type=int, default=10)
     parser.add_argument("--tags", type=int, default=100)
@@ -242,19 +421,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ct-bench-scale-") as tmp:
         work = Path(tmp)
         broker = start_mosquitto(work / "mosquitto")
-        influx = start_influxdb_v1(work / "influx") if args.historian == "influxdb" else None
+        collectors = args.part in ("collectors", "both")
+        influx = start_influxdb_v1(work / "influx") if args.historian == "influxdb" and collectors else None
         try:
             historian = ({"kind": "influxdb", "url": influx.http_url, "api": "v1", "bucket": "controltower",
                           "token_env": None} if influx else {"kind": "duckdb", "path": "historian.duckdb"})
-            results = measure(args, work, broker, historian)
+            results = measure(args, work, broker, historian) if collectors else None
+            analytics = measure_analytics(args, work, broker) if args.part in ("analytics", "both") else None
         finally:
             broker.stop()
             if influx:
                 influx.stop()
-    text = section(args, results)
-    print(text)
-    if not args.no_write:
-        write_section(TITLE, text)
+    for title, text in ((TITLE, results and section(args, results)),
+                        (ANALYTICS_TITLE, analytics and analytics_section(args, analytics))):
+        if text:
+            print(text)
+            if not args.no_write:
+                write_section(title, text)
 
 
 if __name__ == "__main__":

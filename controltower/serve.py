@@ -3,7 +3,10 @@ collects nothing and detects nothing: live values come from the UNS (`values/#`)
 from the retained alarm state (`alarm-state/#`), alarm history from the transitions
 (`alerts/#`, also written to this instance's alarm journal), history from the historian.
 Operators' acknowledge / shelve / unshelve go to the worker owning the alert as UNS commands, and
-come back to every screen as the new alarm state: several screens show the same alarms.
+come back to every screen as the new alarm state: several screens show the same alarms. A tag
+taken out of service (or back) is published retained on its `tag-service/` topic, so a worker
+taking the unit over later applies it too; the screens list out-of-service tags from the
+workers' retained `tag-state/`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from controltower.audit import open_trail
 from controltower.live import LiveState
 from controltower.metrics import Metrics
 from controltower.site import SiteConfig
-from controltower.uns import Topics, UnsTopicError, client_for, decode_values
+from controltower.uns import Topics, UnsTopicError, client_for, decode_values, uns_login
 from controltower.uns_alarms import alert_from_state
 
 log = logging.getLogger(__name__)
@@ -54,14 +57,16 @@ class RemoteAlerts:
     retained alarm state and the transitions seen, actions sent as commands (`send`, blocking,
     from the web threads). Thread-safe."""
 
-    def __init__(self, send: Callable[[str, dict[str, Any]], dict[str, Any]], topics: Topics,
-                 journal: AlarmJournal | None, max_history: int = 2000):
-        self._send = send
+    def __init__(self, send: Callable[..., dict[str, Any]], topics: Topics,
+                 journal: AlarmJournal | None, max_history: int = 2000, tag_ids: set[str] | None = None):
+        self._send = send  # (topic, body, retain=False) -> the worker's result
+        self._tag_ids = tag_ids
         self._topics = topics
         self.journal = journal
         self._lock = threading.Lock()
         self._states: dict[str, Alert] = {}  # the alarm list: retained state, by id
         self._history: deque[Alert] = deque(maxlen=max_history)  # alerts as last seen in a transition
+        self._out_of_service: dict[str, dict[str, Any]] = {}  # retained tag-state, by tag id
 
     # --- fed from the UNS (event loop) --------------------------------------------------------
 
@@ -74,9 +79,27 @@ class RemoteAlerts:
         with self._lock:
             self._states[alert_id] = alert
 
+    def on_tag_state(self, tag_id: str, payload: bytes) -> None:
+        state = json.loads(payload) if payload else None
+        with self._lock:
+            if isinstance(state, dict) and state.get("out_of_service"):
+                self._out_of_service[tag_id] = state
+            else:
+                self._out_of_service.pop(tag_id, None)
+
     def on_transition(self, body: dict[str, Any]) -> None:
         info = body.get("alert")
         if not isinstance(info, dict):
+            if body.get("event") in ("suppressed", "unsuppressed") and self.journal is not None and body.get("tag_id"):
+                tag_id = str(body["tag_id"])
+                self.journal.append({
+                    "ts": datetime.fromisoformat(body["at"]) if body.get("at") else datetime.now(UTC),
+                    "event": body["event"], "alert_id": None, "tag_id": tag_id, "detector": None,
+                    "line_id": ".".join(tag_id.split(".")[:3]), "priority": None, "severity": None,
+                    "from_state": body.get("from_state"), "to_state": body.get("to_state"),
+                    "user": body.get("user") or "", "comment": body.get("comment") or "",
+                    "message": f"tag {tag_id} {body.get('to_state')}",
+                })
             return
         alert = alert_from_state(info)
         with self._lock:
@@ -127,7 +150,8 @@ class RemoteAlerts:
             return replace(found) if found is not None else None
 
     def suppressed_tags(self) -> dict[str, str]:
-        return {}
+        with self._lock:
+            return {t: str(s.get("reason") or "") for t, s in self._out_of_service.items()}
 
     # --- act (web threads) --------------------------------------------------------------------
 
@@ -150,11 +174,35 @@ class RemoteAlerts:
     def unshelve(self, alert_id: str, user: str, comment: str = "") -> Alert:
         return self._command("unshelve", alert_id, user=user, comment=comment or "")
 
-    def suppress(self, tag_id: str, user: str, reason: str) -> None:
-        raise AlarmTransitionError("taking a tag out of service is not available when the tower runs scaled out "
-                                   "(controltower serve); it is on `controltower run`")
+    def _tag_command(self, tag_id: str, out: bool, user: str, text: str | None) -> None:
+        """Publish the tag's wanted service state, retained (a worker taking the unit over later
+        finds it), and wait for the owning worker's result; the checks it can make here are
+        made first, so a refused request leaves no retained command behind."""
+        if self._tag_ids is not None and tag_id not in self._tag_ids:
+            raise AlarmNotFound(f"unknown tag {tag_id!r}")
+        if out == (tag_id in self.suppressed_tags()):
+            raise AlarmTransitionError(f"tag {tag_id} is already out of service" if out else
+                                       f"tag {tag_id} is not out of service")
+        if not isinstance(user, str) or not user.strip():
+            raise ValueError("user: required (who does this), a non-empty string")
+        if out and (not isinstance(text, str) or not text.strip()):
+            raise ValueError("reason: required, a non-empty string")
+        body = {"out_of_service": out, "user": user, ("reason" if out else "comment"): text or "",
+                "at": datetime.now(UTC).isoformat()}
+        result = self._send(self._topics.tag_service(tag_id), body, retain=True)
+        if not result.get("ok"):
+            raise _ERRORS.get(result.get("kind"), CommandFailed)(result.get("error") or "the command failed")
+        with self._lock:  # the worker's tag-state follows; the API answers with the new state now
+            if out:
+                self._out_of_service[tag_id] = {"tag_id": tag_id, "out_of_service": True, "reason": text, "user": user}
+            else:
+                self._out_of_service.pop(tag_id, None)
 
-    unsuppress = suppress
+    def suppress(self, tag_id: str, user: str, reason: str) -> None:
+        self._tag_command(tag_id, True, user, reason)
+
+    def unsuppress(self, tag_id: str, user: str, comment: str = "") -> None:
+        self._tag_command(tag_id, False, user, comment)
 
 
 class ScreenService:
@@ -173,7 +221,9 @@ class ScreenService:
         self.live = LiveState(self.tags)
         self.historian = open_historian(site.historian, data_dir)
         self.journal = AlarmJournal(data_dir / "alarm_journal.jsonl")
-        self.alerts = RemoteAlerts(self._send_command, self.topics, self.journal)
+        self.login = uns_login(site.uns, data_dir)
+        self.alerts = RemoteAlerts(self._send_command, self.topics, self.journal,
+                                   tag_ids={t.tag_id for t in self.tags})
         self.audit = open_trail(data_dir)
         self.started_at = datetime.now(UTC)
         self.connected = False
@@ -204,25 +254,26 @@ class ScreenService:
 
     # --- commands ------------------------------------------------------------------------------
 
-    def _send_command(self, topic: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _send_command(self, topic: str, body: dict[str, Any], retain: bool = False) -> dict[str, Any]:
         """From a web thread: publish a command and wait for its result."""
         if self._loop is None:
             raise CommandFailed("not connected to the UNS broker")
-        future = asyncio.run_coroutine_threadsafe(self._round_trip(topic, body), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._round_trip(topic, body, retain), self._loop)
         try:
             return future.result(timeout=COMMAND_TIMEOUT_S + 1)
         except TimeoutError:
             future.cancel()
             raise CommandFailed(f"no analytics worker answered within {COMMAND_TIMEOUT_S:g}s; try again") from None
 
-    async def _round_trip(self, topic: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _round_trip(self, topic: str, body: dict[str, Any], retain: bool = False) -> dict[str, Any]:
         if self._client is None:
             raise CommandFailed("not connected to the UNS broker")
         request_id = f"{self.name}-{uuid.uuid4().hex}"
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = waiter
         try:
-            await self._client.publish(topic, json.dumps(body | {"request_id": request_id}).encode(), qos=1)
+            await self._client.publish(topic, json.dumps(body | {"request_id": request_id}).encode(), qos=1,
+                                       retain=retain)
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
                 return await waiter
         finally:
@@ -245,10 +296,11 @@ class ScreenService:
         delay = 0.5
         while True:
             try:
-                async with client_for(self.site.uns, f"{self.site.uns.client_id_prefix}-serve-{self.name}") as client:
+                async with client_for(self.site.uns, f"{self.site.uns.client_id_prefix}-serve-{self.name}",
+                                      self.login) as client:
                     self._client = client
                     await client.subscribe([(f, 1) for f in (
-                        self.topics.alarm_state_filter, self.topics.alerts_filter,
+                        self.topics.alarm_state_filter, self.topics.alerts_filter, self.topics.tag_state_filter,
                         f"{self.topics.base}/command-results/+")] + [(f"{self.topics.base}/values/#", 0)])
                     self.connected, delay = True, 0.5
                     flusher = asyncio.create_task(self._flush_live())
@@ -274,6 +326,8 @@ class ScreenService:
                 self.counts["values_messages"] += 1
             elif topic.startswith(f"{base}/alarm-state/"):
                 self.alerts.on_state(topic.rsplit("/", 1)[1], payload)
+            elif topic.startswith(f"{base}/tag-state/"):
+                self.alerts.on_tag_state(self.topics.parse_tag(topic, "tag-state"), payload)
             elif topic.startswith(f"{base}/alerts/"):
                 self.alerts.on_transition(json.loads(payload))
                 self.counts["transitions"] += 1

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import polars as pl
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from analytics.alerts import AlarmJournalError, AlarmTransitionError
+from analytics.alerts import AlarmJournalError, AlarmTransitionError, AlertBook
 from analytics.engine import DetectionEngine
 from analytics.journal import AlarmJournal
 from collector.pipeline import Pipeline
@@ -45,8 +45,9 @@ from controltower.uns import (
     client_for,
     decode_values,
     partition_of,
+    uns_login,
 )
-from controltower.uns_alarms import RestorableAlertBook, alert_from_state, seed_levels
+from controltower.uns_alarms import alert_from_state, seed_levels, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class Collector:
         self.metrics = Metrics()
         self.historian = open_historian(site.historian, data_dir)
         self.sources = build_sources(site, data_dir)
-        self.publisher = UnsPublisher(site.uns, client_id=f"{site.uns.client_id_prefix}-collect-{instance}")
+        self.publisher = UnsPublisher(site.uns, client_id=f"{site.uns.client_id_prefix}-collect-{instance}",
+                                      login=uns_login(site.uns, data_dir))
         spool = Spool.from_config(site.spool, data_dir) if site.spool.enabled else None
         self.pipeline = Pipeline(self.sources, self.historian, consumers=[self.publisher.publish_batch],
                                  metrics=self.metrics, spool=spool)
@@ -189,8 +191,10 @@ class AnalyticsWorker:
     out by the broker after 1.5 keep-alives; its partitions then go to the others.
 
     Alarm state: every changed alert is published retained on `alarm-state/...`; a partition
-    taken over brings its alerts back from there (`controltower.uns_alarms`); operators'
-    acknowledge / shelve / unshelve arrive on the partition's `commands/` topic.
+    taken over brings its alerts back from there (`controltower.uns_alarms`) and warms its
+    detectors up from the historian's recent samples; operators' acknowledge / shelve /
+    unshelve arrive on the partition's `commands/` topic, tags taken out of service on its
+    retained `tag-service/` topic.
     """
 
     def __init__(self, site: SiteConfig, *, data_dir: Path, name: str, flush_interval_s: float = 0.25):
@@ -202,16 +206,24 @@ class AnalyticsWorker:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.topics = Topics.of(site.uns)
+        self.login = uns_login(site.uns, data_dir)  # a bad TLS file or missing password stops us here
         self.tags = site.tag_table()
         self._tags_by_partition: dict[int, list[TagInfo]] = {}
         for t in self.tags:
             k = partition_of(f"{t.site}.{t.area}.{t.line}.{t.unit}", self.topics.partitions)
             self._tags_by_partition.setdefault(k, []).append(t)
         self.log = _TransitionLog(AlarmJournal(data_dir / "alarm_journal.jsonl"))
-        self.book = RestorableAlertBook(journal=self.log)  # type: ignore[arg-type]
+        self.book = AlertBook(journal=self.log)  # type: ignore[arg-type]
         # The retained alarm state of the whole site, as last seen (alert id -> Alert.to_dict()):
         # what a partition taken over is restored from.
         self.alarm_states: dict[str, dict[str, Any]] = {}
+        # Tags out of service as their owners applied it (retained `tag-state/...`): tag id -> state.
+        self.tag_states: dict[str, dict[str, Any]] = {}
+        # Where a partition taken over warms its detectors up from (docs/uns.md).
+        self.historian = open_historian(site.historian, data_dir) if site.uns.warmup_s else None
+        # Per warmed-up partition, each tag's newest sample in the warm-up history: live samples
+        # not newer than it were in the history already (the collectors store and publish alike).
+        self._warmed_to: dict[int, pl.DataFrame] = {}
         self.engines: dict[int, DetectionEngine] = {}
         self.members: set[str] = set()
         self.owned: set[int] = set()
@@ -234,8 +246,8 @@ class AnalyticsWorker:
         will = aiomqtt.Will(self.topics.worker(self.name), b"", qos=1, retain=True)
         connect = Properties(PacketTypes.CONNECT)
         connect.SessionExpiryInterval = 0
-        return client_for(self.site.uns, f"{self.site.uns.client_id_prefix}-analyse-{self.name}", will=will,
-                          clean_start=True, properties=connect)
+        return client_for(self.site.uns, f"{self.site.uns.client_id_prefix}-analyse-{self.name}", self.login,
+                          will=will, clean_start=True, properties=connect)
 
     async def run(self, duration_s: float | None = None) -> None:
         status = asyncio.create_task(_status_loop(self.data_dir / "status.json", self.status), name="status")
@@ -272,6 +284,7 @@ class AnalyticsWorker:
             # after its acknowledgement, so they are all here before the membership that makes
             # this worker take partitions (and restore their alerts).
             await client.subscribe(self.topics.alarm_state_filter, qos=1)
+            await client.subscribe(self.topics.tag_state_filter, qos=1)
             await client.subscribe(self.topics.workers_filter, qos=1)
             await client.publish(self.topics.worker(self.name), json.dumps(
                 {"worker": self.name, "pid": os.getpid(), "since": datetime.now(UTC).isoformat()}).encode(),
@@ -279,7 +292,7 @@ class AnalyticsWorker:
             flusher = asyncio.create_task(self._flush_loop(client))
             try:
                 async for message in client.messages:
-                    await self._on_message(client, message.topic.value, message.payload)
+                    await self._on_message(client, message.topic.value, message.payload, bool(message.retain))
             finally:
                 flusher.cancel()
                 await asyncio.gather(flusher, return_exceptions=True)
@@ -288,7 +301,7 @@ class AnalyticsWorker:
                 with contextlib.suppress(Exception):  # leaving cleanly: the others take over at once
                     await client.publish(self.topics.worker(self.name), b"", qos=1, retain=True, timeout=2)
 
-    async def _on_message(self, client: aiomqtt.Client, topic: str, payload: Any) -> None:
+    async def _on_message(self, client: aiomqtt.Client, topic: str, payload: Any, retained: bool = False) -> None:
         payload = payload if isinstance(payload, bytes) else str(payload or "").encode()
         if topic.startswith(f"{self.topics.base}/workers/"):
             try:
@@ -313,6 +326,12 @@ class AnalyticsWorker:
             return
         if topic.startswith(f"{self.topics.base}/commands/"):
             await self._command(client, payload)
+            return
+        if topic.startswith(f"{self.topics.base}/tag-state/"):
+            self._on_tag_state(topic, payload)
+            return
+        if topic.startswith(f"{self.topics.base}/tag-service/"):
+            await self._tag_service(client, topic, payload, retained)
             return
         try:
             partition, unit = self.topics.parse_values(topic)
@@ -365,6 +384,67 @@ class AnalyticsWorker:
         if request_id and "/" not in request_id and "+" not in request_id and "#" not in request_id:
             await client.publish(self.topics.command_result(request_id), json.dumps(result).encode(), qos=1)
 
+    def _on_tag_state(self, topic: str, payload: bytes) -> None:
+        try:
+            tag_id = self.topics.parse_tag(topic, "tag-state")
+            if payload:
+                self.tag_states[tag_id] = json.loads(payload)
+            else:
+                self.tag_states.pop(tag_id, None)
+        except ValueError:
+            self.counts["bad_tag_states"] = self.counts.get("bad_tag_states", 0) + 1
+
+    async def _tag_service(self, client: aiomqtt.Client, topic: str, payload: bytes, retained: bool) -> None:
+        """A tag taken out of service or put back (`tag-service/...`, retained: the wanted state).
+        Sent now (not retained): the book applies it, journalled with who and why, the outcome goes
+        to `command-results/{request_id}` and the applied state to the retained `tag-state/...`.
+        Found retained on taking a partition over: adopted without a second journal entry when
+        `tag-state` shows it was applied (by an earlier owner), applied as new otherwise."""
+        try:
+            tag_id = self.topics.parse_tag(topic, "tag-service")
+            wanted = json.loads(payload) if payload else None
+            if wanted is not None and not (isinstance(wanted, dict) and isinstance(wanted.get("out_of_service"), bool)):
+                raise ValueError("not a JSON object with out_of_service true or false")
+        except ValueError as exc:
+            self.counts["bad_commands"] = self.counts.get("bad_commands", 0) + 1
+            log.warning("analytics worker %s: tag service command on %s set aside: %s", self.name, topic, exc)
+            return
+        if wanted is None or partition_of(tag_id.rsplit(".", 1)[0], self.topics.partitions) not in self.owned:
+            return
+        out, request_id = wanted["out_of_service"], str(wanted.get("request_id") or "")
+        user, why = wanted.get("user"), wanted.get("reason") if out else wanted.get("comment", "")
+        applied = self.tag_states.get(tag_id)
+        if retained and (applied.get("request_id") == request_id if applied else not out):
+            self.book.adopt_service_state(tag_id, out, str(why or ""), str(user or ""))
+            return
+        try:
+            if out:
+                self.book.suppress(tag_id, user, why)
+            else:
+                self.book.unsuppress(tag_id, user, why)
+            result: dict[str, Any] = {"ok": True, "tag_id": tag_id, "out_of_service": out}
+        except LookupError as exc:
+            result = {"ok": False, "kind": "not_found", "error": str(exc)}
+        except AlarmTransitionError as exc:
+            if retained:  # the book already holds that state (a partition that came back): take the reason
+                self.book.adopt_service_state(tag_id, out, str(why or ""), str(user or ""))
+            result = {"ok": False, "kind": "transition", "error": str(exc)}
+        except ValueError as exc:
+            result = {"ok": False, "kind": "invalid", "error": str(exc)}
+        except AlarmJournalError as exc:
+            result = {"ok": False, "kind": "journal", "error": str(exc)}
+        self.counts["commands"] = self.counts.get("commands", 0) + 1
+        if result["ok"]:
+            state = {"tag_id": tag_id, "out_of_service": True, "reason": why, "user": user,
+                     "at": datetime.now(UTC).isoformat(), "request_id": request_id, "worker": self.name}
+            self.tag_states[tag_id] = state
+            if not out:
+                self.tag_states.pop(tag_id, None)
+            await client.publish(self.topics.tag_state(tag_id), json.dumps(state).encode() if out else b"", qos=1,
+                                 retain=True)
+        if not retained and request_id and not any(c in request_id for c in "/+#"):
+            await client.publish(self.topics.command_result(request_id), json.dumps(result).encode(), qos=1)
+
     async def _rebalance(self, client: aiomqtt.Client) -> None:
         if self.name not in self.members:
             return  # our own membership not seen yet: own nothing
@@ -373,17 +453,22 @@ class AnalyticsWorker:
         if not gained and not lost:
             return
         self.counts["rebalances"] += 1
+        filters = (self.topics.values_filter, self.topics.command_filter, self.topics.tag_service_filter)
         if lost:
-            await client.unsubscribe([f(k) for k in lost for f in (self.topics.values_filter, self.topics.command_filter)])
+            await client.unsubscribe([f(k) for k in lost for f in filters])
         # A partition kept across a reconnection keeps its engine (and its detectors' state);
-        # one that moved away drops it, one that came in starts fresh.
+        # one that moved away drops it, one that came in starts fresh and is warmed up.
+        fresh = [k for k in gained if k not in self.engines]
         self.engines = {k: self.engines.get(k) or DetectionEngine(self._tags_by_partition.get(k, []),
                                                                   self.site.detectors, self.book) for k in mine}
+        self._warmed_to = {k: v for k, v in self._warmed_to.items() if k in mine}
         for k in gained:
             self._restore(k)
         if gained:
-            await client.subscribe([(f(k), self.site.uns.qos) for k in gained
-                                    for f in (self.topics.values_filter, self.topics.command_filter)])
+            # Subscribed before the warm-up: what arrives meanwhile waits in the client's queue
+            # (this loop is busy here), then is scored after the history, its overlap dropped.
+            await client.subscribe([(f(k), self.site.uns.qos) for k in gained for f in filters])
+            await self._warm_up(fresh)
         self.owned = mine
         self._pending = [(k, f) for k, f in self._pending if k in mine]
         log.info("analytics worker %s: members %s, owns partitions %s (gained %s, lost %s)", self.name,
@@ -401,13 +486,37 @@ class AnalyticsWorker:
             except ValueError as exc:
                 log.warning("analytics worker %s: alarm state set aside: %s", self.name, exc)
                 continue
-            if self.book.restore(alert):
+            if self.book.adopt(alert):
                 restored.append(alert)
         if restored:
             seed_levels(self.engines[partition], restored)
             self.counts["alerts_restored"] = self.counts.get("alerts_restored", 0) + len(restored)
             log.info("analytics worker %s: partition %d: %d alert(s) restored from the alarm state", self.name,
                      partition, len(restored))
+
+    async def _warm_up(self, partitions: list[int]) -> None:
+        """Run fresh partitions' detectors over their units' last `uns.warmup_s` of history from
+        the historian (`controltower.uns_alarms.warm_up`). A historian that does not answer leaves
+        them cold (counted, logged): live values are scored all the same."""
+        if self.historian is None:
+            return
+        for k in partitions:
+            tags = [t.tag_id for t in self._tags_by_partition.get(k, [])]
+            if not tags:
+                continue
+            since = datetime.now(UTC) - timedelta(seconds=self.site.uns.warmup_s)
+            try:
+                history = await asyncio.to_thread(self.historian.read, tags, since, None)
+            except Exception as exc:  # noqa: BLE001  # HistorianError or a driver's own: never stop the worker
+                self.counts["warmup_failures"] = self.counts.get("warmup_failures", 0) + 1
+                log.warning("analytics worker %s: partition %d: no warm-up, the historian did not answer: %s",
+                            self.name, k, exc)
+                continue
+            used = warm_up(self.engines[k], history)
+            if used:
+                self._warmed_to[k] = history.group_by("tag_id").agg(pl.col("ts").max().alias("_warmed_to"))
+            self.counts["warmup_samples"] = self.counts.get("warmup_samples", 0) + used
+            log.info("analytics worker %s: partition %d warmed up with %d samples", self.name, k, used)
 
     async def _flush_loop(self, client: aiomqtt.Client) -> None:
         while True:
@@ -426,8 +535,16 @@ class AnalyticsWorker:
             if engine is None:
                 continue
             batch = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+            warmed_to = self._warmed_to.get(k)
+            if warmed_to is not None:  # samples the warm-up history held already
+                batch = (batch.join(warmed_to, on="tag_id", how="left", maintain_order="left")
+                         .filter(pl.col("_warmed_to").is_null() | (pl.col("ts") > pl.col("_warmed_to")))
+                         .drop("_warmed_to"))
             try:
-                raised = engine.process(batch)
+                # In a thread: a big batch takes a while, and meanwhile the event loop must keep
+                # the broker connection alive (keep-alive pings), or the broker takes this worker
+                # out and its partitions move. Polars releases the GIL for the heavy part.
+                raised = await asyncio.to_thread(engine.process, batch)
             except Exception:  # one partition's failure must not stop the others
                 log.exception("analytics worker %s: detectors failed on partition %d", self.name, k)
                 continue
@@ -455,6 +572,8 @@ class AnalyticsWorker:
 
     def close(self) -> None:
         self.log.close()
+        if self.historian is not None:
+            self.historian.close()
 
 
 # --- command-line entry points -------------------------------------------------------------------

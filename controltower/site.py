@@ -744,7 +744,8 @@ class UnsConfig(Strict):
     (docs/uns.md): where the broker is and how values are partitioned. Off for `controltower run`."""
 
     enabled: bool = False
-    url: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtt://")
+    # mqtts:// (default port 8883) or a `tls` block: TLS to the broker, as for an MQTT source.
+    url: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtts?://")
     # Topics are {root}/v1/...; a root of its own per plant network keeps two towers apart.
     root: str = Field(default="ct", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
     # Units are hashed into this many partitions; analytics workers split the partitions among
@@ -757,8 +758,25 @@ class UnsConfig(Strict):
     # A worker that stops answering is taken out after 1.5 keep-alives: the failover delay.
     keepalive_s: int = Field(default=5, ge=2, le=600)
     client_id_prefix: str = Field(default="controltower", min_length=1, max_length=64)
+    tls: MqttTlsConfig | None = None  # CA, client certificate + key; relative paths under the data directory
     username: str | None = None
     password_env: str | None = None  # name of the environment variable holding the password
+    password_file: str | None = None  # or a file holding it (a Docker/Kubernetes secret), stripped
+    # A worker taking over a partition first runs the detectors over this much of its units'
+    # history (from the historian), so their windows are full before live values are scored. 0: off.
+    warmup_s: float = Field(default=300.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _login(self) -> UnsConfig:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        if (self.password_env is not None or self.password_file is not None) and not self.username:
+            raise ValueError("a password (password_env or password_file) needs a username")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.url.startswith("mqtts://") or self.tls is not None
 
 
 class SiteConfig(Strict):

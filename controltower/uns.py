@@ -10,6 +10,12 @@ how units are partitioned, how payloads are encoded, and a bounded publisher.
     {root}/v1/commands/p{k}/{site}/{area}/{line}/{unit} an operator's acknowledge / shelve /
                                                         unshelve, JSON, to the partition's owner
     {root}/v1/command-results/{request_id}              its outcome, JSON
+    {root}/v1/tag-service/p{k}/{site}/{area}/{line}/{unit}/{tag}
+                                                        a tag taken out of / back into service
+                                                        (who, when, why), JSON, retained
+    {root}/v1/tag-state/{site}/{area}/{line}/{unit}/{tag}
+                                                        that state as the owning worker applied
+                                                        it, JSON, retained; emptied in service
     {root}/v1/workers/{name}                            an analytics worker's membership, JSON,
                                                         retained; emptied by its last will
 
@@ -28,16 +34,20 @@ import io
 import json
 import logging
 import os
+import ssl
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
 import polars as pl
 
+from collector.sources.mqtt import MqttBindingError, tls_context
 from collector.spool import decode_batch
 from controltower.samples import PATH_COLUMNS, samples_frame
 from controltower.site import UnsConfig
@@ -95,6 +105,33 @@ class Topics:
     def command_result(self, request_id: str) -> str:
         return f"{self.base}/command-results/{request_id}"
 
+    def tag_service(self, tag_id: str) -> str:
+        """Where a tag is taken out of / put back in service: retained, the tag's wanted state."""
+        site, area, line, unit, tag = _tag_parts(tag_id)
+        k = partition_of(f"{site}.{area}.{line}.{unit}", self.partitions)
+        return f"{self.base}/tag-service/p{k}/{site}/{area}/{line}/{unit}/{tag}"
+
+    def tag_service_filter(self, partition: int) -> str:
+        return f"{self.base}/tag-service/p{partition}/#"
+
+    def tag_state(self, tag_id: str) -> str:
+        """A tag's service state as its owning worker applied it: retained, emptied when in service."""
+        return f"{self.base}/tag-state/{'/'.join(_tag_parts(tag_id))}"
+
+    @property
+    def tag_state_filter(self) -> str:
+        return f"{self.base}/tag-state/#"
+
+    def parse_tag(self, topic: str, kind: str) -> str:
+        """The tag id of a `tag-service/p{k}/...` or `tag-state/...` topic."""
+        prefix = f"{self.base}/{kind}/"
+        parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
+        if kind == "tag-service" and parts and parts[0][:1] == "p":
+            parts = parts[1:]
+        if len(parts) != 5:
+            raise UnsTopicError(f"{topic!r} is not a {prefix}.../site/area/line/unit/tag topic")
+        return ".".join(parts)
+
     def worker(self, name: str) -> str:
         return f"{self.base}/workers/{name}"
 
@@ -115,6 +152,13 @@ class Topics:
         if not topic.startswith(prefix) or "/" in topic[len(prefix):]:
             raise UnsTopicError(f"{topic!r} is not a {prefix}{{name}} topic")
         return topic[len(prefix):]
+
+
+def _tag_parts(tag_id: str) -> list[str]:
+    parts = tag_id.split(".")
+    if len(parts) != 5 or not all(parts) or any(c in tag_id for c in "/+#"):
+        raise ValueError(f"{tag_id!r} is not a tag id site.area.line.unit.tag")
+    return parts
 
 
 def partition_of(unit_path: str, partitions: int) -> int:
@@ -222,15 +266,54 @@ def alert_message(entry: dict[str, Any], alert: dict[str, Any] | None, worker: s
 # --- connection ----------------------------------------------------------------------------------
 
 
-def client_for(config: UnsConfig, client_id: str, **options: Any) -> aiomqtt.Client:
-    """An MQTT 5 client of the UNS broker (password from `password_env`, never logged)."""
+@dataclass(frozen=True)
+class UnsLogin:
+    """How a service reaches the UNS broker, resolved once at start-up (`uns_login`): the TLS
+    context with its files read and the password read, so a missing file or variable stops the
+    service at once, naming the key, instead of failing each reconnection. Never shown."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_context: ssl.SSLContext | None = field(default=None, repr=False)
+
+
+def uns_login(config: UnsConfig, data_dir: Path | None = None) -> UnsLogin:
+    """Resolve the site file's `uns` login; ValueError naming the `uns.` key and the reason (never
+    the password). Relative TLS and password file paths are under `data_dir`."""
     url = urlsplit(config.url)
-    password = os.environ.get(config.password_env) if config.password_env else None
-    if config.password_env and password is None:
-        raise ValueError(f"uns.password_env: environment variable {config.password_env} is not set")
+    context = None
+    if config.uses_tls:
+        try:  # the MQTT source's TLS context: the same keys, checked the same way
+            context = tls_context(SimpleNamespace(name="uns", tls=config.tls), data_dir)  # type: ignore[arg-type]
+        except MqttBindingError as exc:
+            raise ValueError(str(exc).replace("MQTT source uns: ", "uns.")) from None
+    password = None
+    if config.password_env:
+        password = os.environ.get(config.password_env)
+        if password is None:
+            raise ValueError(f"uns.password_env: environment variable {config.password_env} is not set")
+    elif config.password_file:
+        path = Path(config.password_file).expanduser()
+        path = path if path.is_absolute() or data_dir is None else data_dir / path
+        try:
+            password = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"uns.password_file: cannot read {path}: {exc.strerror or exc}") from None
+        if not password:
+            raise ValueError(f"uns.password_file: {path} is empty")
+    return UnsLogin(url.hostname or "127.0.0.1", url.port or (8883 if config.uses_tls else 1883), config.username,
+                    password, context)
+
+
+def client_for(config: UnsConfig, client_id: str, login: UnsLogin | None = None, **options: Any) -> aiomqtt.Client:
+    """An MQTT 5 client of the UNS broker (`login` from `uns_login`, resolved now when not given)."""
+    login = login or uns_login(config)
     return aiomqtt.Client(
-        url.hostname or "127.0.0.1", url.port or 1883, identifier=client_id, username=config.username,
-        password=password, protocol=aiomqtt.ProtocolVersion.V5, keepalive=config.keepalive_s, timeout=10, **options,
+        login.host, login.port, identifier=client_id, username=login.username, password=login.password,
+        tls_context=login.tls_context, protocol=aiomqtt.ProtocolVersion.V5, keepalive=config.keepalive_s, timeout=10,
+        **options,
     )
 
 
@@ -265,6 +348,7 @@ class UnsPublisher:
     config: UnsConfig
     client_id: str
     inflight: int = 32
+    login: UnsLogin | None = None  # resolved on the first connection when not given
     stats: PublisherStats = field(default_factory=PublisherStats)
 
     def __post_init__(self) -> None:
@@ -294,7 +378,8 @@ class UnsPublisher:
         delay = 0.5
         while True:
             try:
-                async with client_for(self.config, self.client_id) as client:
+                self.login = self.login or uns_login(self.config)
+                async with client_for(self.config, self.client_id, self.login) as client:
                     self.stats.connected, self.stats.last_error, delay = True, None, 0.5
                     await self._send(client)
             except aiomqtt.MqttError as exc:

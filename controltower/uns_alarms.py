@@ -1,12 +1,17 @@
-"""Alarm state that outlives an analytics worker: the alerts a worker finds in the UNS's retained
-alarm state (`{root}/v1/alarm-state/...`, docs/uns.md) for a partition it takes over, whether
-from its own earlier run or from a worker that died, are put back into its alert book, and its
-detectors are told the level those alerts were at, so the same alert (same id) is cleared,
-escalated or acknowledged later instead of a new one being raised.
+"""What an analytics worker taking over a partition brings with it.
 
-This reaches into `AlertBook` and `DetectionEngine` state that they keep private: the book has
-no public way to take an alert it did not raise. Kept here, in one place, so that a change
-there breaks one module with a test (tests/integration/test_scale_out.py), not the worker.
+Alarm state that outlives an analytics worker: the alerts a worker finds in the UNS's retained
+alarm state (`{root}/v1/alarm-state/...`, docs/uns.md) for a partition it takes over, whether
+from its own earlier run or from a worker that died, are put back into its alert book
+(`AlertBook.adopt`), and its detectors are told the level those alerts were at, so the same
+alert (same id) is cleared, escalated or acknowledged later instead of a new one being raised.
+
+`seed_levels` still reaches into the engine's level table, which has no public setter: kept
+here, in one place, so that a change there breaks one module with a test
+(tests/integration/test_scale_out.py), not the worker.
+
+Detector windows that outlive it: the partition's recent samples, read from the historian, go
+through its detectors (`warm_up`) before the first live value is scored.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from analytics.alerts import Alert, AlertBook, _Shelf
+from analytics.alerts import Alert
 from analytics.engine import DetectionEngine
 
 _TIMES = ("raised_at", "cleared_at", "acknowledged_at", "shelved_until")
@@ -37,35 +42,6 @@ def alert_from_state(state: dict[str, Any]) -> Alert:
         raise ValueError(f"not an alarm state: {exc}") from None
 
 
-class RestorableAlertBook(AlertBook):
-    """An AlertBook that can take back alerts from the retained alarm state."""
-
-    def restore(self, alert: Alert) -> bool:
-        """Put `alert` back as it was (active, cleared-unacknowledged, shelved); a copy of it the
-        book still holds (a partition that comes back to this worker) is replaced, since the
-        retained state is the newer. False when the book holds another alert active on the point."""
-        with self._lock:
-            key = (alert.tag_id, alert.detector)
-            held = self._by_id.pop(alert.id, None)
-            if held is not None:
-                if self._active.get(key) is held:
-                    del self._active[key]
-                self._unacked.pop(alert.id, None)
-            if alert.active and key in self._active:
-                return False
-            if alert.active:
-                self._active[key] = alert
-            else:
-                self._remember(alert)
-                if not alert.acknowledged:
-                    self._unacked[alert.id] = alert
-            self._by_id[alert.id] = alert
-            if alert.shelved_until is not None and key not in self._shelves:
-                self._shelves[key] = _Shelf(until=alert.shelved_until, reason=alert.shelve_reason or "",
-                                            user=alert.shelved_by or "")
-            return True
-
-
 def seed_levels(engine: DetectionEngine, alerts: list[Alert]) -> None:
     """Tell the engine the level each restored active alert's tag was at for its detector, so
     that a sample back to normal clears the alert (without it the engine starts every tag at
@@ -81,3 +57,21 @@ def seed_levels(engine: DetectionEngine, alerts: list[Alert]) -> None:
         seeded = pl.DataFrame({"tag_id": [t for t, _ in rows], "level_was": [lv for _, lv in rows]},
                               schema=levels.schema)
         engine._levels[name] = pl.concat([levels.join(seeded, on="tag_id", how="anti"), seeded])
+
+
+def warm_up(engine: DetectionEngine, history: pl.DataFrame) -> int:
+    """Fill the engine's detector windows (rolling statistics, flatline runs, last values) with
+    `history`, a partition's recent samples read from the historian, before it scores live
+    values: a partition taken over neither scores blind until its windows fill again nor
+    mistakes the first live values for a jump. The scores are thrown away and the engine's alert
+    levels are left alone: which alerts are on comes from the retained alarm state (`seed_levels`),
+    not from replaying history. Returns the samples used."""
+    known = [t.tag_id for t in engine.tags]
+    history = history.filter(pl.col("tag_id").is_in(known)).sort("ts", "tag_id")
+    if history.is_empty():
+        return 0
+    for detector in engine.detectors:
+        detector.score(history)
+    for monitor in engine.monitors:
+        monitor.score(history)
+    return history.height

@@ -53,8 +53,9 @@ TESTS = [
 MEANING = """What each figure means:
 - **emitted**: what the source of truth sent. The simulator's own samples where it is the source
   (ticks x tags, or its frames as published, or the same seed replayed: `Plant(site, seed,
-  start).run(...)` reproduces exactly what it published); where the test's edge is a paho
-  publisher (broker restart, kill -9 mid-stream), the messages the broker acknowledged.
+  start).run(...)` reproduces exactly what it published), also for the broker restart and the
+  kill -9 mid-stream, where the simulator is the MQTT edge (their stored values are compared with
+  the replay one by one: none differed).
 - **stored**: rows read back from the historian (InfluxDB or DuckDB, or the HTTP API over it); for
   the broker restart and the OPC-UA restart, samples the collector's source delivered.
 - **lost**: emitted (tag, timestamp) with no stored row (clock jumps: (tag, timestamp, value), since
@@ -141,33 +142,117 @@ def parse_fuzz_log(text: str) -> list[dict]:
     return props
 
 
+def _rejection_table(counts: dict[str, int], limit: int = 60) -> list[str]:
+    lines = ["| reason | count |", "|---|---:|"]
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    lines += [f"| {k.replace('|', '/')} | {v:,} |" for k, v in ranked[:limit]]
+    if len(ranked) > limit:
+        lines.append(f"| ({len(ranked) - limit} more kinds) | {sum(v for _, v in ranked[limit:]):,} |")
+    return lines
+
+
+def _reports(logs: Path, prefix: str) -> dict[str, dict[str, int]]:
+    """Rejection counts per target, summed over its processes (<target>[.<property>].rejections.json)."""
+    merged: dict[str, dict[str, int]] = {}
+    for report in sorted(logs.glob(f"{prefix}*.rejections.json")):
+        target = report.name.removeprefix(prefix).split(".")[0]
+        into = merged.setdefault(target, {})
+        for reason, count in json.loads(report.read_text()).items():
+            if isinstance(count, int):
+                into[reason] = into.get(reason, 0) + count
+    return merged
+
+
+DONE = re.compile(r"^Done (\d+) in (\d+) second")
+COVERAGE = re.compile(r"cov: (\d+) ft: (\d+) corp: (\d+)/")
+
+
+def atheris_section(logs: Path) -> list[str]:
+    """The coverage-guided runs (tests/fuzz/atheris_decoders.py), from atheris.<target>.log."""
+    runs = sorted(logs.glob("atheris.*.log"))
+    if not runs:
+        return []
+    lines = ["### Coverage-guided (atheris)", "",
+             ("`python -m tests.fuzz.atheris_decoders <target> -atheris_runs=100000 <corpus dir>` (atheris "
+             f"{_version('atheris')}, libFuzzer; the decoder modules instrumented; seeded with a few valid "
+             "messages): inputs run, edges and features covered at the end, crashes (an exception out of "
+             "`handle_message`, a batch not of the sample schema, or an input neither giving a sample nor "
+             "counted)."), "",
+             "| target | inputs | seconds | inputs/s | edges | features | corpus | crashes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    reports = _reports(logs, "atheris.")
+    for log in runs:
+        target = log.stem.removeprefix("atheris.")
+        text = log.read_text(errors="replace")
+        done = [m for line in text.splitlines() if (m := DONE.match(line))]
+        cov = COVERAGE.findall(text)
+        inputs, seconds = (int(done[-1][1]), int(done[-1][2])) if done else (0, 0)
+        edges, features, corpus = cov[-1] if cov else ("-", "-", "-")
+        crashes = len(list(logs.glob(f"crash_{target}_*")))
+        rate = f"{inputs / seconds:,.0f}" if seconds else "-"
+        lines.append(f"| {target} | {inputs:,} | {seconds} | {rate} | {edges} | {features} | {corpus} | {crashes} |")
+    for target, counts in reports.items():
+        lines += ["", f"{target}, per input (an input may be rejected for more than one reason):", ""]
+        lines += _rejection_table(counts)
+    return lines + [""]
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def fuzz_section(logs: Path) -> str:
     progress = (logs / "progress").read_text() if (logs / "progress").exists() else ""
     ends = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"^(\S+) rc=(\d+) seconds=(\d+)", progress, re.MULTILINE)}
     lines = ["## Fuzz run", "",
              (f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the logs of a dedicated run on this machine "
-              f"({os.cpu_count()} shared cores, at nice 5 beside other jobs): each tests/fuzz file on its own, "
-              "`CONTROLTOWER_FUZZ_EXAMPLES=<n> pytest tests/fuzz/<file>.py --timeout=0 "
+              f"({os.cpu_count()} shared cores, at nice 5 beside other jobs): each tests/fuzz file on its own (or one "
+              "process per property, `<file>.py::<property>`), "
+              "`CONTROLTOWER_FUZZ_EXAMPLES=<n> CONTROLTOWER_FUZZ_REPORT=<json> pytest tests/fuzz/<file>.py --timeout=0 "
               "--hypothesis-show-statistics` (n is per property, chosen so that a target's properties add up to "
               "at least 100,000 inputs). Counts are hypothesis's own, summed over its phases (passing = ran and "
               "held; failing = inputs that broke the property, shrinking included; invalid = rejected by the "
               "strategy's filters, not run)."), "",
              "| target (file) | property | inputs run (passing) | failing | invalid | stopped because |",
              "|---|---|---:|---:|---:|---|"]
-    totals = []
+    by_target: dict[str, list[Path]] = {}
     for log in sorted(logs.glob("test_*.log")):
-        name = log.stem
-        props = parse_fuzz_log(log.read_text(errors="replace"))
-        rc, seconds = ends.get(name, (None, None))
-        summary = re.search(r"^=*\s*(.*(?:passed|failed).*) in ([\d.]+)s", log.read_text(errors="replace"), re.MULTILINE)
-        if rc is None and summary:  # its runner was replaced mid-way: pytest's own summary line says
-            rc, seconds = (1 if "failed" in summary[1] else 0), float(summary[2])
-        state = "still running when this was written" if rc is None else f"pytest exit {rc}, {seconds / 60:.0f} min"
-        for p in props:
-            lines.append(f"| {name} | {p['test']} | {p['passing']:,} | {p['failing']} | {p['invalid']:,} | "
-                         f"{p['stopped'] or '-'} |")
+        by_target.setdefault(log.stem.split(".")[0], []).append(log)
+    totals = []
+    for name, target_logs in by_target.items():
+        props, states = [], []
+        for log in target_logs:
+            text = log.read_text(errors="replace")
+            log_props = parse_fuzz_log(text)
+            props += log_props
+            rc, seconds = ends.get(log.stem, (None, None))
+            summary = re.search(r"^=*\s*(.*(?:passed|failed).*) in ([\d.]+)s", text, re.MULTILINE)
+            if rc is None and summary:  # its runner was replaced mid-way: pytest's own summary line says
+                rc, seconds = (1 if "failed" in summary[1] else 0), float(summary[2])
+            states.append((rc, seconds))
+            for p in log_props:
+                lines.append(f"| {name} | {p['test']} | {p['passing']:,} | {p['failing']} | {p['invalid']:,} | "
+                             f"{p['stopped'] or '-'} |")
+        if any(rc is None for rc, _ in states):
+            state = "still running when this was written"
+        else:
+            codes = sorted({rc for rc, _ in states})
+            longest = max(seconds for _, seconds in states)
+            where = f"{len(states)} processes, the longest " if len(states) > 1 else ""
+            state = f"pytest exit {', '.join(map(str, codes))}, {where}{longest / 60:.0f} min"
         totals.append(f"- {name}: {sum(p['passing'] for p in props):,} inputs over {len(props)} properties ({state})")
     lines += ["", "Per target:", "", *totals, ""]
+    for target, counts in _reports(logs, "test_").items():
+        if target == "test_api_params":
+            continue
+        lines += [(f"{target}: rejections by reason ({sum(v for k, v in counts.items() if k not in ('accepted', 'encoded')):,} "
+                  f"of {sum(counts.values()):,} inputs):"), ""]
+        lines += _rejection_table(counts, limit=30) + [""]
     report = logs / "api_rejections.json"
     if report.exists():
         counts = json.loads(report.read_text())
@@ -176,10 +261,9 @@ def fuzz_section(logs: Path) -> str:
                    f"{sum(counts.values()):,} requests; the values quoted in a message are shown as …): each a "
                    "JSON `{\"error\"}` with a 4xx naming the parameter, or werkzeug's 308 redirect of an empty "
                    "path segment; the property fails on any 5xx:"), "", "| route status reason | count |", "|---|---:|"]
-        lines += [f"| {k.replace('|', '/')} | {v:,} |" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])[:60]]
-        if len(rejected) > 60:
-            lines.append(f"| ({len(rejected) - 60} more kinds) | {sum(sorted(rejected.values())[:-60]):,} |")
+        lines += _rejection_table(rejected)[2:]
         lines.append("")
+    lines += atheris_section(logs)
     return "\n".join(lines)
 
 

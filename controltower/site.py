@@ -1005,9 +1005,14 @@ def load_site_config(path: str | Path) -> SiteConfig:
     """Read and validate a site YAML file; raise SiteConfigError naming file, key and reason."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SiteConfigError(path, [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SiteConfigError(path, [("", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line}")]) from None
     text = expand_environment(text, path)
     try:
         data = yaml.safe_load(text)
@@ -1016,6 +1021,8 @@ def load_site_config(path: str | Path) -> SiteConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         problem = getattr(exc, "problem", None) or str(exc)
         raise SiteConfigError(path, [("", f"not valid YAML at {where}: {problem}")]) from None
+    except RecursionError:  # found by fuzzing: "[[[[..." deeper than Python's recursion limit
+        raise SiteConfigError(path, [("", "not a usable site file: lists or mappings nested too deeply")]) from None
     return parse_site_config(data, path)
 
 

@@ -1,6 +1,9 @@
 """Coverage-guided fuzzing (atheris, libFuzzer) of the byte-level payload decoders: MQTT JSON,
 batched JSON and Sparkplug B, through `MqttSource.handle_message` as the broker's messages reach
-it. Not a pytest module (no `test_` prefix): a dedicated run, not CI.
+it; and of the site loader (`load_site_config` on the input as a file) and line protocol (rows
+of tag strings encoded and parsed back, the InfluxQL answer decoded), the two targets that
+hypothesis drives too slowly for a 100,000-input run on a shared machine. Not a pytest module
+(no `test_` prefix): a dedicated run, not CI.
 
     .venv/bin/python -m tests.fuzz.atheris_decoders mqtt_json -atheris_runs=100000
     .venv/bin/python -m tests.fuzz.atheris_decoders sparkplug_b -atheris_runs=100000 -max_len=512 corpus/
@@ -11,6 +14,10 @@ every such payload; Sparkplug B: every payload that is not a valid protobuf on a
 since a valid NCMD or STATE message has no sample to give). A broken property raises, and
 libFuzzer writes the input to crash-<sha1> and stops.
 
+Site loader: a SiteConfig, or a SiteConfigError whose message starts with the file's name (never
+another exception), counted by the kind of its first error. Line protocol: the checks of
+tests/fuzz/test_lineprotocol.py (`check_rows`, `check_query_response`) on rows the input spells.
+
 The first byte of an input picks the topic (bound, unbound, malformed); for Sparkplug B also the
 message kind and whether the node and device were born first. Every 10,000 inputs and at the end,
 the counts (inputs, with samples, rejected by reason) go to the JSON file named by
@@ -19,17 +26,20 @@ CONTROLTOWER_FUZZ_REPORT, when set.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
 import sys
+import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 import atheris
 
-with atheris.instrument_imports(include=["collector", "controltower"]):
+# The line-protocol checks parse each line character by character: their branches guide the search too.
+with atheris.instrument_imports(include=["collector", "controltower", "tests.fuzz.test_lineprotocol"]):
     import polars as pl
 
     # mqtt.py imports these two lazily, after this block: imported here, so they are instrumented.
@@ -37,11 +47,13 @@ with atheris.instrument_imports(include=["collector", "controltower"]):
         importlib.import_module(lazy)
     from collector.sources.mqtt import MqttSource
     from controltower.samples import SAMPLE_SCHEMA
-    from controltower.site import load_site_config, parse_site_config
+    from controltower.site import SiteConfigError, load_site_config, parse_site_config
+    from tests.fuzz import test_lineprotocol as lp
 
 from collector.sources.sparkplug_b_proto import DataType, Metric
 from tests.collector.test_sparkplug_decoder import TAGS, D, N, dbirth, nbirth, payload, site
 from tests.conftest import REPO
+from tests.fuzz.test_site_config import rejection_kind
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 REPORT_EVERY = 10_000
@@ -79,6 +91,16 @@ TARGETS = {"mqtt_json": _json_source, "batched_json": _batched_source, "sparkplu
 def seeds(target: str) -> list[bytes]:
     """Valid messages to start from (topic byte 0: the bound topic), so that mutations begin inside
     the decoders rather than at the first JSON or protobuf check."""
+    if target == "site_config":
+        # Small sites (YAML parsing is most of the cost per input), and mqtt-site.yaml without its comments.
+        mqtt_site = b"\n".join(line for line in (REPO / "config" / "mqtt-site.yaml").read_bytes().splitlines()
+                               if not line.lstrip().startswith(b"#"))
+        return [mqtt_site, (b"enterprise: E\nsites:\n  - id: s\n    areas:\n      - id: a\n        lines:\n"
+                           b"          - id: l\n            units:\n              - id: u\n                tags:\n"
+                           b"                  - {id: t, opcua: {node_id: 'ns=2;s=t'}, limits: {alarm_high: 5}}\n"
+                           b"sources:\n  - {kind: opcua, name: o, url: 'opc.tcp://127.0.0.1:4840'}\n")]
+    if target == "line_protocol":
+        return [b"\x02C:\\\x00unit\x00\x01B-1", "\x04a,b c=d\x00é😀\x00\x00".encode()]
     if target == "mqtt_json":
         return [b"\0" + json.dumps({"ts": "2026-11-29T10:00:00.5Z", "batch_id": "F-1", "fill_weight": 2.01, "speed": 300,
                                     "room_dp": None, "quality": {"room_dp": "bad"}}).encode(),
@@ -91,6 +113,45 @@ def seeds(target: str) -> list[bytes]:
     return [bytes([ddata]) + payload(2, [Metric(alias=1, datatype=DataType.DOUBLE, double_value=2.5),
                                          Metric(alias=3, datatype=DataType.INT32, int_value=9)]),
             bytes([0x80 | 3]) + dbirth(5), bytes([8]) + nbirth(1)]
+
+
+class SiteFileTarget:
+    """The input is the site file: UTF-8 or not, YAML or not, a site or not."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="fuzz-site-")) / "site.yaml"
+        self.counts: Counter[str] = Counter()
+
+    def one_input(self, data: bytes) -> None:
+        self.path.write_bytes(data)
+        self.counts["inputs"] += 1
+        try:
+            load_site_config(self.path)
+        except SiteConfigError as exc:
+            if not str(exc).startswith(str(self.path)):
+                raise AssertionError(f"the error does not name the file: {exc}") from None
+            self.counts[rejection_kind(str(exc), str(self.path))] += 1
+        else:
+            self.counts["accepted"] += 1
+
+
+class LineProtocolTarget:
+    """The input spells 1-5 rows (tag id, unit, batch id or none, value or none): encoded and parsed back."""
+
+    def __init__(self):
+        self.counts = lp.REJECTIONS  # check_rows counts "encoded" and the rows set aside
+
+    def one_input(self, data: bytes) -> None:
+        fdp = atheris.FuzzedDataProvider(data)
+        rows = []
+        for _ in range(fdp.ConsumeIntInRange(1, 5)):
+            tag, unit = fdp.ConsumeUnicodeNoSurrogates(24), fdp.ConsumeUnicodeNoSurrogates(12)
+            batch = fdp.ConsumeUnicodeNoSurrogates(12) if fdp.ConsumeBool() else None
+            value = fdp.ConsumeRegularFloat() if fdp.ConsumeBool() else (None if fdp.ConsumeBool() else fdp.ConsumeFloat())
+            rows.append((tag, unit, batch, value))
+        self.counts["inputs"] += 1
+        lp.check_rows(rows)
+        lp.check_query_response(*rows[0][::2], rows[0][3])
 
 
 class Harness:
@@ -128,28 +189,36 @@ class Harness:
             if self.target != "sparkplug_b" or not topic.startswith("spBv1.0/"):
                 raise AssertionError(f"{self.target}: no sample and no rejection for {payload[:200]!r} on {topic!r}")
             self.counts["valid Sparkplug B without a bound sample"] += 1
-        if self.counts["inputs"] % REPORT_EVERY == 0:
-            self.report()
 
-    def report(self) -> None:
-        out = os.environ.get("CONTROLTOWER_FUZZ_REPORT")
-        if out:
-            Path(out).write_text(json.dumps({"target": self.target, **self.counts}, indent=1))
+
+OTHER_TARGETS = {"site_config": SiteFileTarget, "line_protocol": LineProtocolTarget}
+
+
+def report(target: str, counts: Counter[str]) -> None:
+    out = os.environ.get("CONTROLTOWER_FUZZ_REPORT")
+    if out:
+        Path(out).write_text(json.dumps({"target": target, **counts}, indent=1))
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
-        sys.exit(f"usage: python -m tests.fuzz.atheris_decoders {{{','.join(TARGETS)}}} [libFuzzer flags] [corpus dir]")
-    harness = Harness(sys.argv[1])
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    if name not in TARGETS and name not in OTHER_TARGETS:
+        names = ",".join([*TARGETS, *OTHER_TARGETS])
+        sys.exit(f"usage: python -m tests.fuzz.atheris_decoders {{{names}}} [libFuzzer flags] [corpus dir]")
+    target = Harness(name) if name in TARGETS else OTHER_TARGETS[name]()
     corpus = [Path(a) for a in sys.argv[2:] if not a.startswith("-")]
     for folder in corpus:  # libFuzzer keeps what it finds there; seeds only the first time
         if folder.is_dir() and not any(folder.iterdir()):
-            for i, seed in enumerate(seeds(harness.target)):
+            for i, seed in enumerate(seeds(name)):
                 (folder / f"seed-{i}").write_bytes(seed)
-    import atexit
 
-    atexit.register(harness.report)
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], harness.one_input)
+    def one_input(data: bytes) -> None:
+        target.one_input(data)
+        if target.counts["inputs"] % REPORT_EVERY == 0:
+            report(name, target.counts)
+
+    atexit.register(lambda: report(name, target.counts))
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], one_input)
     atheris.Fuzz()
 
 

@@ -20,7 +20,7 @@ import yaml
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from controltower.site import SiteConfig, SiteConfigError, parse_site_config
+from controltower.site import SiteConfig, SiteConfigError, load_site_config, parse_site_config
 from tests.conftest import REPO
 from tests.fuzz.strategies import FUZZ, reason_of, write_report
 
@@ -52,12 +52,12 @@ def _report():
     write_report(REJECTIONS)
 
 
-def rejection_kind(message: str) -> str:
+def rejection_kind(message: str, path: str = PATH) -> str:
     """`fuzz-site.yaml: sites[0].areas: Input should be a valid list (got 5)` -> `sites[i].areas:
     Input should be a valid list (got …)`: one kind per key path and reason."""
-    where, _, reason = message.split("\n", 1)[0].removeprefix(f"{PATH}: ").partition(": ")
-    if not reason:
-        return reason_of(where)
+    where, _, reason = message.split("\n", 1)[0].removeprefix(f"{path}: ").partition(": ")
+    if not reason or " " in where:  # not a key path: a message about the whole file (YAML, encoding)
+        return reason_of(f"{where}: {reason}" if reason else where)
     return f"{INDEX.sub('[i]', where)[:60]}: {reason_of(reason)}"
 
 
@@ -123,3 +123,16 @@ def test_mutations_of_the_demo_config(mutations) -> None:
 
 def test_the_demo_config_itself_parses() -> None:
     assert isinstance(parse_site_config(copy.deepcopy(DEMO), PATH), SiteConfig)
+
+
+def test_a_file_that_is_not_utf8_or_nested_too_deeply_is_a_site_config_error(tmp_path) -> None:
+    """Found fuzzing the loader with the input as the file (tests/fuzz/atheris_decoders.py): both
+    used to escape as UnicodeDecodeError and RecursionError."""
+    cases = {"latin1.yaml": ("enterprise: Caf\xe9\n".encode("latin-1"), "not UTF-8 text: byte 0xe9 on line 1"),
+             "deep.yaml": (b"[" * 100_000, "nested too deeply")}
+    for name, (content, reason) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(SiteConfigError, match=reason) as info:
+            load_site_config(path)
+        assert str(info.value).startswith(str(path))

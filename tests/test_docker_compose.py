@@ -67,9 +67,14 @@ def test_the_scaled_services_read_a_config_with_the_unified_namespace_on(monkeyp
         assert mqtt.shared_group == "collectors"
         for key in env:
             monkeypatch.delenv(key)
-    # Analytics workers get the broker only: no historian token.
+    # Analytics workers read the historian too (warm-up of a partition taken over, uns.warmup_s):
+    # the same InfluxDB as the collectors, and they wait for it.
     for name in commands("analyse"):
-        assert not any("TOKEN" in key or "PASSWORD" in key for key in services[name]["environment"]), name
+        for key, value in services[name]["environment"].items():
+            monkeypatch.setenv(key, str(value))
+        site = load_site_config(REPO / "config" / "compose-site.yaml")
+        assert site.uns.warmup_s > 0 and site.historian.url == "http://influxdb:8086", name
+        assert "influxdb" in services[name]["depends_on"], name
 
 
 def test_influxdb_is_2_7_and_initialised() -> None:

@@ -149,3 +149,43 @@ def test_services_refuse_a_site_without_the_uns(tmp_path, capsys) -> None:
     assert "a worker name is 1-64 characters" in capsys.readouterr().err
     assert main(["collect", "--config", str(site), "--source", "nope"]) == 2
     assert "no source named nope" in capsys.readouterr().err
+
+
+def test_tag_service_topics_round_trip() -> None:
+    topics = Topics("ct", 16)
+    k = partition_of("lyon.ff.fill1.filler1", 16)
+    tag = "lyon.ff.fill1.filler1.fill_weight"
+    assert topics.tag_service(tag) == f"ct/v1/tag-service/p{k}/lyon/ff/fill1/filler1/fill_weight"
+    assert topics.parse_tag(topics.tag_service(tag), "tag-service") == tag
+    assert topics.parse_tag(topics.tag_state(tag), "tag-state") == tag
+    assert topics.tag_service_filter(k) == f"ct/v1/tag-service/p{k}/#"
+    for bad in ("lyon.ff.fill1.filler1", "lyon.ff.fill1.filler1.a/b", "a..c.d.e"):
+        with pytest.raises(ValueError, match="not a tag id"):
+            topics.tag_service(bad)
+    with pytest.raises(UnsTopicError):
+        topics.parse_tag("ct/v1/tag-state/lyon/ff/fill1", "tag-state")
+
+
+def test_alert_book_adopts_alerts_and_service_state_without_journalling() -> None:
+    from analytics.alerts import Alert, AlertBook
+
+    journalled: list[dict] = []
+
+    class Journal:
+        def append_many(self, entries):
+            journalled.extend(entries)
+
+    book = AlertBook(journal=Journal())  # type: ignore[arg-type]
+    alert = Alert(id="a1", tag_id="s.a.l.u.t", detector="limits", severity="alarm", value=3.0, message="high",
+                  raised_at=T0, site="s", area="a", line="l", unit="u")
+    assert book.adopt(alert) and [a.id for a in book.active()] == ["a1"]
+    other = Alert(id="a2", tag_id="s.a.l.u.t", detector="limits", severity="alarm", value=3.1, message="high",
+                  raised_at=T0)
+    assert not book.adopt(other), "one active alert per point"
+    assert book.adopt_service_state("s.a.l.u.t", True, "sensor swap", "eng1")
+    assert book.suppressed_tags() == {"s.a.l.u.t": "sensor swap"} and book.get("a1").suppressed
+    assert not book.adopt_service_state("s.a.l.u.t", True, "sensor swap", "eng1")
+    assert book.adopt_service_state("s.a.l.u.t", False) and not book.get("a1").suppressed
+    assert journalled == []
+    book.acknowledge("a1", "op1")  # an adopted alert is the book's own from then on
+    assert [e["event"] for e in journalled] == ["acknowledged"]

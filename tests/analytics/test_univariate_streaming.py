@@ -61,6 +61,10 @@ REFERENCES = {
 
 @pytest.fixture(scope="module")
 def series() -> pl.DataFrame:
+    return drifting_series()
+
+
+def drifting_series() -> pl.DataFrame:
     """~600 samples over 3 tags (plus an unknown one) in time order, with bad, null, shifted
     and spiking stretches, one batch per time step shuffled across tags."""
     frames = mixed_batches(TAGS, n_batches=4, per_tag=50, seed=5, excursion_rate=0.08)

@@ -12,20 +12,16 @@ from polars.testing import assert_frame_equal
 
 from analytics.detectors.wide import pivot
 from tests.analytics.helpers import assert_close
-from tests.analytics.test_univariate_streaming import FACTORIES, REFERENCES, micro_batches
+from tests.analytics.test_univariate_streaming import FACTORIES, REFERENCES, drifting_series, micro_batches
 
 WIDE = sorted(name for name, make in FACTORIES.items() if hasattr(make(), "score_wide"))
 
 
 @pytest.fixture(scope="module")
-def series(series_with_nan: pl.DataFrame) -> pl.DataFrame:
-    return series_with_nan
-
-
-@pytest.fixture(scope="module")
-def series_with_nan() -> pl.DataFrame:
-    from tests.analytics.test_univariate_streaming import series as make_series
-    frame = make_series.__wrapped__()
+def series() -> pl.DataFrame:
+    """The streaming tests' series (3 tags and an unknown one sharing timestamps, bad, null,
+    shifted and spiking stretches) with some NaN values too."""
+    frame = drifting_series()
     # A few NaN values (not null): skipped like nulls, kept as NaN in the output.
     return frame.with_columns(pl.when(pl.int_range(pl.len()) % 97 == 5).then(float("nan"))
                               .otherwise(pl.col("value")).alias("value"))
@@ -117,3 +113,29 @@ def test_engine_wide_equals_long(series: pl.DataFrame):
     assert sum(counts) > 0
     for name in ("limits", "nelson", "ewma"):
         assert_same(engines[0].last_scores[name], engines[1].last_scores[name], name)
+
+
+def test_tiled_batches(series: pl.DataFrame):
+    """Time-major batches with the tags in one fixed (unsorted) order at every timestamp, as
+    batched MQTT and the simulator publish them, take the pivot's fast path; scores are the same."""
+    from analytics.detectors import LimitDetector
+    from tests.analytics.helpers import TEMPERATURE, make_tag
+
+    from analytics.detectors.wide import _tiled
+    from tests.analytics.test_univariate_streaming import TAGS
+
+    order = {t.tag_id: i for i, t in enumerate(sorted(TAGS, key=lambda t: t.tag_id, reverse=True))}
+    frame = (series.filter(pl.col("tag_id").is_in(list(order)))
+             .with_columns(pl.col("tag_id").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
+             .sort("ts", "_order").drop("_order"))
+    batches = [frame.slice(i, 3 * 23) for i in range(0, frame.height, 3 * 23)]
+    assert len(batches) > 5 and all(_tiled(b, None) is not None for b in batches)
+    plain = [make_tag("s.a.l.u.r", **TEMPERATURE), make_tag("s.a.l.u.q", warning_high=20.5)]
+    factories = {**FACTORIES, "limits_no_delays": lambda: LimitDetector(plain)}
+    for name in [*WIDE, "limits_no_delays"]:
+        wide_det, long_det = factories[name](), factories[name]()
+        for b in batches:
+            wide = pivot(b)
+            assert wide is not None and wide.present is None
+            assert wide.tag_ids == sorted(order)
+            assert_same(wide_det.score_wide(wide).to_long(), long_det.score(b), name)

@@ -53,6 +53,7 @@ with atheris.instrument_imports(include=["collector", "controltower", "tests.fuz
 from collector.sources.sparkplug_b_proto import DataType, Metric
 from tests.collector.test_sparkplug_decoder import TAGS, D, N, dbirth, nbirth, payload, site
 from tests.conftest import REPO
+from tests.fuzz import test_mqtt_batched_json as batched
 from tests.fuzz.test_site_config import rejection_kind
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -66,16 +67,8 @@ def _json_source() -> tuple[MqttSource, list[str]]:
 
 
 def _batched_source() -> tuple[MqttSource, list[str]]:
-    config = parse_site_config({
-        "enterprise": "E",
-        "sites": [{"id": "lyon", "areas": [{"id": "ff", "lines": [{"id": "fill1", "units": [
-            {"id": "filler1", "tags": [{"id": "fill_weight", "mqtt": {}}, {"id": "speed", "mqtt": {"field": "SPD"}}]},
-        ]}]}]}],
-        "sources": [{"kind": "mqtt", "name": "m", "url": "mqtt://127.0.0.1:1883", "payload": "batched_json",
-                     "timestamp_field": "ts", "batch_field": "batch_id",
-                     "topic_template": "plant/{site}/{area}/{line}/{unit}"}],
-    })
-    return MqttSource(config.sources[0], config.tag_table()), ["plant/lyon/ff/fill1/filler1", "plant/x/y/z/w", ""]
+    site = batched.SITE  # fill_weight and speed (named SPD in the items) of lyon.ff.fill1.filler1
+    return MqttSource(site.sources[0], site.tag_table()), [batched.TOPIC, "plant/x/y/z/w", ""]
 
 
 def _sparkplug_source() -> tuple[MqttSource, list[str]]:

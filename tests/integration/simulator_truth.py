@@ -10,6 +10,7 @@ collector's samples with the replay, value by value.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -20,6 +21,7 @@ import pytest
 import simulators.mqtt_publisher as publisher
 from simulators.plant import Plant
 from simulators.service import SimulatorService
+from tests.integration.conftest import wait_until
 
 KEYS = ["tag_id", "ts"]
 
@@ -48,6 +50,18 @@ class BrokerAcks:
 
     def acked_ticks(self) -> set[datetime]:
         return {at for at, info in self.sent if info is not None and info.is_published()}
+
+    def all_acknowledged(self, edge: publisher.PlantMqttPublisher) -> bool:
+        """Nothing queued and the last tick sent acknowledged (and so, in order, every one before it)."""
+        last = self.sent[-1][1] if self.sent else None
+        return all(c.queue.empty() for c in edge.connections) and last is not None and last.is_published()
+
+    async def stop_ticking(self, simulator: SimulatorService, task: asyncio.Task) -> None:
+        """Stop the simulator's ticks and wait until the broker has acknowledged every tick sent (the
+        simulator's own stop would drop a backlog)."""
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await wait_until(lambda: self.all_acknowledged(simulator.mqtt), 30, "the simulator's last tick to be acknowledged")
 
     def unacked_ticks(self) -> list[datetime]:
         acked = self.acked_ticks()

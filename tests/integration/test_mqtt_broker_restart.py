@@ -169,12 +169,7 @@ async def test_a_steady_stream_through_a_broker_restart_loses_no_acked_message(t
             await wait_until(lambda: simulator.ticks >= ticks_back + 20 and edge.connected.is_set(), 30,
                              "the stream to resume")
             recovered_s = time.monotonic() - down_at
-            sim_task.cancel()
-            await asyncio.gather(sim_task, return_exceptions=True)
-            # Every tick sent and acknowledged before the simulator stops (its stop drops a backlog).
-            await wait_until(lambda: all(c.queue.empty() for c in edge.connections) and acks.sent
-                             and acks.sent[-1][1] is not None and acks.sent[-1][1].is_published(), 30,
-                             "the simulator's last tick to be acknowledged")
+            await acks.stop_ticking(simulator, sim_task)
             truth = emitted(simulator)
             acked = acks.acked_ticks()
             owed = truth.filter(pl.col("ts").is_in(list(acked)))

@@ -107,11 +107,7 @@ async def test_kill_9_mid_stream_loses_no_published_sample(mosquitto, tmp_path: 
         collector = await asyncio.to_thread(start_collector, config, port)
         reconnected_s = time.monotonic() - killed_at
         await wait_until(lambda: simulator.ticks >= ticks_at_kill + 30, 30, "the stream to go on after the restart")
-        sim_task.cancel()
-        await asyncio.gather(sim_task, return_exceptions=True)
-        await wait_until(lambda: all(c.queue.empty() for c in edge.connections) and acks.sent
-                         and acks.sent[-1][1] is not None and acks.sent[-1][1].is_published(), 30,
-                         "the simulator's last tick to be acknowledged")
+        await acks.stop_ticking(simulator, sim_task)
         truth = emitted(simulator)
         stored = await asyncio.to_thread(read_back_all, port, truth)
     finally:

@@ -10,10 +10,12 @@ micro-batch boundary does not reset its history). score = model score / calibrat
 alarm when score >= `alarm_score`; it clears on the first row back under the limit.
 
 The golden-batch monitor scores each row against the envelope and the per-phase PCA
-(`GoldenBatch.score`); score = max(envelope max |z| / k, T²/limit, SPE/limit). The live
-stream carries no phase, so a golden model fitted without phases (one phase per batch) is
-what it can use, and a batch is scored only when the monitor saw it start (its first sample
-after another batch of the unit): its time into the batch must be known.
+(`GoldenBatch.score`); score = max(envelope max |z| / k, T²/limit, SPE/limit). A model fitted
+on whole batches scores a batch once the monitor saw it start (its first sample after another
+batch of the unit): its time into the batch must be known. A model fitted by phase learns the
+running phase from the unit's batch events (`batch_events`, fed by the collector's pipeline):
+each sample gets the phase whose span holds it, and a phase is scored from its start event
+on; samples of a phase whose start the monitor did not see are not scored.
 
 Each row names its root-cause hint: `contributors`, the top tags by contribution (envelope
 violations first for the golden batch), most responsible first, `;`-separated.
@@ -28,6 +30,8 @@ import numpy as np
 import polars as pl
 
 from analytics.golden import WHOLE_BATCH, top_names
+from controltower.batch_events import empty_batch_events, phase_spans, with_phases
+from controltower.samples import PATH_COLUMNS
 from analytics.models import KINDS, ROW_KINDS, ROW_S, FittedModel, ModelStore, ModelStoreError
 from analytics.multivariate.rows import wide_rows
 
@@ -118,6 +122,18 @@ class GoldenMonitor(_Monitor):
         self._last_batch: str | None = None
         self._starts = pl.DataFrame(schema={"batch_id": pl.String, "phase": pl.String,
                                             "start": pl.Datetime("ns", "UTC")})
+        self.by_phase = tuple(fitted.model.phases_) != (WHOLE_BATCH,)
+        self._events = empty_batch_events()  # the unit's latest batch events (phase models)
+
+    def batch_events(self, events: pl.DataFrame) -> None:
+        """Batch events from the collector (`controltower.batch_events` schema); a model fitted
+        by phase keeps its unit's latest few, to know the phase of each sample."""
+        if not self.by_phase:
+            return
+        unit = pl.concat_str(*PATH_COLUMNS, separator=".")
+        mine = events.filter(unit == self.unit)
+        if mine.height:
+            self._events = pl.concat([self._events, mine]).sort("ts").tail(50)
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         model = self.fitted.model
@@ -125,6 +141,8 @@ class GoldenMonitor(_Monitor):
             .sort("ts")
         if mine.is_empty():
             return empty_scores()
+        if self.by_phase:
+            return self._score_by_phase(mine)
         # Batches that start in this micro-batch: the first sample of each batch id after another one.
         firsts = mine.group_by("batch_id", maintain_order=True).agg(pl.col("ts").min().alias("start"))
         previous = [self._last_batch, *firsts["batch_id"].to_list()[:-1]]
@@ -138,7 +156,28 @@ class GoldenMonitor(_Monitor):
         mine = mine.filter(pl.col("batch_id").is_in(self._starts["batch_id"].implode()))
         if mine.is_empty():
             return empty_scores()
-        result = model.score(mine.drop("phase", strict=False), starts=self._starts)
+        return self._result(model.score(mine.drop("phase", strict=False), starts=self._starts))
+
+    def _score_by_phase(self, mine: pl.DataFrame) -> pl.DataFrame:
+        """Samples in a phase span whose start event the monitor saw, scored from that start."""
+        # A phase first seen running (`observed`) began earlier: its time into the phase is unknown.
+        observed = self._events.filter(pl.col("transition") == "observed").select(
+            "batch_id", "phase", pl.col("ts").alias("start"))
+        spans = phase_spans(self._events)
+        if spans.is_empty():
+            return empty_scores()
+        spans = spans.with_columns(
+            pl.struct("batch_id", "phase", "start").is_in(observed.to_struct().implode()).alias("_observed"))
+        phased = with_phases(mine, spans.drop("_observed"))
+        seen_start = spans.filter(~pl.col("_observed")).select("batch_id", "phase", "start")
+        phased = phased.join(seen_start.select("batch_id", "phase"), on=["batch_id", "phase"], how="semi",
+                             maintain_order="left")
+        if phased.is_empty():
+            return empty_scores()
+        return self._result(self.fitted.model.score(phased, starts=seen_start))
+
+    def _result(self, result) -> pl.DataFrame:
+        model = self.fitted.model
         rows = result.rows
         env = (rows["envelope_z"].to_numpy() / model.k_).astype(np.float64)
         mv = rows["score"].to_numpy().astype(np.float64)
@@ -174,11 +213,9 @@ def load_monitors(root: Path, units: list[str], *, pin: dict[str, dict[str, int]
                           kind, fitted.manifest.get("version"), unit, ", ".join(unknown))
                 continue
             if kind == "golden" and tuple(fitted.model.phases_) != (WHOLE_BATCH,):
-                # The live stream carries no phase: only a model aligned on time into the batch fits it.
-                log.error("golden model v%s of %s was fitted with phases %s; the live engine aligns by "
-                          "batch time only: refit it from the historian", fitted.manifest.get("version"), unit,
-                          ", ".join(fitted.model.phases_))
-                continue
+                log.info("golden model v%s of %s is aligned by phase (%s): it scores the phases whose start "
+                         "the collector announces", fitted.manifest.get("version"), unit,
+                         ", ".join(fitted.model.phases_))
             cls = RowMonitor if kind in ROW_KINDS else GoldenMonitor
             monitors.append(cls(fitted, on_delay_rows, alarm_score))
             log.info("loaded %s model v%s of %s", kind, fitted.manifest.get("version"), unit)

@@ -91,7 +91,7 @@ class ControlTower:
         spool = Spool.from_config(site.spool, self.data_dir) if site.spool.enabled else None
         self.pipeline = Pipeline(
             self.sources, self.historian, consumers=[self.live.update, self._detect], metrics=self.metrics,
-            spool=spool,
+            spool=spool, event_consumers=[self._batch_events],
         )
         self.metrics.watch_spool(self.pipeline.spool_health)
         self.started_at = datetime.now(UTC)
@@ -111,6 +111,12 @@ class ControlTower:
             if self._data_clock is None or newest > self._data_clock[0]:
                 self._data_clock = (newest, time.monotonic())
         self._raised(raised)
+
+    def _batch_events(self, events: pl.DataFrame) -> None:
+        """Batch events to the monitors that follow phases (a golden model fitted by phase)."""
+        for monitor in self.engine.monitors:
+            if hasattr(monitor, "batch_events"):
+                monitor.batch_events(events)
 
     def _raised(self, raised: list) -> None:
         for alert in raised:

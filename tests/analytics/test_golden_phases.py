@@ -88,3 +88,43 @@ def test_without_stored_phases_the_golden_fit_aligns_whole_batches(plant_run, tm
     path = site_file(tmp_path, samples, None)
     assert main(["model", "fit", "--config", str(path), "--unit", UNIT, "--kind", "golden", "--batches", GOOD]) == 0
     assert json.loads(capsys.readouterr().out)["training"]["phases"] == [WHOLE_BATCH]
+
+
+def test_the_live_golden_monitor_follows_the_announced_phases(plant_run) -> None:
+    from analytics.model_command import phased_samples
+    from analytics.models import fit_unit_model
+    from analytics.monitors import GoldenMonitor
+
+    samples, events = plant_run
+    fault_at = 4 * batch_seconds(SITE) + 1500.0  # batch 5, in its growth phase
+    faulty = simulate(SITE, seed=SEED, seconds=5.5 * batch_seconds(SITE), dt_s=DT_S,
+                      faults=[(fault_at, "ph", "bias", 900.0, 0.05)])
+    historian = DuckDbHistorian(":memory:")
+    try:
+        historian.write_sync(samples)
+        historian.write_batch_events_sync(events)
+        good = samples.filter(pl.col("batch_id").is_in(GOOD.split(",")[:3]))
+        fitted = fit_unit_model("golden", phased_samples(historian, UNIT, good), unit=UNIT,
+                                variables=tuple(sorted(good["tag_id"].unique())))
+    finally:
+        historian.close()
+    monitor = GoldenMonitor(fitted, on_delay_rows=3)
+    assert monitor.by_phase
+    run = faulty.filter(pl.col("batch_id") == "BR101-0005").sort("ts")
+    announced = events.filter(pl.col("batch_id") == "BR101-0005")
+    # Without its phase events the monitor cannot place the samples: nothing is scored.
+    assert monitor.score(run.head(500)).is_empty()
+    scores = []
+    # Live: every minute of the batch, the events announced in it, then its samples.
+    edges = run["ts"].dt.truncate("1m").unique().sort().to_list()
+    for start in edges:
+        end = start + timedelta(minutes=1)
+        monitor.batch_events(announced.filter((pl.col("ts") >= start) & (pl.col("ts") < end)))
+        scores.append(monitor.score(run.filter((pl.col("ts") >= start) & (pl.col("ts") < end))))
+    scored = pl.concat(scores)
+    assert scored.height > 0.9 * run["ts"].n_unique()
+    fault = START + timedelta(seconds=fault_at)
+    before = scored.filter(pl.col("ts") < fault)
+    during = scored.filter((pl.col("ts") >= fault + timedelta(minutes=2)) & (pl.col("ts") < fault + timedelta(minutes=15)))
+    assert (before["level"] > 0).mean() < 0.02, before.filter(pl.col("level") > 0)
+    assert (during["level"] > 0).mean() > 0.8 and "ph" in during["contributors"].drop_nulls()[0]

@@ -30,10 +30,10 @@ import numpy as np
 import polars as pl
 
 from analytics.golden import WHOLE_BATCH, top_names
-from controltower.batch_events import empty_batch_events, phase_spans, with_phases
-from controltower.samples import PATH_COLUMNS
 from analytics.models import KINDS, ROW_KINDS, ROW_S, FittedModel, ModelStore, ModelStoreError
 from analytics.multivariate.rows import wide_rows
+from controltower.batch_events import empty_batch_events, phase_spans, with_phases
+from controltower.samples import PATH_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -62,9 +62,11 @@ _SCHEMA_SQL = [
     "CREATE TABLE IF NOT EXISTS latest ({}, PRIMARY KEY (tag_id))".format(
         ", ".join(f"{c} {t}" for c, t in _COLUMN_TYPES.items())
     ),
-    "CREATE TABLE IF NOT EXISTS batch_events (ts BIGINT NOT NULL, site VARCHAR NOT NULL, area VARCHAR NOT NULL, "
-    "line VARCHAR NOT NULL, unit VARCHAR NOT NULL, batch_id VARCHAR, phase VARCHAR, transition VARCHAR NOT NULL, "
-    "product VARCHAR, recipe VARCHAR, PRIMARY KEY (site, area, line, unit, ts, transition))",
+    (
+        "CREATE TABLE IF NOT EXISTS batch_events (ts BIGINT NOT NULL, site VARCHAR NOT NULL, area VARCHAR NOT NULL, "
+        "line VARCHAR NOT NULL, unit VARCHAR NOT NULL, batch_id VARCHAR, phase VARCHAR, transition VARCHAR NOT NULL, "
+        "product VARCHAR, recipe VARCHAR, PRIMARY KEY (site, area, line, unit, ts, transition))"
+    ),
 ]
 _EVENT_COLUMNS = ", ".join(BATCH_EVENT_SCHEMA)
 _INSERT_EVENTS = f"INSERT INTO batch_events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events ON CONFLICT DO NOTHING"

@@ -50,8 +50,8 @@ import polars as pl
 from asyncua import ua
 
 from collector.gaps import Gap, GapLog
-from collector.sources.batch_state import BatchStateTracker
 from collector.sources import Emit, SourceHealth
+from collector.sources.batch_state import BatchStateTracker
 from collector.sources.opcua_security import ClientSecurity, Pki, connect, negotiated_security, secure_client
 from collector.sources.supervisor import supervise
 from controltower.samples import QUALITY_DTYPE, quality_expr, samples_frame, tag_paths_frame

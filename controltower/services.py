@@ -361,8 +361,8 @@ class AnalyticsWorker:
             log.warning("analytics worker %s: command set aside: not a JSON object", self.name)
             return
         action, alert_id = command.get("action"), command.get("alert_id")
-        request_id = str(command.get("request_id") or "")
-        try:
+
+        def apply() -> dict[str, Any]:
             if action == "acknowledge":
                 alert = self.book.acknowledge(alert_id, command.get("user"), command.get("comment", ""))
             elif action == "shelve":
@@ -371,17 +371,27 @@ class AnalyticsWorker:
                 alert = self.book.unshelve(alert_id, command.get("user"), command.get("comment", ""))
             else:
                 raise ValueError(f"action: one of acknowledge, shelve, unshelve, got {action!r}")
-            result = {"ok": True, "alert": alert.to_dict()}
-        except LookupError as exc:
-            result = {"ok": False, "kind": "not_found", "error": str(exc)}
-        except AlarmTransitionError as exc:
-            result = {"ok": False, "kind": "transition", "error": str(exc)}
-        except ValueError as exc:
-            result = {"ok": False, "kind": "invalid", "error": str(exc)}
-        except AlarmJournalError as exc:
-            result = {"ok": False, "kind": "journal", "error": str(exc)}
+            return {"alert": alert.to_dict()}
+
+        await self._reply(client, str(command.get("request_id") or ""), self._outcome(apply))
+
+    def _outcome(self, apply) -> dict[str, Any]:
+        """Run an operator's action on the book: its result, or why it was refused (the kind
+        tells the screen which HTTP status to answer)."""
         self.counts["commands"] = self.counts.get("commands", 0) + 1
-        if request_id and "/" not in request_id and "+" not in request_id and "#" not in request_id:
+        try:
+            return {"ok": True} | apply()
+        except LookupError as exc:
+            return {"ok": False, "kind": "not_found", "error": str(exc)}
+        except AlarmTransitionError as exc:
+            return {"ok": False, "kind": "transition", "error": str(exc)}
+        except ValueError as exc:
+            return {"ok": False, "kind": "invalid", "error": str(exc)}
+        except AlarmJournalError as exc:
+            return {"ok": False, "kind": "journal", "error": str(exc)}
+
+    async def _reply(self, client: aiomqtt.Client, request_id: str, result: dict[str, Any]) -> None:
+        if request_id and not any(c in request_id for c in "/+#"):
             await client.publish(self.topics.command_result(request_id), json.dumps(result).encode(), qos=1)
 
     def _on_tag_state(self, topic: str, payload: bytes) -> None:
@@ -417,23 +427,15 @@ class AnalyticsWorker:
         if retained and (applied.get("request_id") == request_id if applied else not out):
             self.book.adopt_service_state(tag_id, out, str(why or ""), str(user or ""))
             return
-        try:
-            if out:
-                self.book.suppress(tag_id, user, why)
-            else:
-                self.book.unsuppress(tag_id, user, why)
-            result: dict[str, Any] = {"ok": True, "tag_id": tag_id, "out_of_service": out}
-        except LookupError as exc:
-            result = {"ok": False, "kind": "not_found", "error": str(exc)}
-        except AlarmTransitionError as exc:
-            if retained:  # the book already holds that state (a partition that came back): take the reason
-                self.book.adopt_service_state(tag_id, out, str(why or ""), str(user or ""))
-            result = {"ok": False, "kind": "transition", "error": str(exc)}
-        except ValueError as exc:
-            result = {"ok": False, "kind": "invalid", "error": str(exc)}
-        except AlarmJournalError as exc:
-            result = {"ok": False, "kind": "journal", "error": str(exc)}
-        self.counts["commands"] = self.counts.get("commands", 0) + 1
+
+        def apply() -> dict[str, Any]:
+            (self.book.suppress if out else self.book.unsuppress)(tag_id, user, why)
+            return {"tag_id": tag_id, "out_of_service": out}
+
+        result = self._outcome(apply)
+        if retained and result.get("kind") == "transition":
+            # The book holds that state already (a partition that came back here): take the reason.
+            self.book.adopt_service_state(tag_id, out, str(why or ""), str(user or ""))
         if result["ok"]:
             state = {"tag_id": tag_id, "out_of_service": True, "reason": why, "user": user,
                      "at": datetime.now(UTC).isoformat(), "request_id": request_id, "worker": self.name}
@@ -442,8 +444,8 @@ class AnalyticsWorker:
                 self.tag_states.pop(tag_id, None)
             await client.publish(self.topics.tag_state(tag_id), json.dumps(state).encode() if out else b"", qos=1,
                                  retain=True)
-        if not retained and request_id and not any(c in request_id for c in "/+#"):
-            await client.publish(self.topics.command_result(request_id), json.dumps(result).encode(), qos=1)
+        if not retained:
+            await self._reply(client, request_id, result)
 
     async def _rebalance(self, client: aiomqtt.Client) -> None:
         if self.name not in self.members:

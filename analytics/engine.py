@@ -120,7 +120,7 @@ def wide_condition_events(scores: WideScores, levels: pl.DataFrame, detector: st
     """`condition_events` of a detector's wide scores: the same rows in the same order."""
     wide = scores.batch
     level, score = scores.level, scores.score
-    T, K = level.shape
+    T = level.shape[0]
     previous = np.vstack([aligned(levels, wide.tag_ids, "level_was", 0).astype(np.uint8)[None, :], level[:-1]])
     changed = level != previous
     on = (level > 0) & ~np.isnan(score)
@@ -176,7 +176,10 @@ class ScoreFrames(dict):
         return scores
 
     def get(self, name: str, default=None):
-        return self[name] if name in self else default
+        try:
+            return self[name]
+        except KeyError:
+            return default
 
 
 class DetectionEngine:

@@ -6,7 +6,8 @@ Line state, one word per line, in this precedence:
 
     alarm    at least one active alert of severity "alarm" on the line
     warning  else at least one active "warning" alert
-    stale    else no sample from the line for `screen.stale_after_s` seconds, or never
+    stale    else no sample from the line for `screen.stale_after_s` seconds, or never, or its
+             newest sample dated ahead of the tower's clock (live.FUTURE_TOLERANCE_S)
     normal   else
 
 An active alarm outranks staleness because the alarm is the last thing known about the process
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from controltower.batch_events import empty_phase_spans, read_phase_spans
+from controltower.live import FUTURE_TOLERANCE_S
 from controltower.samples import TIMESTAMP_DTYPE
 from controltower.site import TagInfo
 
@@ -164,7 +166,10 @@ def line_states(ctx: TowerContext, now: datetime) -> pl.DataFrame:
             pl.col("alerts_alarm").fill_null(0),
             pl.col("batch_ids").fill_null(pl.lit([], pl.List(pl.String()))),
         )
-        .with_columns(stale=pl.col("age_s").is_null() | (pl.col("age_s") > stale_after))
+        # Dated ahead of the tower's clock (a plant clock ahead): the age says nothing about
+        # freshness, so the line is not shown as normal either (controltower/live.py).
+        .with_columns(stale=pl.col("age_s").is_null() | (pl.col("age_s") > stale_after)
+                      | (pl.col("age_s") < -FUTURE_TOLERANCE_S))
         .with_columns(
             state=pl.when(pl.col("alerts_alarm") > 0)
             .then(pl.lit("alarm"))

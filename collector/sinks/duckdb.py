@@ -70,19 +70,18 @@ _SCHEMA_SQL = [
 ]
 _EVENT_COLUMNS = ", ".join(BATCH_EVENT_SCHEMA)
 _INSERT_EVENTS = f"INSERT INTO batch_events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events ON CONFLICT DO NOTHING"
-_UNIT_PATH = "site || '.' || area || '.' || line || '.' || unit"
-_IN_PATH = f"({_UNIT_PATH} = $path OR starts_with({_UNIT_PATH}, $path || '.'))"
-_RANK = "CASE transition WHEN 'batch_end' THEN 0 WHEN 'observed' THEN 1 WHEN 'batch_start' THEN 2 ELSE 3 END"
+_PATH_KEYS = ("site", "area", "line", "unit")
 # The events of a unit or line in a time range, the last one of each unit before it (the phase
-# already running when the range starts) and the first one after it (which ends the last span).
+# already running when the range starts) and the first one after it (which ends the last span);
+# at those two instants every event is taken (ties), which the phase spans do not mind. `{where}`
+# compares the path columns (equality, no string building per row).
 _READ_EVENTS = f"""
-    SELECT {_EVENT_COLUMNS} FROM batch_events WHERE {_IN_PATH} AND ts >= $start AND ts < $end
-    UNION ALL
-    SELECT {_EVENT_COLUMNS} FROM batch_events WHERE {_IN_PATH} AND ts < $start
-    QUALIFY row_number() OVER (PARTITION BY site, area, line, unit ORDER BY ts DESC, {_RANK} DESC) = 1
-    UNION ALL
-    SELECT {_EVENT_COLUMNS} FROM batch_events WHERE {_IN_PATH} AND ts >= $end
-    QUALIFY row_number() OVER (PARTITION BY site, area, line, unit ORDER BY ts, {_RANK}) = 1
+    WITH mine AS MATERIALIZED (SELECT {_EVENT_COLUMNS} FROM batch_events WHERE {{where}}),
+    before AS (SELECT site, area, line, unit, max(ts) AS ts FROM mine WHERE ts < $start GROUP BY ALL),
+    after AS (SELECT site, area, line, unit, min(ts) AS ts FROM mine WHERE ts >= $end GROUP BY ALL)
+    SELECT {_EVENT_COLUMNS} FROM mine WHERE ts >= $start AND ts < $end
+    UNION ALL SELECT {_EVENT_COLUMNS} FROM mine JOIN before USING (site, area, line, unit, ts)
+    UNION ALL SELECT {_EVENT_COLUMNS} FROM mine JOIN after USING (site, area, line, unit, ts)
 """
 # Sorted by time, so each row group covers a narrow time span (see the module docstring).
 _INSERT_SAMPLES = f"INSERT INTO samples ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM batch ORDER BY ts, tag_id"
@@ -195,10 +194,13 @@ class DuckDbHistorian:
         """Batch events of the unit or line (any ISA-95 prefix) at `path` with start <= ts < end,
         plus each unit's last event before `start` and first at or after `end`; sorted by unit,
         time, transition."""
-        params = {"path": path, "start": _ns(start), "end": _ns(end) if end is not None else 2**63 - 1}
+        parts = path.split(".")[: len(_PATH_KEYS)]
+        params: dict[str, object] = {"start": _ns(start), "end": _ns(end) if end is not None else 2**63 - 1}
+        params |= {key: part for key, part in zip(_PATH_KEYS, parts)}
+        where = " AND ".join(f"{key} = ${key}" for key in _PATH_KEYS[: len(parts)])
         cur = self._cursor()
         try:
-            frame = pl.from_arrow(cur.sql(_READ_EVENTS, params=params).to_arrow_table())
+            frame = pl.from_arrow(cur.sql(_READ_EVENTS.format(where=where), params=params).to_arrow_table())
         except duckdb.Error as exc:
             raise HistorianError(f"cannot read batch events from the DuckDB historian {self.path}: {exc}") from exc
         finally:

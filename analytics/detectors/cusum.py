@@ -23,13 +23,11 @@ So per tag: a seed row carrying S_0 (the sum at the end of the previous batch), 
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import polars as pl
 
 from analytics.detectors.base import per_tag
-from analytics.detectors.spc import fit_centres, standardised
+from analytics.detectors.spc import CentreLineChart, standardised
 from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, tail_of, upsert, with_tail
 from analytics.detectors.wide import Compacted, WideBatch, WideScores, aligned, long_reasons, memory_scores
 from controltower.site import TagInfo
@@ -57,25 +55,17 @@ def cusum_reason(h: float) -> pl.Expr:
                      pl.max_horizontal("up", "down").round(2))
 
 
-class CusumChart:
+class CusumChart(CentreLineChart):
     """Level 1 while a tag's upper or lower CUSUM exceeds h. Unfitted tags score null."""
 
     name = "cusum"
 
     def __init__(self, tags: list[TagInfo], k: float = 0.5, h: float = 5.0,
                  given: dict[str, tuple[float, float]] | None = None):
-        self.tags = tags
+        super().__init__(tags, given)
         self.k = k
         self.h = h
-        self.given = given
-        self.centres_ = fit_centres(pl.DataFrame(schema={"tag_id": pl.String(), "value": pl.Float64(),
-                                                         "quality": pl.String()}), tags, given)
         self.reset()
-
-    def fit(self, history: pl.DataFrame) -> Self:
-        """Learn each tag's centre line and sigma from normal history (sample schema)."""
-        self.centres_ = fit_centres(history, self.tags, self.given)
-        return self
 
     def reset(self) -> None:
         self._state = pl.DataFrame(schema=_STATE_SCHEMA)
@@ -123,7 +113,7 @@ class CusumChart:
         tag's column of usable samples, from the carried sums."""
         self._check()
         ids = wide.tag_ids
-        centre, sigma = aligned(self.centres_, ids, "centre"), aligned(self.centres_, ids, "sigma")
+        centre, sigma = self.centres_of(ids)
         known = ~np.isnan(centre)
         ok = wide.usable & known
         packed = Compacted(wide.values, ok)

@@ -21,14 +21,12 @@ is dropped; t is the carried count plus the position in the batch.
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import polars as pl
 from scipy.signal import lfilter
 
 from analytics.detectors.base import per_tag
-from analytics.detectors.spc import fit_centres
+from analytics.detectors.spc import CentreLineChart
 from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, tail_of, upsert, with_tail
 from analytics.detectors.wide import Compacted, WideBatch, WideScores, aligned, long_reasons, memory_scores
 from controltower.site import TagInfo
@@ -44,26 +42,18 @@ def ewma_reason(lam: float, L: float) -> pl.Expr:
                      pl.when(side > 0).then(pl.lit("above")).otherwise(pl.lit("below")), bound.round_sig_figs(5))
 
 
-class EwmaChart:
+class EwmaChart(CentreLineChart):
     """Level 1 while a tag's EWMA leaves centre +- L sigma_EWMA. Unfitted tags score null."""
 
     name = "ewma"
 
     def __init__(self, tags: list[TagInfo], lam: float = 0.2, L: float = 3.0, exact_limits: bool = True,
                  given: dict[str, tuple[float, float]] | None = None):
-        self.tags = tags
+        super().__init__(tags, given)
         self.lam = lam
         self.L = L
         self.exact_limits = exact_limits
-        self.given = given
-        self.centres_ = fit_centres(pl.DataFrame(schema={"tag_id": pl.String(), "value": pl.Float64(),
-                                                         "quality": pl.String()}), tags, given)
         self.reset()
-
-    def fit(self, history: pl.DataFrame) -> Self:
-        """Learn each tag's centre line and sigma from normal history (sample schema)."""
-        self.centres_ = fit_centres(history, self.tags, self.given)
-        return self
 
     def reset(self) -> None:
         self._state = pl.DataFrame(schema=_STATE_SCHEMA)
@@ -114,7 +104,7 @@ class EwmaChart:
         each tag's column of usable samples, started from the carried EWMA."""
         self._check()
         ids = wide.tag_ids
-        centre, sigma = aligned(self.centres_, ids, "centre"), aligned(self.centres_, ids, "sigma")
+        centre, sigma = self.centres_of(ids)
         ok = wide.usable & ~np.isnan(centre)
         packed = Compacted(wide.values, ok)
         before = aligned(self._state, ids, "value")

@@ -25,7 +25,15 @@ import polars as pl
 
 from analytics.detectors.base import TAG_KEY, last_of_tag, on_flagged, per_tag
 from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, upsert
-from analytics.detectors.wide import Compacted, WideBatch, WideScores, aligned, last_index, long_reasons, memory_scores
+from analytics.detectors.wide import (
+    Compacted,
+    WideBatch,
+    WideScores,
+    aligned,
+    last_index,
+    long_reasons,
+    memory_scores,
+)
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "value_was": pl.Float64(), "run_was": pl.UInt32()}

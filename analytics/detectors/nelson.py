@@ -29,20 +29,17 @@ the next batch, so a run carries across micro-batches.
 
 from __future__ import annotations
 
-from typing import Self
-
 import numpy as np
 import polars as pl
 
 from analytics.detectors.base import on_flagged, per_tag
-from analytics.detectors.spc import fit_centres, standardised
+from analytics.detectors.spc import CentreLineChart, standardised
 from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
 from analytics.detectors.wide import (
     NO_TIME,
     Compacted,
     WideBatch,
     WideScores,
-    aligned,
     long_reasons,
     memory_scores,
     replace_tails,
@@ -148,7 +145,7 @@ def wide_rules(z: np.ndarray, d: np.ndarray, seen: np.ndarray, same_side_run: in
     return fires, above
 
 
-class NelsonRules:
+class NelsonRules(CentreLineChart):
     """Level 1 while any of the enabled Nelson `rules` fires on a tag with a fitted centre line.
 
     `fit(history)` learns each tag's centre and sigma (`spc.fit_centres`; `given` pins some).
@@ -159,23 +156,15 @@ class NelsonRules:
 
     def __init__(self, tags: list[TagInfo], rules: tuple[int, ...] | list[int] = (1, 2, 3, 4, 5, 6, 7, 8),
                  same_side_run: int = 9, given: dict[str, tuple[float, float]] | None = None):
-        self.tags = tags
+        super().__init__(tags, given)
         self.rules = tuple(rules)
         self.same_side_run = same_side_run
-        self.given = given
-        self.centres_ = fit_centres(pl.DataFrame(schema={"tag_id": pl.String(), "value": pl.Float64(),
-                                                         "quality": pl.String()}), tags, given)
         self.reset()
 
     @classmethod
     def western_electric(cls, tags: list[TagInfo], given: dict[str, tuple[float, float]] | None = None) -> NelsonRules:
         """The four Western Electric zone rules: Nelson 1, 5, 6 and 2 with a run of 8."""
         return cls(tags, rules=(1, 2, 5, 6), same_side_run=8, given=given)
-
-    def fit(self, history: pl.DataFrame) -> Self:
-        """Learn each tag's centre line and sigma from normal history (sample schema)."""
-        self.centres_ = fit_centres(history, self.tags, self.given)
-        return self
 
     def reset(self) -> None:
         self._tail = pl.DataFrame(schema=_TAIL_SCHEMA)
@@ -225,7 +214,7 @@ class NelsonRules:
         differences) down each tag's column of usable samples, the carried tail on top."""
         self._check()
         ids = wide.tag_ids
-        centre, sigma = aligned(self.centres_, ids, "centre"), aligned(self.centres_, ids, "sigma")
+        centre, sigma = self.centres_of(ids)
         known = ~np.isnan(centre)
         ok = wide.usable & known
         packed = Compacted(wide.values, ok)

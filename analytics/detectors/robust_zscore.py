@@ -23,32 +23,18 @@ next batch. Vectorised: two `rolling_median` per tag.
 
 from __future__ import annotations
 
-from typing import Self
-
 import polars as pl
 
 from analytics.detectors.base import per_tag
 from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
+from analytics.detectors.zscore import WindowedScore
 from controltower.site import TagInfo
 
 MAD_TO_SIGMA = 1.4826
 _TAIL_SCHEMA = {"tag_id": pl.String(), "value": pl.Float64(), "dev": pl.Float64(), "n_prev": pl.Int64()}
 
 
-def std_floors(tags: list[TagInfo], fraction: float) -> pl.DataFrame:
-    """tag_id and the spread floor: `fraction` of the alarm span, else the warning span, else 0."""
-    rows = []
-    for info in tags:
-        lim, span = info.tag.limits, None
-        for hi, lo in ((lim.alarm_high, lim.alarm_low), (lim.warning_high, lim.warning_low)):
-            if hi is not None and lo is not None:
-                span = hi - lo
-                break
-        rows.append((info.tag_id, fraction * span if span is not None else 0.0))
-    return pl.DataFrame(rows, schema={"tag_id": pl.String(), "floor": pl.Float64()}, orient="row")
-
-
-class RobustZScore:
+class RobustZScore(WindowedScore):
     """Per-sample median/MAD z-score against the tag's previous `window` samples; level 1 above
     `threshold`. Tags not in `tags` score null at level 0."""
 
@@ -56,16 +42,8 @@ class RobustZScore:
 
     def __init__(self, tags: list[TagInfo], window: int = 120, threshold: float = 8.0,
                  min_std_fraction: float = 0.01, warmup: int = 30):
-        self.tags = tags
-        self.window = window
-        self.threshold = threshold
-        self.min_std_fraction = min_std_fraction
-        self.warmup = warmup
+        super().__init__(tags, window, threshold, min_std_fraction, warmup)
         self.reset()
-
-    def fit(self, history: pl.DataFrame) -> Self:
-        """Nothing to learn (the window is streaming state, not a model). Returns self."""
-        return self
 
     def reset(self) -> None:
         self._tail = pl.DataFrame(schema=_TAIL_SCHEMA)
@@ -73,9 +51,8 @@ class RobustZScore:
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
-        if self.window < 2 or not 1 <= self.warmup <= self.window:
-            raise ValueError(f"need window >= 2 and 1 <= warmup <= window, got window={self.window}, warmup={self.warmup}")
-        floors = std_floors(self.tags, self.min_std_fraction)
+        self._check()
+        floors = self.floors()
         rows, fresh = split_usable(batch, floors, self._tail.get_column("tag_id"))
         keys = keys_of(rows)
         w, warm = self.window, self.warmup

@@ -9,9 +9,13 @@ charts do not score it.
 
 from __future__ import annotations
 
+from typing import Self
+
+import numpy as np
 import polars as pl
 
 from analytics.detectors.base import usable
+from analytics.detectors.wide import aligned_columns
 from controltower.site import TagInfo
 
 CENTRES_SCHEMA = {"tag_id": pl.String(), "centre": pl.Float64(), "sigma": pl.Float64()}
@@ -32,6 +36,28 @@ def fit_centres(history: pl.DataFrame, tags: list[TagInfo], given: dict[str, tup
     pinned = pl.DataFrame([(k, float(c), float(s)) for k, (c, s) in (given or {}).items() if k in known and s > 0],
                           schema=CENTRES_SCHEMA, orient="row")
     return pl.concat([learned.join(pinned, on="tag_id", how="anti"), pinned]).sort("tag_id")
+
+
+class CentreLineChart:
+    """What the SPC charts (Nelson rules, EWMA, CUSUM) share: the tags, the centres pinned by hand
+    (`given`, tag_id -> (centre, sigma)) and `centres_` (`CENTRES_SCHEMA`), learned by `fit`
+    (before it, only the pinned ones). Tags without a centre are not scored."""
+
+    def __init__(self, tags: list[TagInfo], given: dict[str, tuple[float, float]] | None = None):
+        self.tags = tags
+        self.given = given
+        no_history = pl.DataFrame(schema={"tag_id": pl.String(), "value": pl.Float64(), "quality": pl.String()})
+        self.centres_ = fit_centres(no_history, tags, given)
+
+    def fit(self, history: pl.DataFrame) -> Self:
+        """Learn each tag's centre line and sigma from normal history (sample schema)."""
+        self.centres_ = fit_centres(history, self.tags, self.given)
+        return self
+
+    def centres_of(self, tag_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(centre, sigma) of each of `tag_ids` as arrays, NaN for a tag without a centre line."""
+        cs = aligned_columns(self.centres_, tag_ids, {"centre": None, "sigma": None})
+        return cs["centre"].astype(float), cs["sigma"].astype(float)
 
 
 def standardised() -> pl.Expr:

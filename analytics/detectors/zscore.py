@@ -71,12 +71,54 @@ def crossed_bound(threshold: float) -> pl.Expr:
     return pl.col("mean") + side * threshold * pl.col("sigma")
 
 
+def std_floors(tags: list[TagInfo], fraction: float) -> pl.DataFrame:
+    """tag_id and the spread floor: `fraction` of the alarm span, else the warning span, else 0."""
+    rows = []
+    for info in tags:
+        lim, span = info.tag.limits, None
+        for hi, lo in ((lim.alarm_high, lim.alarm_low), (lim.warning_high, lim.warning_low)):
+            if hi is not None and lo is not None:
+                span = hi - lo
+                break
+        rows.append((info.tag_id, fraction * span if span is not None else 0.0))
+    return pl.DataFrame(rows, schema={"tag_id": pl.String(), "floor": pl.Float64()}, orient="row")
+
+
+class WindowedScore:
+    """What the rolling z-scores (mean/std here, median/MAD in `robust_zscore`) share: their
+    parameters, the per-tag spread floors and the parameter check. Nothing to learn: the window
+    is streaming state, not a model."""
+
+    def __init__(self, tags: list[TagInfo], window: int = 120, threshold: float = 8.0,
+                 min_std_fraction: float = 0.01, warmup: int = 30):
+        self.tags = tags
+        self.window = window
+        self.threshold = threshold
+        self.min_std_fraction = min_std_fraction
+        self.warmup = warmup
+        self._floors: pl.DataFrame | None = None
+
+    def fit(self, history: pl.DataFrame) -> Self:
+        """Nothing to learn. Returns self."""
+        return self
+
+    def floors(self) -> pl.DataFrame:
+        """One row per tag: tag_id and its spread floor (min_std_fraction * span, or 0)."""
+        if self._floors is None:
+            self._floors = std_floors(self.tags, self.min_std_fraction)
+        return self._floors
+
+    def _check(self) -> None:
+        if self.window < 2 or not 1 <= self.warmup <= self.window:
+            raise ValueError(f"need window >= 2 and 1 <= warmup <= window, got window={self.window}, warmup={self.warmup}")
+
+
 def zscore_reason() -> pl.Expr:
     """Reason text, e.g. "z=9.3 over 120 samples"."""
     return pl.format("z={} over {} samples", pl.col("score").round(1), pl.col("n_prev"))
 
 
-class RollingZScore:
+class RollingZScore(WindowedScore):
     """Per-sample z-score against the tag's previous `window` samples; level 1 above `threshold`.
 
     Tags not in `tags` score null at level 0 (and no window is kept for them). See
@@ -87,41 +129,16 @@ class RollingZScore:
 
     def __init__(self, tags: list[TagInfo], window: int = 120, threshold: float = 8.0,
                  min_std_fraction: float = 0.01, warmup: int = 30):
-        self.tags = tags
-        self.window = window
-        self.threshold = threshold
-        self.min_std_fraction = min_std_fraction
-        self.warmup = warmup
-        self._floors: pl.DataFrame | None = None
+        super().__init__(tags, window, threshold, min_std_fraction, warmup)
         self.reset()
-
-    def fit(self, history: pl.DataFrame) -> Self:
-        """Nothing to learn (the window is streaming state, not a model). Returns self."""
-        return self
 
     def reset(self) -> None:
         self._window = pl.DataFrame(schema=_WINDOW_SCHEMA)
         self._levels = pl.DataFrame(schema=_LEVEL_SCHEMA)
 
-    def floors(self) -> pl.DataFrame:
-        """One row per tag: tag_id and its std floor (min_std_fraction * span, or 0)."""
-        if self._floors is None:
-            rows = []
-            for info in self.tags:
-                lim = info.tag.limits
-                span = None
-                for hi, lo in ((lim.alarm_high, lim.alarm_low), (lim.warning_high, lim.warning_low)):
-                    if hi is not None and lo is not None:
-                        span = hi - lo
-                        break
-                rows.append((info.tag_id, self.min_std_fraction * span if span is not None else 0.0))
-            self._floors = pl.DataFrame(rows, schema={"tag_id": pl.String(), "floor": pl.Float64()}, orient="row")
-        return self._floors
-
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Score a micro-batch (sample schema) -> one row per sample, `SCORE_SCHEMA`, by (tag_id, ts)."""
-        if self.window < 2 or not 1 <= self.warmup <= self.window:
-            raise ValueError(f"need window >= 2 and 1 <= warmup <= window, got window={self.window}, warmup={self.warmup}")
+        self._check()
         keys = tag_keys(batch.get_column("tag_id"), self._window.get_column("tag_id"))
         rows = sorted_by_tag(
             batch.select("ts", "tag_id", "value", "quality"), self.floors(), self._levels, keys=keys

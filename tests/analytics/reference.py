@@ -252,7 +252,7 @@ class ReferenceRobustZScore(_PerTag):
 
     def __init__(self, tags: list[TagInfo], window: int = 120, threshold: float = 8.0, min_std_fraction: float = 0.01,
                  warmup: int = 30):
-        from analytics.detectors.robust_zscore import std_floors
+        from analytics.detectors.zscore import std_floors
         self.floors = dict(std_floors(tags, min_std_fraction).iter_rows())
         super().__init__(set(self.floors))
         self.window, self.threshold, self.warmup = window, threshold, warmup

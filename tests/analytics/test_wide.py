@@ -119,9 +119,8 @@ def test_tiled_batches(series: pl.DataFrame):
     """Time-major batches with the tags in one fixed (unsorted) order at every timestamp, as
     batched MQTT and the simulator publish them, take the pivot's fast path; scores are the same."""
     from analytics.detectors import LimitDetector
-    from tests.analytics.helpers import TEMPERATURE, make_tag
-
     from analytics.detectors.wide import _tiled
+    from tests.analytics.helpers import TEMPERATURE, make_tag
     from tests.analytics.test_univariate_streaming import TAGS
 
     order = {t.tag_id: i for i, t in enumerate(sorted(TAGS, key=lambda t: t.tag_id, reverse=True))}

@@ -4,7 +4,7 @@
     {"ts": "2026-11-29T10:00:00Z", "transition": "phase_change", "batch_id": "FILLER1-0001",
      "phase": "filling", "previous_phase": "start_up", "product": "...", "recipe": "...", "sequence": 12}
 
-`ts` (ISO-8601, naive = UTC, or epoch seconds), `transition` (batch_start, phase_change,
+`ts` (ISO-8601, naive = UTC, or epoch seconds or milliseconds), `transition` (batch_start, phase_change,
 batch_end) and `batch_id` are required, `phase` too except for batch_end; the unit is the
 topic's (a `unit` field in the payload is not trusted over it). A payload that breaks these
 rules raises `BatchEventError` (its `reason` is the counter label), which the source counts and
@@ -14,7 +14,7 @@ writes to the dead-letter file like any other payload it cannot use.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 from controltower.batch_events import batch_events_frame
 from controltower.site import MqttSourceConfig, TagInfo
@@ -84,15 +84,10 @@ def _text(value: object) -> str | None:
 
 
 def _event_time(raw: object) -> datetime:
-    parsed = None
+    """The event's `ts`, read as a sample's time is (`collector.sources.mqtt`)."""
+    from collector.sources.mqtt import PayloadError, _parse_time  # mqtt imports this module
+
     try:
-        if isinstance(raw, str):
-            parsed = datetime.fromisoformat(raw)
-            parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-        elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            parsed = datetime.fromtimestamp(raw, UTC)
-    except (ValueError, OverflowError, OSError):
-        pass
-    if parsed is None or not datetime(1970, 1, 1, tzinfo=UTC) <= parsed <= datetime(2262, 4, 11, tzinfo=UTC):
-        raise BatchEventError("invalid_batch_event", f"ts is {str(raw)[:60]!r}, not an ISO-8601 time or epoch seconds")
-    return parsed
+        return _parse_time(raw, "ts")
+    except PayloadError as exc:
+        raise BatchEventError("invalid_batch_event", str(exc)) from None

@@ -165,6 +165,7 @@ class ControlTower:
                 "ok": self.pipeline.historian_ok,
                 "last_error": self.pipeline.historian_error,
                 "samples_stored": self.pipeline.samples_stored,
+                "batch_events_stored": self.pipeline.batch_events_stored,
             },
             "spool": spool,
             "alerts_active": len(self.alerts.active()),

@@ -3,6 +3,10 @@
 `write` takes a batch in the sample schema (`controltower.samples.SAMPLE_SCHEMA`); `read`
 returns one in the same schema, sorted by tag then time. Two implementations: the embedded
 DuckDB historian (`collector.sinks.duckdb`, the default) and InfluxDB (`collector.sinks.influxdb`).
+
+Both also store the batch-event stream (`controltower.batch_events`): `write_batch_events(events)`
+and `read_batch_events(path, start, end)`, from which `read_phase_spans` builds phase spans; a
+historian without them simply has no phases.
 """
 
 from __future__ import annotations

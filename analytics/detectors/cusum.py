@@ -29,7 +29,7 @@ import polars as pl
 from analytics.detectors.base import per_tag
 from analytics.detectors.spc import CentreLineChart, standardised
 from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, tail_of, upsert, with_tail
-from analytics.detectors.wide import Compacted, WideBatch, WideScores, aligned, long_reasons, memory_scores
+from analytics.detectors.wide import WideBatch, WideScores, aligned, long_reasons, memory_scores
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "up": pl.Float64(), "down": pl.Float64()}
@@ -113,10 +113,8 @@ class CusumChart(CentreLineChart):
         tag's column of usable samples, from the carried sums."""
         self._check()
         ids = wide.tag_ids
-        centre, sigma = self.centres_of(ids)
+        centre, sigma, ok, packed = self.centred_columns(wide)
         known = ~np.isnan(centre)
-        ok = wide.usable & known
-        packed = Compacted(wide.values, ok)
         y = (packed.x - centre) / sigma
         up0, down0 = aligned(self._state, ids, "up", 0.0), aligned(self._state, ids, "down", 0.0)
         up, down = cusum_columns(y - self.k, up0), cusum_columns(-y - self.k, down0)

@@ -28,7 +28,7 @@ from scipy.signal import lfilter
 from analytics.detectors.base import per_tag
 from analytics.detectors.spc import CentreLineChart
 from analytics.detectors.stream import LevelMemory, keys_of, on_key, split_usable, tail_of, upsert, with_tail
-from analytics.detectors.wide import Compacted, WideBatch, WideScores, aligned, long_reasons, memory_scores
+from analytics.detectors.wide import WideBatch, WideScores, aligned, long_reasons, memory_scores
 from controltower.site import TagInfo
 
 _STATE_SCHEMA = {"tag_id": pl.String(), "value": pl.Float64(), "n": pl.Int64()}
@@ -104,9 +104,7 @@ class EwmaChart(CentreLineChart):
         each tag's column of usable samples, started from the carried EWMA."""
         self._check()
         ids = wide.tag_ids
-        centre, sigma = self.centres_of(ids)
-        ok = wide.usable & ~np.isnan(centre)
-        packed = Compacted(wide.values, ok)
+        centre, sigma, ok, packed = self.centred_columns(wide)
         before = aligned(self._state, ids, "value")
         before = np.where(np.isnan(before), centre, before)
         n0 = aligned(self._state, ids, "n", 0).astype(np.int64)

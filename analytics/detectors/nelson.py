@@ -37,7 +37,6 @@ from analytics.detectors.spc import CentreLineChart, standardised
 from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
 from analytics.detectors.wide import (
     NO_TIME,
-    Compacted,
     WideBatch,
     WideScores,
     long_reasons,
@@ -214,10 +213,8 @@ class NelsonRules(CentreLineChart):
         differences) down each tag's column of usable samples, the carried tail on top."""
         self._check()
         ids = wide.tag_ids
-        centre, sigma = self.centres_of(ids)
+        centre, sigma, ok, packed = self.centred_columns(wide)
         known = ~np.isnan(centre)
-        ok = wide.usable & known
-        packed = Compacted(wide.values, ok)
         depth = max(self.same_side_run, 15) - 1
         times = packed.pack(np.broadcast_to(wide.ts[:, None], ok.shape), NO_TIME)
         stacked, n_tail = stack_tail(self._tail, ids, depth, {"ts": times, "value": packed.x})

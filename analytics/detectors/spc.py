@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from analytics.detectors.base import usable
-from analytics.detectors.wide import aligned_columns
+from analytics.detectors.wide import Compacted, WideBatch, aligned_columns
 from controltower.site import TagInfo
 
 CENTRES_SCHEMA = {"tag_id": pl.String(), "centre": pl.Float64(), "sigma": pl.Float64()}
@@ -54,10 +54,13 @@ class CentreLineChart:
         self.centres_ = fit_centres(history, self.tags, self.given)
         return self
 
-    def centres_of(self, tag_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(centre, sigma) of each of `tag_ids` as arrays, NaN for a tag without a centre line."""
-        cs = aligned_columns(self.centres_, tag_ids, {"centre": None, "sigma": None})
-        return cs["centre"].astype(float), cs["sigma"].astype(float)
+    def centred_columns(self, wide: WideBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, Compacted]:
+        """For the wide path: (centre, sigma) per column (NaN for a tag without a centre line),
+        the cells scored (usable samples of tags with one) and those samples compacted."""
+        cs = aligned_columns(self.centres_, wide.tag_ids, {"centre": None, "sigma": None})
+        centre, sigma = cs["centre"].astype(float), cs["sigma"].astype(float)
+        ok = wide.usable & ~np.isnan(centre)
+        return centre, sigma, ok, Compacted(wide.values, ok)
 
 
 def standardised() -> pl.Expr:

@@ -362,27 +362,21 @@ class CarriedLevels:
     def limits(self, limits: Limits, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Limits of cells (rows, cols): NaN at level 0, else the limit of the scored cell they
         carry (built by `limits`), or the tag's carried limit."""
-        out = np.full(rows.size, np.nan)
-        on = self.level[rows, cols] > 0
-        src = self.source[rows, cols]
-        built = on & (src >= 0)
-        if built.any():
-            out[built] = limits(src[built], cols[built])
-        was = on & (src < 0)
-        out[was] = self.limit_was[cols[was]]
-        return out
+        return self._carried(limits, self.limit_was, np.full(rows.size, np.nan), rows, cols)
 
     def reasons(self, reasons: Reasons, rows: np.ndarray, cols: np.ndarray) -> list:
         """Reason texts of cells (rows, cols), like `limits`."""
-        out = np.full(rows.size, None, dtype=object)
+        return self._carried(reasons, self.reason_was, np.full(rows.size, None, dtype=object), rows, cols).tolist()
+
+    def _carried(self, build, was: np.ndarray, out: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         on = self.level[rows, cols] > 0
         src = self.source[rows, cols]
         built = on & (src >= 0)
         if built.any():
-            out[built] = reasons(src[built], cols[built])
-        was = on & (src < 0)
-        out[was] = self.reason_was[cols[was]]
-        return out.tolist()
+            out[built] = build(src[built], cols[built])
+        old = on & (src < 0)
+        out[old] = was[cols[old]]
+        return out
 
 
 def carry_levels(state: pl.DataFrame, wide: WideBatch, scored: np.ndarray, level_now: np.ndarray) -> CarriedLevels:

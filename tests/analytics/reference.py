@@ -75,15 +75,9 @@ class ReferenceZScore:
 
     def __init__(self, tags: list[TagInfo], window: int = 120, threshold: float = 8.0,
                  min_std_fraction: float = 0.01, warmup: int = 30):
+        from analytics.detectors.zscore import std_floors
         self.window, self.threshold, self.warmup = window, threshold, warmup
-        self.floors: dict[str, float] = {}
-        for t in tags:
-            lim, span = t.tag.limits, None
-            for hi, lo in ((lim.alarm_high, lim.alarm_low), (lim.warning_high, lim.warning_low)):
-                if hi is not None and lo is not None:
-                    span = hi - lo
-                    break
-            self.floors[t.tag_id] = min_std_fraction * span if span is not None else 0.0
+        self.floors: dict[str, float] = dict(std_floors(tags, min_std_fraction).iter_rows())
         # per tag: [values deque, offset, sum, sum of squares, last level]; sums are of (x - offset).
         self.state: dict[str, list] = {}
 

@@ -194,7 +194,9 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
                 screen = all((tmp_path / name / "url").exists() for name in ("s1", "s2"))
                 return collectors and workers and screen and reference.health.connected
 
-            await wait_until(ready, 60, "collectors connected and both workers seeing each other")
+            # Seven Python processes importing Polars, DuckDB and Dash at once: on a loaded 2-core
+            # machine that alone took over a minute.
+            await wait_until(ready, 240, "collectors connected and both workers seeing each other")
             assert sorted(status(tmp_path / "w1")["partitions"] + status(tmp_path / "w2")["partitions"]) == \
                 list(range(PARTITIONS)), "the workers split the partitions between them, without overlap"
 

@@ -138,3 +138,31 @@ def test_tiled_batches(series: pl.DataFrame):
             assert wide is not None and wide.present is None
             assert wide.tag_ids == sorted(order)
             assert_same(wide_det.score_wide(wide).to_long(), long_det.score(b), name)
+
+
+def test_simulator_batches_go_wide():
+    """The project's simulator publishes all tags of a unit at each step: its batches pivot (on the
+    fast tiled path), and the engine's events on them equal the long path's."""
+    from analytics.detectors.wide import _tiled
+    from analytics.engine import DetectionEngine
+    from controltower.site import CusumConfig, DetectorsConfig, EwmaConfig, NelsonConfig
+    from tests.analytics.simulated_unit import bioreactor_site, simulate
+
+    site = bioreactor_site()
+    frame = simulate(site, seed=3, seconds=3600.0, dt_s=5.0,
+                     faults=[(1200.0, "temperature", "spike", 60.0, 4.0), (2400.0, "ph", "stuck", 600.0, 0.0)])
+    tags = site.tag_table()
+    config = DetectorsConfig(nelson=NelsonConfig(enabled=True), ewma=EwmaConfig(enabled=True),
+                             cusum=CusumConfig(enabled=True))
+    history, live = frame.head(frame.height // 3), frame.slice(frame.height // 3)
+    engines = [DetectionEngine(tags, config, wide=w).fit(history) for w in (True, False)]
+    per_batch = 5 * 60  # 60 steps of 5 tags
+    events = 0
+    for start in range(0, live.height, per_batch):
+        b = live.slice(start, per_batch)
+        assert _tiled(b, None) is not None
+        for e in engines:
+            e.process(b)
+        assert_frame_equal(engines[0].last_events.drop("score"), engines[1].last_events.drop("score"))
+        events += engines[0].last_events.height
+    assert events > 0

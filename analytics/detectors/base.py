@@ -21,6 +21,10 @@ number of tags interleaved, in any order, and returns one row per input sample, 
 Samples with bad quality or a null value are skipped by scoring: they neither raise nor clear a
 condition, their `level` carries the tag's previous level (across batches too) and their
 `score` is null.
+
+A detector may also offer `score_wide(wide)`: the same scores of a batch pivoted into one column
+per tag (`analytics.detectors.wide`), sharing the streaming state with `score`; the live engine
+uses it when a batch's tags share timestamps.
 """
 
 from __future__ import annotations

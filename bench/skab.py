@@ -33,6 +33,7 @@ from benchdoc import DOC, write_section
 
 from analytics.multivariate import PCADetector
 from analytics.offline import AUTO, HALFLIFE, read_table, run
+from skab_select import CURRENT, ROUND2, recorded, skab_metrics
 
 SKAB = REPO / ".." / "shared" / "datasets" / "skab"
 LABELS = ("anomaly", "changepoint")
@@ -54,20 +55,17 @@ def labelled_files() -> list[Path]:
     return files
 
 
-def metrics(tp: int, fp: int, fn: int, tn: int) -> tuple[float, float, float]:
-    """SKAB's F1, FAR %, MAR %."""
-    return tp / (tp + (fp + fn) / 2), 100 * fp / (fp + tn), 100 * fn / (fn + tp)
-
-
-def evaluate(method: str, normal: pl.DataFrame | None) -> tuple[float, float, float]:
+def evaluate(method: str, normal: pl.DataFrame | None, halflife: float | None = None) -> tuple[float, float, float]:
+    """SKAB's (F1, FAR %, MAR %) of `analytics.offline.run` over the 34 files' test rows."""
     tp = fp = fn = tn = 0
     for path in labelled_files():
         data = read_table(path)
         train, test = data[:N_TRAIN], data[N_TRAIN:]
-        alarm = run(train, test, method=method, alpha=ALPHA, exclude=LABELS, normal=normal).result["alarm"]
+        alarm = run(train, test, method=method, alpha=ALPHA, exclude=LABELS, normal=normal,
+                    halflife=halflife).result["alarm"]
         y, p = test["anomaly"].to_numpy() > 0.5, alarm.to_numpy() > 0
         tp += int((y & p).sum()); fp += int((~y & p).sum()); fn += int((y & ~p).sum()); tn += int((~y & ~p).sum())
-    return metrics(tp, fp, fn, tn)
+    return skab_metrics(tp, fp, fn, tn)
 
 
 def naive_pca_scores(det: PCADetector, A: np.ndarray) -> list[tuple[float, float]]:
@@ -92,20 +90,20 @@ def speed(n_rows: int = 1_000_000, p: int = 50, repeats: int = 3) -> dict[str, f
     big = pl.DataFrame(rng.normal(size=(n_rows, p)) @ mix, schema=train.columns, orient="row")
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         det.score_samples(big)
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     vec = n_rows / statistics.median(times)
     sample = big[:20_000]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     naive_pca_scores(det, sample.to_numpy())
-    naive = sample.height / (time.perf_counter() - t0)
+    naive = sample.height / (time.process_time() - t0)
     t2, spe = det.statistics(sample)
     ref = np.array(naive_pca_scores(det, sample[:100].to_numpy()))
     assert np.allclose(ref[:, 0], t2[:100]) and np.allclose(ref[:, 1], spe[:100], atol=1e-8)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     det.contributions(big[:200_000])
-    contrib = 200_000 / (time.perf_counter() - t0)
+    contrib = 200_000 / (time.process_time() - t0)
     return {"vectorised": vec, "naive": naive, "contributions": contrib, "k": det.n_components_}
 
 
@@ -114,21 +112,38 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = parser.parse_args()
     normal = read_table(SKAB / "anomaly-free" / "anomaly-free.csv")
+    selection, chosen = recorded()  # bench/skab_select.py's round 2, as recorded when it ran
     rows = []
-    for method in ("pca", "dpca", "iforest", "auto"):
-        for label, cal in (("train rows", None), ("+ anomaly-free", normal)):
-            t0 = time.perf_counter()
-            f1, far, mar = evaluate(method, cal)
-            name = f"auto (= {AUTO})" if method == "auto" else method
-            rows.append((f"{name}, threshold from {label}", f1, far, mar))
-            print(f"{rows[-1][0]:<45} F1 {f1:.2f}  FAR {far:6.2f}  MAR {mar:6.2f}  ({time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+    # `auto` first, then every round-2 candidate of bench/skab_select.py, then the forest.
+    runs = [("auto", None, source) for source in ("train", "anomaly-free")] + list(ROUND2) + \
+        [("iforest", None, source) for source in ("train", "anomaly-free")]
+    for method, halflife, source in runs:
+        t0 = time.perf_counter()
+        f1, far, mar = evaluate(method, normal if source == "anomaly-free" else None, halflife)
+        name = f"**auto** (= {AUTO}, half-life {HALFLIFE[AUTO]:g})" if method == "auto" else \
+            f"{method}, half-life {HALFLIFE[method] if halflife is None else halflife:g}"
+        sel = selection.get((method, halflife, source))
+        mark = " (chosen)" if (method, halflife, source) == chosen else " (previous auto)" if \
+            (method, halflife, source) == CURRENT else ""
+        rows.append((f"{name}, threshold from {'train rows' if source == 'train' else '+ anomaly-free'}{mark}",
+                     sel[0] if sel else None, f1, far, mar))
+        print(f"{rows[-1][0]:<60} F1 {f1:.2f}  FAR {far:6.2f}  MAR {mar:6.2f}  ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
     s = speed()
     print(f"PCA scoring 1M x 50: {s['vectorised']:,.0f} rows/s; naive per-row Python {s['naive']:,.0f} rows/s; "
           f"ratio {s['vectorised'] / s['naive']:.0f}x; contributions {s['contributions']:,.0f} rows/s")
 
-    table = "\n".join(f"| {name} (ours) | {f1:.2f} | {far:.2f} | {mar:.2f} |" for name, f1, far, mar in rows)
-    board = "\n".join(f"| {name} (leaderboard) | {f1:.2f} | {far:.2f} | {mar:.2f} |" for name, f1, far, mar in LEADERBOARD)
+    table = "\n".join(f"| {name} (ours) | {'' if sel is None else f'{sel:.3f}'} | {f1:.2f} | {far:.2f} | {mar:.2f} |"
+                      for name, sel, f1, far, mar in rows)
+    board = "\n".join(f"| {name} (leaderboard) | | {f1:.2f} | {far:.2f} | {mar:.2f} |" for name, f1, far, mar in LEADERBOARD)
+    best = max(rows, key=lambda r: r[2])
+    auto_f1, auto_far, auto_mar = rows[0][2:]
+    goal = ("reached" if auto_f1 > 0.78 and auto_far < 13 else "NOT reached")
+    calm = [r for r in rows if r[3] < 13]
+    low_far = ("Of our rows with FAR under 13 %, the best F1 is "
+               f"{max(r[2] for r in calm):.2f} (MAR {min(r[4] for r in calm):.0f}-{max(r[4] for r in calm):.0f} % over "
+               f"those rows): the \"+ anomaly-free\" thresholds keep false alarms low but miss half or more of "
+               "the anomalous rows." if calm else "None of our rows has a FAR under 13 %.")
     text = f"""## SKAB
 
 `{date.today().isoformat()}`, `.venv/bin/python bench/skab.py` (Python {platform.python_version()}, \
@@ -142,21 +157,38 @@ rows) {', '.join(f'{m} {h:g}' for m, h in HALFLIFE.items())}. "threshold from tr
 threshold is calibrated on blocked cross-fitted scores of the 400 train rows only; "+ anomaly-free":
 on a replay of `anomaly-free.csv` (fit on each 400-row window, score the next len(test) rows), which
 measures how far normal operation drifts over the test horizon. No parameter was tuned on test
-rows: the smoothing and the detector parameters were fixed beforehand on the anomaly-free file
-(replays with synthetic step, ramp and noise faults of 2-3 train standard deviations on each
-variable). Disclosure: that training-only rule first picked the isolation forest for `auto`
-(ahead of dynamic PCA by a margin within noise); `auto` was switched to dynamic PCA, the best
-PCA configuration under the same rule, after a unit test showed the forest missing 3-5 sigma
-single-variable shifts, but also after these test figures had been seen, so the `auto` rows are
-not a clean out-of-sample selection. Then the smoothing of dpca: `bench/skab_select.py` declares five
-candidates (dpca lags 2 or 5, EWMA half-life 0 or 3 rows, pca and dpca with the combined index) and
-a rule before any of them ran on test rows, scores them on anomaly-free replays with synthetic
-faults only, and picked dpca with a half-life of 3 (F1 0.72 there against 0.69 unsmoothed); on the
-test rows that moved dpca from F1 0.74 (FAR 28.81 %, MAR 26.69 %) to the figures below: more
-faults caught for more false alarms.
+rows: every choice below was made by a rule declared before its candidates ran on test rows,
+on `anomaly-free.csv` and train rows only (replays with synthetic step, ramp and noise faults of
+2-3 train standard deviations on one variable at a time).
 
-| detector | F1 | FAR, % | MAR, % |
-|---|---:|---:|---:|
+How `auto` was chosen, in order. Round 0: a training-only rule first picked the isolation forest
+(ahead of dynamic PCA by a margin within noise); `auto` was switched to dynamic PCA after a unit
+test showed the forest missing 3-5 sigma single-variable shifts, but also after those test
+figures had been seen (not a clean out-of-sample selection). Round 1 (`bench/skab_select.py
+--round 1`): five declared candidates (dpca lags 2 or 5, EWMA half-life 0 or 3 rows, pca and dpca
+with the combined T²+SPE index), picked dpca with a half-life of 3 (replay F1 0.72 against 0.69;
+on test rows dpca went from F1 0.74, FAR 28.81 %, MAR 26.69 % to 0.75, 32.81 %, 22.88 %). Round 2
+(`bench/skab_select.py`, declared and committed before any of its new candidates ran on test
+rows, but after rounds 0-1's test figures were known): 18 candidates, pca / dpca / knn (the new
+`NearestNeighbourDetector`, an MSET-like nearest-neighbour residual) x EWMA half-life 3 / 10 / 30
+rows (30 rows: a windowed mean shift of the statistic over about half a minute) x threshold from
+train rows / from an anomaly-free replay, each run through `analytics.offline.run`. Selection
+score ("replay F1" below, as recorded in `bench/skab_select_round2.json`): SKAB's F1 over replays of the second half of `anomaly-free.csv` with the
+synthetic faults, the anomaly-free thresholds calibrated on its first half only. Rule: best replay
+F1, the previous `auto` kept unless beaten by more than 0.01. It chose {chosen[0]}, half-life
+{chosen[1]:g}, threshold from {chosen[2]} rows, now `auto`. All 18 are shown on the test rows below,
+evaluated after the choice.
+
+Goal (F1 above the leaderboard's best 0.78 with a false-alarm rate well below its 13-40 %):
+**{goal}**. `auto` now scores F1 {auto_f1:.2f} at FAR {auto_far:.2f} % and MAR {auto_mar:.2f} % on the test
+rows: the training-only selection picked the most sensitive candidate (the synthetic faults
+reward catching one-variable shifts; they do not show how much SKAB's normal test rows drift),
+which on the real test rows trades more false alarms for fewer misses and ends at the same F1 as
+the previous `auto`. The best test F1 among our rows is {best[2]:.2f} ({best[0].split(' (')[0]}; FAR {best[3]:.2f} %),
+seen only after the choice, so it is not a result we can claim either. {low_far}
+
+| detector | replay F1 (selection) | F1 | FAR, % | MAR, % |
+|---|---:|---:|---:|---:|
 {table}
 {board}
 
@@ -168,11 +200,12 @@ the train-row thresholds alarm on far more than alpha of the normal test rows (o
 anomaly-free replay: 13-50 % at alpha = 1 %), while the anomaly-free-calibrated thresholds hold
 about 1 % on anomaly-free data but must tolerate that drift and miss most faults.
 
-Scoring speed, `PCADetector.score_samples` (T² and SPE, NumPy) on 1,000,000 rows x 50 variables
-({s['k']} components), median of 3, one process: **{s['vectorised']:,.0f} rows/s**; a per-row pure-Python
-implementation of the same T²/SPE (`naive_pca_scores`, 20,000 rows): {s['naive']:,.0f} rows/s, so
-{s['vectorised'] / s['naive']:.0f}x faster. Per-variable contributions (T² complete decomposition + SPE residuals):
-{s['contributions']:,.0f} rows/s.
+Scoring speed, `PCADetector.score_samples` (T² and SPE: the chunked kernel, see "PCA T²/SPE
+scoring" for the 1-thread measurement and its baselines) on 1,000,000 rows x 50 variables
+({s['k']} components), median of 3, CPU time of this process: **{s['vectorised']:,.0f} rows/s**; a per-row
+pure-Python implementation of the same T²/SPE (`naive_pca_scores`, 20,000 rows): {s['naive']:,.0f} rows/s,
+so {s['vectorised'] / s['naive']:,.0f}x faster. Per-variable contributions (T² complete decomposition + SPE
+residuals, computed only when asked): {s['contributions']:,.0f} rows/s.
 """
     print(text)
     if not args.no_write:

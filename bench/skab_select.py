@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -62,6 +63,8 @@ ROUND1 = {
 # Round 2: (method, EWMA half-life in rows, threshold source).
 ROUND2 = list(itertools.product(("pca", "dpca", "knn"), (3.0, 10.0, 30.0), ("train", "anomaly-free")))
 CURRENT = ("dpca", 3.0, "train")
+# Round 2's scores as last run (bench/skab.py reads them instead of recomputing the replays).
+RECORD = Path(__file__).with_name("skab_select_round2.json")
 
 
 def anomaly_free() -> pl.DataFrame:
@@ -148,7 +151,19 @@ def main() -> None:
         f1, far, mar = scores[candidate]
         print(f"{candidate[0]:<5} half-life {candidate[1]:>4g}  threshold {candidate[2]:<13} "
               f"F1 {f1:.3f}  FAR {far:6.2f}  MAR {mar:6.2f}", flush=True)
-    print(f"chosen: {choose(scores)}")
+    chosen = choose(scores)
+    print(f"chosen: {chosen}")
+    RECORD.write_text(json.dumps({"chosen": list(chosen), "candidates": [
+        {"method": c[0], "halflife": c[1], "threshold": c[2], "f1": round(f1, 3), "far": round(far, 2), "mar": round(mar, 2)}
+        for c, (f1, far, mar) in scores.items()]}, indent=1) + "\n")
+    print(f"wrote {RECORD}")
+
+
+def recorded() -> tuple[dict[tuple, tuple[float, float, float]], tuple]:
+    """Round 2's (scores by candidate, choice) from `RECORD`."""
+    data = json.loads(RECORD.read_text())
+    scores = {(c["method"], float(c["halflife"]), c["threshold"]): (c["f1"], c["far"], c["mar"]) for c in data["candidates"]}
+    return scores, (data["chosen"][0], float(data["chosen"][1]), data["chosen"][2])
 
 
 if __name__ == "__main__":

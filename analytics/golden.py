@@ -2,8 +2,9 @@
 running batch scored against it.
 
 Input: samples of one unit in the sample schema (`ts`, `tag_id`, `value`, `batch_id`), plus an
-optional `phase` column (String). Without it the whole batch is one phase, "batch" (the
-historian stores no phase today; a frame that carries one gets phase alignment).
+optional `phase` column (String). Without it the whole batch is one phase, "batch". The phase
+comes from the historian's batch events (`controltower.batch_events.with_phases`: `model fit`,
+batch review and the live monitor join each sample to its unit's phase span).
 
 Alignment (phase-relative time): samples become wide rows, one per batch and `row_s` time slot
 (mean of a tag's samples in the slot; columns = the tag ids). A row's *point* is

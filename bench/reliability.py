@@ -192,7 +192,8 @@ def atheris_section(logs: Path) -> list[str]:
         rate = f"{inputs / seconds:,.0f}" if seconds else "-"
         lines.append(f"| {target} | {inputs:,} | {seconds} | {rate} | {edges} | {features} | {corpus} | {crashes} |")
     for target, counts in reports.items():
-        lines += ["", f"{target}, per input (an input may be rejected for more than one reason):", ""]
+        unit = "rows (1 to 5 per input)" if target == "line_protocol" else "inputs (one may be rejected for more than one reason)"
+        lines += ["", f"{target}: what became of the {unit}:", ""]
         lines += _rejection_table(counts)
     return lines + [""]
 
@@ -206,18 +207,24 @@ def _version(package: str) -> str:
         return "(not installed)"
 
 
+def _span(progress: str) -> str:
+    """When the run's processes started and ended (its progress file), as a sentence."""
+    stamps = sorted(re.findall(r"\d{4}-\d\d-\d\dT\d\d:\d\d", progress))
+    return f" Its processes ran between {stamps[0].replace('T', ' ')} and {stamps[-1][11:]} UTC." if stamps else ""
+
+
 def fuzz_section(logs: Path) -> str:
     progress = (logs / "progress").read_text() if (logs / "progress").exists() else ""
     ends = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"^(\S+) rc=(\d+) seconds=(\d+)", progress, re.MULTILINE)}
     lines = ["## Fuzz run", "",
              (f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from the logs of a dedicated run on this machine "
-              f"({os.cpu_count()} shared cores, at nice 5 beside other jobs): each tests/fuzz file on its own (or one "
+              f"({os.cpu_count()} shared cores, at nice 0-5 beside other jobs): each tests/fuzz file on its own (or one "
               "process per property, `<file>.py::<property>`), "
               "`CONTROLTOWER_FUZZ_EXAMPLES=<n> CONTROLTOWER_FUZZ_REPORT=<json> pytest tests/fuzz/<file>.py --timeout=0 "
               "--hypothesis-show-statistics` (n is per property, chosen so that a target's properties add up to "
               "at least 100,000 inputs). Counts are hypothesis's own, summed over its phases (passing = ran and "
               "held; failing = inputs that broke the property, shrinking included; invalid = rejected by the "
-              "strategy's filters, not run)."), "",
+              "strategy's filters, not run)." + _span(progress)), "",
              "| target (file) | property | inputs run (passing) | failing | invalid | stopped because |",
              "|---|---|---:|---:|---:|---|"]
     by_target: dict[str, list[Path]] = {}

@@ -44,6 +44,7 @@ trees = st.recursive(
 
 REJECTIONS: Counter[str] = Counter()
 INDEX = re.compile(r"\[\d+\]")
+BYTES = re.compile(r"0x[0-9a-f]+|#x[0-9a-f]+")  # the byte or character quoted: one kind for all
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +58,8 @@ def rejection_kind(message: str, path: str = PATH) -> str:
     Input should be a valid list (got …)`: one kind per key path and reason."""
     where, _, reason = message.split("\n", 1)[0].removeprefix(f"{path}: ").partition(": ")
     if not reason or " " in where:  # not a key path: a message about the whole file (YAML, encoding)
-        return reason_of(f"{where}: {reason}" if reason else where)
+        text = BYTES.sub("…", f"{where}: {reason}" if reason else where)
+        return reason_of(text).replace("UTF…", "UTF-8")
     return f"{INDEX.sub('[i]', where)[:60]}: {reason_of(reason)}"
 
 

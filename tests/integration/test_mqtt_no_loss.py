@@ -120,14 +120,12 @@ async def test_kill_9_mid_stream_loses_no_published_sample(mosquitto, tmp_path: 
     assert edge.stats.dropped == 0 and not acks.unacked_ticks(), "the broker took every tick (it stayed up)"
     assert len(acks.sent) == simulator.ticks
     figures = check_values(truth, stored)
-    record("collector kill -9 mid-stream (process, QoS 1, persistent session)", emitted=figures["emitted"],
-           stored=figures["stored"], lost=figures["lost"], duplicates=figures["duplicates"], recovery_s=reconnected_s,
+    record("collector kill -9 mid-stream (process, QoS 1, persistent session)", **figures, recovery_s=reconnected_s,
            promise="no loss (acks after the spool write); duplicates bounded by one flush",
            notes=f"the simulator as the edge (mqtt-site, {len(tags)} tags, a tick every {TICK_MS} ms, QoS 1, "
                  f"{simulator.ticks} ticks), emitted = its values replayed from its seed, read back through "
                  f"/api/tags/<tag>/history, every stored value equal to the emitted one ({figures['wrong_values']} "
-                 "differ); recovery = kill to the restarted collector subscribed (the broker held the rest)",
-           wrong_values=figures["wrong_values"])
+                 "differ); recovery = kill to the restarted collector subscribed (the broker held the rest)")
     print(f"kill -9: {figures}, collector back in {reconnected_s:.1f}s")
     assert figures["lost"] == 0 and figures["wrong_values"] == 0, figures
     # At-least-once: a batch spooled just before the kill but not yet acknowledged to the broker

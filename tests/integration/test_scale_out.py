@@ -295,6 +295,8 @@ async def test_collectors_and_workers_share_the_load_and_fail_over(mosquitto, tm
         listener.cancel()
         reference_task.cancel()
         await asyncio.gather(listener, reference_task, return_exceptions=True)
+        if sys.exc_info()[0] is not None:  # failed above: InfluxDB is not stopped below
+            stop_process(influx.proc)
 
     try:
         historian = open_historian(site.historian, tmp_path)

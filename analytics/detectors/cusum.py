@@ -41,11 +41,19 @@ def cusum(increment: str) -> pl.Expr:
     return c - pl.min_horizontal(per_tag(pl.col(increment).cum_sum().cum_min()), pl.lit(0.0))
 
 
-def cusum_columns(increments: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """max(0, S + u) down each column of `increments`, from the column's `start` S_0 >= 0 (the
-    same cumulative sum and minimum as `cusum`, the seed as the first term)."""
-    c = np.cumsum(np.vstack([start[None, :], increments]), axis=0)
-    return (c - np.minimum(np.minimum.accumulate(c, axis=0), 0.0))[1:]
+def cusum_columns(y: np.ndarray, sign: float, k: float, start: np.ndarray) -> np.ndarray:
+    """max(0, S + u) with u = sign * y - k down each column of `y`, from the column's `start`
+    S_0 >= 0 (the same cumulative sum and minimum as `cusum`, the seed as the first term).
+    In place in one buffer: fresh large arrays cost page faults, as much as the arithmetic."""
+    c = np.empty((y.shape[0] + 1, y.shape[1]), order="F")
+    c[0] = start
+    np.multiply(y, sign, out=c[1:])
+    c[1:] -= k
+    np.cumsum(c, axis=0, out=c)
+    low = np.minimum.accumulate(c, axis=0)
+    np.minimum(low, 0.0, out=low)
+    np.subtract(c, low, out=c)
+    return c[1:]
 
 
 def cusum_reason(h: float) -> pl.Expr:
@@ -117,7 +125,7 @@ class CusumChart(CentreLineChart):
         known = ~np.isnan(centre)
         y = (packed.x - centre) / sigma
         up0, down0 = aligned(self._state, ids, "up", 0.0), aligned(self._state, ids, "down", 0.0)
-        up, down = cusum_columns(y - self.k, up0), cusum_columns(-y - self.k, down0)
+        up, down = cusum_columns(y, 1.0, self.k, up0), cusum_columns(y, -1.0, self.k, down0)
         self._state = upsert(self._state, pl.DataFrame(
             {"tag_id": ids, "up": packed.last(up, up0), "down": packed.last(down, down0)},
             schema=_STATE_SCHEMA).filter(pl.Series(known)))

@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -123,18 +124,15 @@ def same_samples(got: pl.DataFrame | None, expected: pl.DataFrame | None) -> Non
     assert a.to_dicts() == b.to_dicts()
 
 
-@FLUSHES
-@given(messages=st.lists(object_payload(), max_size=12))
-def test_json_flush_gives_what_the_reference_gives(messages) -> None:
-    got, expected, got_rejections, expected_rejections = both_ways("json", messages)
-    same_samples(got, expected)
-    assert got_rejections == expected_rejections
+PAYLOADS = {"json": object_payload, "batched_json": batched_payload}
 
 
+@pytest.mark.parametrize("fmt", list(PAYLOADS))
 @FLUSHES
-@given(messages=st.lists(batched_payload(), max_size=12))
-def test_batched_json_flush_gives_what_the_reference_gives(messages) -> None:
-    got, expected, got_rejections, expected_rejections = both_ways("batched_json", messages)
+@given(data=st.data())
+def test_flush_gives_what_the_reference_gives(fmt: str, data) -> None:
+    messages = data.draw(st.lists(PAYLOADS[fmt](), max_size=12), label="messages")
+    got, expected, got_rejections, expected_rejections = both_ways(fmt, messages)
     same_samples(got, expected)
     assert got_rejections == expected_rejections
 

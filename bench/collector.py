@@ -150,8 +150,6 @@ def bench_stages(repeats: int, messages: int = 2000) -> list[dict]:
     the spool append (Arrow IPC + fsync per batch), the DuckDB write (runs of 100,000, as the
     forwarder stores a backlog). Process CPU time, every thread; medians."""
     sys.path.append(str(REPO / "bench"))
-    import tempfile
-
     from _loadgen import Stream, site_config
 
     from collector.sinks.duckdb import DuckDbHistorian
@@ -159,50 +157,60 @@ def bench_stages(repeats: int, messages: int = 2000) -> list[dict]:
     from collector.spool import Spool
     from controltower.site import parse_site_config
 
-    rows = []
-    for fmt, label in STAGE_FORMATS.items():
-        site = parse_site_config(site_config(fmt, "mqtt://127.0.0.1:1883", 10, 100, client_id="bench"))
-        stream = Stream(fmt, 10, 100)
-        sent = time.time()
-        data = [stream.data(i, sent) for i in range(messages)]
-        births = stream.births(sent)
-        batches: list[pl.DataFrame] = []
-
-        def decode() -> None:
-            source = MqttSource(site.sources[0], site.tag_table())
-            for topic, payload in births:
-                source.handle_message(topic, payload, datetime.now(UTC))
-            source.take_batch()
-            batches.clear()
-            for topic, payload in data:
-                source.handle_message(topic, payload, datetime.now(UTC))
-                if source.decoder.pending_samples >= source.config.flush_max_samples:
-                    batches.append(source.take_batch())
-            batches.append(source.take_batch())
-            batches[:] = [b for b in batches if b is not None]
-            assert not source.health.rejected
-
-        times: dict[str, list[float]] = {"decode": [], "spool": [], "duckdb": []}
-        for _ in range(repeats):
-            times["decode"].append(cpu_timed(decode))
-            with tempfile.TemporaryDirectory() as tmp:
-                spool = Spool(Path(tmp) / "spool")
-                times["spool"].append(cpu_timed(lambda: [spool.append(b) for b in batches]))
-                spool.close()
-                historian = DuckDbHistorian(Path(tmp) / "h.duckdb")
-                whole = pl.concat(batches)
-                runs = [whole.slice(i, 100_000) for i in range(0, whole.height, 100_000)]
-                times["duckdb"].append(cpu_timed(lambda: [historian.write_sync(r) for r in runs]))
-                historian.close()
-        values = sum(b.height for b in batches)
-        rows.append({"format": label, "values": values, "batches": len(batches),
-                     **{k: values / statistics.median(v) for k, v in times.items()}})
-    return rows
+    return [_stage_row(label, parse_site_config(site_config(fmt, "mqtt://127.0.0.1:1883", 10, 100, client_id="b")),
+                       Stream(fmt, 10, 100), repeats, messages, MqttSource, Spool, DuckDbHistorian)
+            for fmt, label in STAGE_FORMATS.items()]
 
 
-def cpu_timed(fn: Callable[[], object]) -> float:
+def _stage_row(label: str, site, stream, repeats: int, messages: int, source_class, spool_class, historian_class) -> dict:
+    import tempfile
+
+    sent = time.time()
+    data = [stream.data(i, sent) for i in range(messages)]
+    births = stream.births(sent)
+    batches: list[pl.DataFrame] = []
+
+    def decode() -> None:
+        source = source_class(site.sources[0], site.tag_table())
+        for topic, payload in births:
+            source.handle_message(topic, payload, datetime.now(UTC))
+        source.take_batch()
+        taken = []
+        for topic, payload in data:
+            source.handle_message(topic, payload, datetime.now(UTC))
+            if source.decoder.pending_samples >= source.config.flush_max_samples:
+                taken.append(source.take_batch())
+        taken.append(source.take_batch())
+        assert not source.health.rejected
+        batches[:] = [b for b in taken if b is not None]
+
+    def append_all(spool) -> None:
+        for b in batches:
+            spool.append(b)
+
+    def write_all(historian) -> None:
+        whole = pl.concat(batches)
+        for start in range(0, whole.height, 100_000):
+            historian.write_sync(whole.slice(start, 100_000))
+
+    times: dict[str, list[float]] = {"decode": [], "spool": [], "duckdb": []}
+    for _ in range(repeats):
+        times["decode"].append(cpu_timed(decode))
+        with tempfile.TemporaryDirectory() as tmp:
+            spool = spool_class(Path(tmp) / "spool")
+            times["spool"].append(cpu_timed(append_all, spool))
+            spool.close()
+            historian = historian_class(Path(tmp) / "h.duckdb")
+            times["duckdb"].append(cpu_timed(write_all, historian))
+            historian.close()
+    values = sum(b.height for b in batches)
+    return {"format": label, "values": values, "batches": len(batches),
+            **{k: values / statistics.median(v) for k, v in times.items()}}
+
+
+def cpu_timed(fn: Callable[..., object], *args: object) -> float:
     started = time.process_time()
-    fn()
+    fn(*args)
     return time.process_time() - started
 
 

@@ -159,7 +159,7 @@ def _read(lines: list[bytes], schemas: list[dict]) -> pl.DataFrame | None:
     for schema in schemas:
         try:
             frame = pl.read_ndjson(io.BytesIO(data), schema=schema)
-        except Exception:  # noqa: BLE001 - any refusal of the reader sends the group the slow way
+        except Exception:  # noqa: BLE001, S112 - any refusal: the next schema, else the slow way for the group
             continue
         return frame if frame.height == len(lines) else None
     return None
@@ -242,7 +242,6 @@ class JsonFlushDecoder:
         keep = np.flatnonzero(ok)
         if not len(keep):
             return None
-        n_fields = len(fields)
         # Each sample's tag: its topic's tag for that field.
         topic_tags: dict[str, int] = {}
         tag_ids: list[str] = []
@@ -272,9 +271,7 @@ class JsonFlushDecoder:
         """Batched JSON: orjson per message (it builds the same Python values as the reference's
         json.loads, and refuses what it does not read alike), then one list per item key over the
         whole flush and vectorised checks; no Python statement per item."""
-        spec = self.decoder.config.batched_json
-        samples_key, ts_key, batch_key = spec.samples_field, self.ts_key, self.batch_key
-        tag_key, value_key, item_ts_key, item_quality_key = self.item_keys
+        samples_key, ts_key, batch_key = self.decoder.config.batched_json.samples_field, self.ts_key, self.batch_key
         topic_index = self.topic_index
         slow: list[int] = []
         members: list[int] = []

@@ -128,7 +128,7 @@ class MqttJsonDecoder:
         self._bytes_per_sample = 24
         if config.payload == "batched_json":
             self.decode = self.decode_batched  # type: ignore[method-assign]
-        from collector.sources.json_flush import JsonFlushDecoder  # noqa: PLC0415 - it imports this module's parser
+        from collector.sources.json_flush import JsonFlushDecoder  # it imports this module's parser
 
         self._flush_decoder = JsonFlushDecoder(self)
 

@@ -49,7 +49,14 @@ import polars as pl
 from google.protobuf.message import DecodeError
 
 from collector.sources.columns import SampleColumns
-from collector.sources.mqtt import SAMPLE_TIME_MAX, SAMPLE_TIME_MIN, MqttBindingError, PayloadError, Rejected, _render
+from collector.sources.mqtt import (
+    SAMPLE_TIME_MAX,
+    SAMPLE_TIME_MIN,
+    MqttBindingError,
+    PayloadError,
+    Rejected,
+    _render,
+)
 from collector.sources.sparkplug_b_proto import DataType, Metric, Payload
 from controltower.samples import tag_paths_frame
 from controltower.site import MqttSourceConfig, TagInfo

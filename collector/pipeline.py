@@ -38,10 +38,13 @@ Batch events (`controltower.batch_events`: a unit's batch starting, changing pha
 a path of their own, beside the samples: a source that announces them has an `on_batch_events`
 attribute, which the pipeline sets to a callable taking an event frame; the frames go to the
 `event_consumers` (the detection engine, for the golden batch's phase) and to the historian's
-`write_batch_events`, retried with backoff until stored, in order. They are a few rows an hour
-per unit, kept in memory (at most `MAX_PENDING_EVENT_FRAMES` frames, oldest dropped and counted),
-not in the spool: a crash while the historian is down loses the events still waiting, and the
-OPC-UA source announces each unit's current phase again (`observed`) when it reconnects.
+`write_batch_events`, retried with backoff until stored, in order. With the spool they are as
+durable as samples: each frame is written to the batch-event journal (`collector.event_journal`,
+a directory of the spool) and fsynced before the callable returns, so before the source
+acknowledges it (MQTT QoS 1); the journal's frames are replayed in order at start-up and
+acknowledged once stored (the historians store an event once, so a replay after a crash stores
+nothing twice). Without the spool they wait in memory (at most `MAX_PENDING_EVENT_FRAMES` frames,
+oldest dropped and counted) and are lost with the process.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from typing import Any
 
 import polars as pl
 
+from collector.event_journal import JOURNAL_DIR, EventJournal
 from collector.sinks import Historian, HistorianError
 from collector.sources import Source
 from collector.spool import Spool, SpoolError, SpoolFull
@@ -112,7 +116,10 @@ class Pipeline:
         self.spool_error: str | None = None  # the last append failure (disk full...), None once appends work
         self.metrics.watch_queues(self.queue_depths)
         self.event_consumers = list(event_consumers)
-        self._events: list[pl.DataFrame] = []  # batch-event frames not yet stored, oldest first
+        # Batch-event frames not yet stored, oldest first, with their journal seq (None without the spool).
+        self._events: list[tuple[int | None, pl.DataFrame]] = []
+        self.journal = EventJournal(spool.directory / JOURNAL_DIR) if spool is not None else None
+        self._events.extend(self.journal.pending() if self.journal is not None else ())
         self._events_waiting = asyncio.Event()
         self.batch_events_stored = 0
         self.batch_events_dropped = 0
@@ -190,13 +197,28 @@ class Pipeline:
                 log.exception("batch-event consumer %r failed", consume)
         if getattr(self.historian, "write_batch_events", None) is None:
             return
-        self._events.append(events)
-        if len(self._events) > MAX_PENDING_EVENT_FRAMES:
-            dropped = self._events.pop(0)
+        seq = await self._journal(events) if self.journal is not None else None
+        self._events.append((seq, events))
+        if self.journal is None and len(self._events) > MAX_PENDING_EVENT_FRAMES:
+            _, dropped = self._events.pop(0)
             self.batch_events_dropped += dropped.height
             log.error("batch events: %d waiting frames, the oldest (%d event(s)) dropped; %d dropped since start",
                       MAX_PENDING_EVENT_FRAMES, dropped.height, self.batch_events_dropped)
         self._events_waiting.set()
+
+    async def _journal(self, events: pl.DataFrame) -> int:
+        """Write an event frame to the journal (fsynced), retrying while the disk fails: the
+        source waits, and so does its acknowledgement to the server."""
+        failures = 0
+        while True:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._spool_io, self.journal.append, events)
+            except SpoolError as exc:
+                self.spool_error = str(exc)
+                failures += 1
+                delay = min(0.5 * 2**failures, 10.0)
+                log.error("%s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     async def _write_events(self) -> None:
         """Store the waiting batch events, oldest first, retrying with backoff while the historian fails."""
@@ -207,10 +229,12 @@ class Pipeline:
                 await self._events_waiting.wait()
                 continue
             frames = list(self._events)
-            events = pl.concat(frames, how="vertical_relaxed")
+            events = pl.concat([frame for _, frame in frames], how="vertical_relaxed")
             try:
                 await self.historian.write_batch_events(events)
-            except HistorianError as exc:
+                if frames[-1][0] is not None:
+                    await asyncio.get_running_loop().run_in_executor(self._spool_io, self.journal.ack, frames[-1][0])
+            except HistorianError as exc:  # SpoolError is one: stored, not acknowledged; stored again, harmlessly
                 log.warning("batch events not stored (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
                 delay = min(delay * 2, self._retry_max_s)
@@ -413,7 +437,8 @@ class Pipeline:
         while self._events and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self._events:
-            log.error("stopping with %d batch event(s) not stored", sum(f.height for f in self._events))
+            kept = f"kept in the journal {self.journal.path} for the next start" if self.journal else "lost"
+            log.error("stopping with %d batch event(s) not stored: %s", sum(f.height for _, f in self._events), kept)
 
     async def _drain_samples(self, deadline: float) -> None:
         timeout_s = max(0.0, deadline - time.monotonic())
@@ -449,5 +474,7 @@ class Pipeline:
         """Release the spool (its pending batches stay on disk)."""
         if self._spool_io is not None:
             self._spool_io.shutdown(wait=True)
+        if self.journal is not None:
+            self.journal.close()
         if self.spool is not None:
             self.spool.close()

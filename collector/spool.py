@@ -530,14 +530,7 @@ class Spool:
         self._room.notify_all()
 
     def _write_cursor(self, seq: int) -> None:
-        path = self.directory / CURSOR_NAME
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"acked_seq": seq}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        write_cursor(self.directory / CURSOR_NAME, seq)
         self.acked_seq = seq
 
     def _delete_acked_segments(self) -> None:
@@ -560,6 +553,17 @@ class Spool:
             self._cache.clear()
             self._room.notify_all()
         os.close(self._lock_fd)  # releases the flock
+
+
+def write_cursor(path: Path, seq: int) -> None:
+    """Make {"acked_seq": seq} durable at `path`, atomically (temp file, fsync, rename, fsync dir)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"acked_seq": seq}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:

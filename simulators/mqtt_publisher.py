@@ -336,6 +336,7 @@ class _Connection:
         self.connected = False
         self.client: aiomqtt.Client | None = None
         self.queue: asyncio.Queue[object] = asyncio.Queue(maxsize=owner.queue_size)
+        self.unacknowledged: list[object] = []  # ticks published whose last message has no PUBACK yet
         self.task: asyncio.Task[None] | None = None
 
     def put(self, item: object) -> None:
@@ -402,23 +403,33 @@ class _Connection:
     async def _send(self, client: aiomqtt.Client) -> object:
         channel, stats = self.channel, self.owner.stats
         previous: mqtt.MQTTMessageInfo | None = None  # the last message of the tick before
-        while True:
-            item = await self.queue.get()
-            if item is _STOP:
-                for topic, payload, qos, retain in channel.goodbye(self.owner.last_at or utc_now()):
-                    await client.publish(topic, payload, qos=qos, retain=retain)
-                    stats.published += 1
-                return _STOP
-            if item is _REBIRTH:
-                messages = channel.rebirth()
-            else:
-                messages = channel.encode(item)
-            last = _publish_tick(client, messages)
-            stats.published += len(messages)
-            # One tick on the wire while the one before is acknowledged: a slow broker holds the
-            # next tick back (the queue absorbs it), without a pause per tick for the round trip.
-            await _acknowledged(previous)
-            previous = last
+        # Ticks sent on the connection that failed and never acknowledged by the broker go out
+        # again first, in order: the new session does not resend them, and a plant edge that
+        # dropped them would lose data the collector never saw (at least once, like QoS 1 itself).
+        pending, self.unacknowledged = self.unacknowledged, []
+        try:
+            while True:
+                item = pending.pop(0) if pending else await self.queue.get()
+                if item is _STOP:
+                    for topic, payload, qos, retain in channel.goodbye(self.owner.last_at or utc_now()):
+                        await client.publish(topic, payload, qos=qos, retain=retain)
+                        stats.published += 1
+                    return _STOP
+                if item is _REBIRTH:
+                    messages = channel.rebirth()
+                else:
+                    messages = channel.encode(item)
+                    self.unacknowledged.append(item)
+                last = _publish_tick(client, messages)
+                stats.published += len(messages)
+                # One tick on the wire while the one before is acknowledged: a slow broker holds the
+                # next tick back (the queue absorbs it), without a pause per tick for the round trip.
+                await _acknowledged(previous)
+                # The broker acknowledges in order: only this tick can still be unacknowledged.
+                self.unacknowledged = [] if item is _REBIRTH else [item]
+                previous = last
+        finally:
+            self.unacknowledged += pending  # not sent again yet: after the ones that were
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 import paho.mqtt.client as mqtt
 import polars as pl
@@ -99,8 +99,3 @@ def check_values(truth: pl.DataFrame, stored: pl.DataFrame) -> dict[str, int]:
     return {"emitted": truth.height, "stored": stored.height, "lost": lost,
             "duplicates": stored.height - distinct.height, "wrong_values": wrong}
 
-
-def lost_ticks(truth: pl.DataFrame, stored: pl.DataFrame) -> set[datetime]:
-    """The ticks (timestamps) with at least one emitted value not stored."""
-    missing = truth.join(_normal(stored).unique(KEYS), on=KEYS, how="anti")
-    return {ts.astimezone(UTC) for ts in missing["ts"].to_list()}

@@ -58,16 +58,17 @@ def build_sources(site: SiteConfig, data_dir: Path) -> list[Source]:
     return sources
 
 
-def load_unit_monitors(site: SiteConfig, data_dir: Path) -> list:
-    """The stored multivariate models of the site's units (`controltower model fit`), as live
-    monitors; none when `detectors.models.enabled` is false or nothing is stored."""
+def load_unit_monitors(site: SiteConfig, data_dir: Path, units: list[str] | None = None) -> list:
+    """The stored multivariate models of the site's units (or of `units`: an analytics worker's
+    partition) (`controltower model fit`), as live monitors; none when `detectors.models.enabled`
+    is false or nothing is stored."""
     config = site.detectors.models
     root = site.resolve_path(config.dir, data_dir)
     if not config.enabled or not root.is_dir():
         return []
     from analytics.monitors import load_monitors
 
-    units = sorted({t.unit_id for t in site.tag_table()})
+    units = sorted({t.unit_id for t in site.tag_table()}) if units is None else units
     return load_monitors(root, units, pin=config.pin, on_delay_rows=config.on_delay_rows,
                          alarm_score=config.alarm_score, known_tags={t.tag_id for t in site.tag_table()})
 

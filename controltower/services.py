@@ -33,8 +33,9 @@ from analytics.journal import AlarmJournal
 from collector.pipeline import Pipeline
 from collector.sinks import open_historian
 from collector.spool import Spool
+from controltower.batch_events import empty_batch_events
 from controltower.metrics import Metrics
-from controltower.runtime import build_sources
+from controltower.runtime import build_sources, load_unit_monitors
 from controltower.site import MqttSourceConfig, SiteConfig, TagInfo
 from controltower.uns import (
     Topics,
@@ -43,6 +44,7 @@ from controltower.uns import (
     alert_message,
     assign,
     client_for,
+    decode_batch_events,
     decode_values,
     partition_of,
     uns_login,
@@ -108,7 +110,8 @@ class Collector:
                                       login=uns_login(site.uns, data_dir))
         spool = Spool.from_config(site.spool, data_dir) if site.spool.enabled else None
         self.pipeline = Pipeline(self.sources, self.historian, consumers=[self.publisher.publish_batch],
-                                 metrics=self.metrics, spool=spool)
+                                 metrics=self.metrics, spool=spool,
+                                 event_consumers=[self.publisher.publish_batch_events])
 
     def status(self) -> dict[str, Any]:
         return {
@@ -333,6 +336,9 @@ class AnalyticsWorker:
         if topic.startswith(f"{self.topics.base}/tag-service/"):
             await self._tag_service(client, topic, payload, retained)
             return
+        if topic.startswith(f"{self.topics.base}/batch-events/"):
+            self._on_batch_events(topic, payload)
+            return
         try:
             partition, unit = self.topics.parse_values(topic)
             frame = decode_values(payload, unit)
@@ -347,6 +353,40 @@ class AnalyticsWorker:
         self.counts["samples"] += frame.height
         self.units_seen[unit] = self.units_seen.get(unit, 0) + frame.height
         self._pending.append((partition, frame))
+
+    def _units_of(self, partition: int) -> list[str]:
+        return sorted({t.unit_id for t in self._tags_by_partition.get(partition, [])})
+
+    def _on_batch_events(self, topic: str, payload: bytes) -> None:
+        """A unit's batch events from a collector: to the partition's monitors that follow
+        phases (a golden model fitted by phase), as `controltower run` feeds them."""
+        try:
+            partition, unit = self.topics.parse_values(topic, kind="batch-events")
+            events = decode_batch_events(payload, unit)
+        except ValueError as exc:
+            self.counts["bad_messages"] += 1
+            log.warning("analytics worker %s: message on %s set aside: %s", self.name, topic, exc)
+            return
+        if partition not in self.owned:
+            self.counts["foreign_partition"] += 1
+            return
+        self.counts["batch_events"] = self.counts.get("batch_events", 0) + events.height
+        self._feed_batch_events(partition, events)
+
+    def _feed_batch_events(self, partition: int, events: pl.DataFrame) -> None:
+        engine = self.engines.get(partition)
+        for monitor in engine.monitors if engine is not None else ():
+            if hasattr(monitor, "batch_events"):
+                monitor.batch_events(events)
+
+    async def _recent_batch_events(self, partition: int, since: datetime) -> pl.DataFrame:
+        """The batch events of the partition's units from `since` on, with each unit's last one
+        before it, from the historian (none when no monitor of the partition follows phases)."""
+        read = getattr(self.historian, "read_batch_events", None)
+        if read is None or not any(hasattr(m, "batch_events") for m in self.engines[partition].monitors):
+            return empty_batch_events()
+        frames = [await asyncio.to_thread(read, unit, since) for unit in self._units_of(partition)]
+        return pl.concat(frames, how="vertical_relaxed") if frames else empty_batch_events()
 
     async def _command(self, client: aiomqtt.Client, payload: bytes) -> None:
         """An operator's action on an alert this worker holds: acknowledge, shelve or unshelve.
@@ -455,14 +495,16 @@ class AnalyticsWorker:
         if not gained and not lost:
             return
         self.counts["rebalances"] += 1
-        filters = (self.topics.values_filter, self.topics.command_filter, self.topics.tag_service_filter)
+        filters = (self.topics.values_filter, self.topics.batch_events_filter, self.topics.command_filter,
+                   self.topics.tag_service_filter)
         if lost:
             await client.unsubscribe([f(k) for k in lost for f in filters])
         # A partition kept across a reconnection keeps its engine (and its detectors' state);
         # one that moved away drops it, one that came in starts fresh and is warmed up.
         fresh = [k for k in gained if k not in self.engines]
-        self.engines = {k: self.engines.get(k) or DetectionEngine(self._tags_by_partition.get(k, []),
-                                                                  self.site.detectors, self.book) for k in mine}
+        self.engines = {k: self.engines.get(k) or DetectionEngine(
+            self._tags_by_partition.get(k, []), self.site.detectors, self.book,
+            monitors=load_unit_monitors(self.site, Path(self.site.data_dir), units=self._units_of(k))) for k in mine}
         self._warmed_to = {k: v for k, v in self._warmed_to.items() if k in mine}
         for k in gained:
             self._restore(k)
@@ -509,6 +551,8 @@ class AnalyticsWorker:
             since = datetime.now(UTC) - timedelta(seconds=self.site.uns.warmup_s)
             try:
                 history = await asyncio.to_thread(self.historian.read, tags, since, None)
+                # The phase running then and the changes since: before the history, so it is scored by phase.
+                self._feed_batch_events(k, await self._recent_batch_events(k, since))
             except Exception as exc:  # noqa: BLE001  # HistorianError or a driver's own: never stop the worker
                 self.counts["warmup_failures"] = self.counts.get("warmup_failures", 0) + 1
                 log.warning("analytics worker %s: partition %d: no warm-up, the historian did not answer: %s",

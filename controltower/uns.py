@@ -3,6 +3,10 @@ how units are partitioned, how payloads are encoded, and a bounded publisher.
 
     {root}/v1/values/p{k}/{site}/{area}/{line}/{unit}   one unit's samples of one collector batch:
                                                         columnar JSON (few) or Arrow IPC (many); QoS 1
+    {root}/v1/batch-events/p{k}/{site}/{area}/{line}/{unit}
+                                                        the unit's batch events (batch start, phase
+                                                        change, end) of one collector flush, JSON;
+                                                        QoS 1, same partition as its values
     {root}/v1/alerts/{site}/{area}/{line}/{unit}        one alert transition, JSON; QoS 1
     {root}/v1/alarm-state/{site}/{area}/{line}/{unit}/{alert_id}
                                                         an alert's current state, JSON, retained;
@@ -49,6 +53,7 @@ import polars as pl
 
 from collector.sources.mqtt import MqttBindingError, tls_context
 from collector.spool import decode_batch
+from controltower.batch_events import batch_events_frame
 from controltower.samples import PATH_COLUMNS, samples_frame
 from controltower.site import UnsConfig
 
@@ -80,6 +85,13 @@ class Topics:
 
     def values_filter(self, partition: int) -> str:
         return f"{self.base}/values/p{partition}/#"
+
+    def batch_events(self, site: str, area: str, line: str, unit: str) -> str:
+        k = partition_of(f"{site}.{area}.{line}.{unit}", self.partitions)
+        return f"{self.base}/batch-events/p{k}/{site}/{area}/{line}/{unit}"
+
+    def batch_events_filter(self, partition: int) -> str:
+        return f"{self.base}/batch-events/p{partition}/#"
 
     def alerts(self, site: str, area: str, line: str, unit: str) -> str:
         return f"{self.base}/alerts/{site}/{area}/{line}/{unit}"
@@ -140,7 +152,8 @@ class Topics:
         return f"{self.base}/workers/+"
 
     def parse_values(self, topic: str, kind: str = "values") -> tuple[int, str]:
-        """(partition, unit path `site.area.line.unit`) of a values (or `kind`: commands) topic."""
+        """(partition, unit path `site.area.line.unit`) of a values (or `kind`: commands,
+        batch-events) topic."""
         prefix = f"{self.base}/{kind}/p"
         parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
         if len(parts) != 5 or not parts[0].isdigit():
@@ -244,6 +257,30 @@ def decode_values(payload: bytes, unit_path: str) -> pl.DataFrame:
     return frame.with_columns(pl.lit(v, pl.String).alias(c) for c, v in zip(PATH_COLUMNS, (site, area, line, unit)))
 
 
+_EVENT_FIELDS = ("batch_id", "phase", "transition", "product", "recipe")
+
+
+def encode_batch_events(frame: pl.DataFrame) -> bytes:
+    """One unit's batch events (`controltower.batch_events` schema) as a JSON list of objects,
+    `ts` in ns since the epoch; the unit is in the topic. A few rows an hour: JSON is enough."""
+    rows = frame.select(pl.col("ts").dt.epoch("ns"), *_EVENT_FIELDS).to_dicts()
+    return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def decode_batch_events(payload: bytes, unit_path: str) -> pl.DataFrame:
+    """The batch events of a batch-events message of unit `unit_path` (from its topic), in the
+    event schema; ValueError for a payload that is not a list of events with `ts` and `transition`."""
+    try:
+        rows = json.loads(payload)
+        if not isinstance(rows, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("ts"), int) and r.get("transition") for r in rows):
+            raise ValueError("not a JSON list of objects with ts (ns since the epoch) and transition")
+        return batch_events_frame([{k: r.get(k) for k in _EVENT_FIELDS} | {"ts": r["ts"], "unit_id": unit_path}
+                                   for r in rows])
+    except (ValueError, TypeError, pl.exceptions.PolarsError) as exc:
+        raise ValueError(f"not a batch-events message: {str(exc)[:200]}") from None
+
+
 def _iso(ts: Any) -> Any:
     if isinstance(ts, datetime):
         ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
@@ -324,6 +361,7 @@ class PublisherStats:
     dropped_messages: int = 0  # queue full: oldest dropped
     dropped_samples: int = 0
     unplaced_samples: int = 0  # no ISA-95 path: not a unit's value
+    published_batch_events: int = 0  # handed to the queue (sent unless dropped with their message)
     connected: bool = False
     last_error: str | None = None
     reconnects: int = 0
@@ -362,6 +400,19 @@ class UnsPublisher:
         self.stats.unplaced_samples += batch.height - sum(f.height for _, f in parts)
         for (site, area, line, unit), frame in parts:
             self._queue.append(_Message(self.topics.values(site, area, line, unit), encode_values(frame), frame.height))
+        self._bound_queue()
+
+    def publish_batch_events(self, events: pl.DataFrame) -> None:
+        """A pipeline event consumer: each unit's batch events to its `batch-events` topic, through
+        the same queue as the values (so in order with them); synchronous, never blocks."""
+        for (site, area, line, unit), frame in split_by_unit(events):
+            self._queue.append(_Message(self.topics.batch_events(site, area, line, unit),
+                                        encode_batch_events(frame), 0))
+            self.stats.published_batch_events += frame.height
+        self._bound_queue()
+
+    def _bound_queue(self) -> None:
+        """Drop the oldest messages beyond `queue_batches` (counted), and wake the sender."""
         while len(self._queue) > self.config.queue_batches:
             dropped = self._queue.popleft()
             self.stats.dropped_messages += 1

@@ -1,0 +1,95 @@
+"""Batch events reach the analytics worker that owns their unit, with real parts in this process:
+Mosquitto, the collector's `UnsPublisher` (as `collect` relays its pipeline's batch events) and an
+`AnalyticsWorker` with a golden-batch model fitted by ISA-88 phase (the project's simulator's
+bioreactor). A pH bias in the growth phase of a batch is caught by the worker's golden monitor only
+because it places each sample in its phase from the relayed events; a worker given the same
+samples without the events scores nothing (it cannot tell the phase)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+
+from controltower.cli import main as cli_main
+from controltower.services import AnalyticsWorker
+from controltower.site import parse_site_config
+from controltower.uns import UnsPublisher
+from tests.analytics.simulated_unit import START, UNIT, batch_seconds, bioreactor_site, simulate
+from tests.analytics.test_golden_phases import GOOD, PHASES, SEED, SITE, announced_events, site_file
+from tests.integration.conftest import wait_until
+
+OFF = {"enabled": False}
+PARTITIONS = 4
+
+
+def worker_site(data_dir: Path, mqtt_url: str):
+    base = bioreactor_site().model_dump(mode="json", exclude_defaults=True)
+    base.update(data_dir=str(data_dir),
+                detectors={"limits": OFF, "zscore": OFF, "flatline": OFF, "quality": OFF, "rate_of_change": OFF,
+                           "stale": OFF, "models": {"on_delay_rows": 3}},
+                uns={"enabled": True, "url": mqtt_url, "partitions": PARTITIONS, "keepalive_s": 2, "warmup_s": 0})
+    return parse_site_config(base)
+
+
+def fit_golden_by_phase(root: Path, samples: pl.DataFrame, events: pl.DataFrame, capsys) -> Path:
+    """`controltower model fit --kind golden` from a historian holding the events: a model by phase
+    under `root`/data/models; the site's data directory."""
+    path = site_file(root, samples, events)
+    assert cli_main(["model", "fit", "--config", str(path), "--unit", UNIT, "--kind", "golden", "--batches", GOOD]) == 0
+    assert json.loads(capsys.readouterr().out)["training"]["phases"] == PHASES
+    return root / "data"
+
+
+async def run_worker(site, data_dir: Path, run: pl.DataFrame, events: pl.DataFrame | None) -> AnalyticsWorker:
+    """A worker owning every partition; the batch's samples published a minute at a time, each
+    minute's batch events (when given) before its samples, as a collector's pipeline hands them on."""
+    worker = AnalyticsWorker(site, data_dir=data_dir, name=data_dir.name)
+    publisher = UnsPublisher(site.uns, client_id=f"test-collect-{data_dir.name}")
+    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(publisher.run())]
+    try:
+        await wait_until(lambda: worker.owned == set(range(PARTITIONS)) and publisher.stats.connected, 30,
+                         "worker and publisher ready")
+        assert any(e.monitors for e in worker.engines.values()), "the worker loaded no stored model"
+        for start in run["ts"].dt.truncate("1m").unique().sort().to_list():
+            window = (pl.col("ts") >= start) & (pl.col("ts") < start + timedelta(minutes=1))
+            if events is not None:
+                publisher.publish_batch_events(events.filter(window))
+            publisher.publish_batch(run.filter(window))
+            await asyncio.sleep(0)
+        await wait_until(lambda: worker.counts["samples"] == run.height and not worker._pending, 60,
+                         "every sample scored")
+        await asyncio.sleep(0.5)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        worker.close()
+    return worker
+
+
+async def test_the_worker_owning_the_unit_follows_its_phases_from_the_relayed_batch_events(
+        mosquitto, tmp_path: Path, capsys) -> None:
+    seconds = 5.5 * batch_seconds(SITE)
+    samples, events = simulate(SITE, seed=SEED, seconds=seconds, dt_s=5.0), announced_events(seconds)
+    site = worker_site(fit_golden_by_phase(tmp_path / "fit", samples, events, capsys), mosquitto.url)
+    fault_at = 4 * batch_seconds(site) + 1500.0  # batch 5, in its growth phase
+    faulty = simulate(site, seed=SEED, seconds=seconds, dt_s=5.0, faults=[(fault_at, "ph", "bias", 900.0, 0.05)])
+    run = faulty.filter(pl.col("batch_id") == "BR101-0005").sort("ts")
+    announced = events.filter(pl.col("batch_id") == "BR101-0005")
+    assert announced.height >= 4
+
+    blind = await run_worker(site, tmp_path / "blind", run, None)
+    assert blind.counts["samples_detected"] == run.height
+    assert not [a for a in blind.book.recent() if a.tag_id == UNIT], "without phases nothing can be scored"
+
+    worker = await run_worker(site, tmp_path / "phased", run, announced)
+    assert worker.counts.get("batch_events") == announced.height, worker.counts
+    golden = [a for a in worker.book.recent() if a.tag_id == UNIT]
+    assert golden, f"the golden monitor raised nothing: {worker.counts}"
+    fault = START + timedelta(seconds=fault_at)
+    assert all(a.raised_at >= fault for a in golden), [(a.raised_at, a.message) for a in golden]
+    assert "ph" in golden[0].message, golden[0].message

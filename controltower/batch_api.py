@@ -7,7 +7,7 @@
                                                  model: {version, fingerprint, training} | null,
                                                  verdict, excursions, alarms, deviations}
     GET  /api/batches/<unit>/<batch_id>/report.html   the deviation report (`batch_report`), as a download
-    GET  /api/batches/<unit>/<batch_id>/data.csv[?what=samples|envelope]
+    GET  /api/batches/<unit>/<batch_id>/data.csv[?what=samples|envelope|phases]
     POST /api/batches/<unit>/<batch_id>/deviations
          body {"classification", "meaning", "comment", "password", "at"?, "tags"?, "supersedes"?}
          -> 201 {"deviation": record}

@@ -5,9 +5,11 @@ batch's data as CSV.
     html = report_html(review, enterprise="Demo Pharma", generated_by="ana", generated_at=now)
     data = report_csv(review)                    # the batch's samples
     data = report_csv(review, "envelope")        # aligned rows beside the golden envelope
+    data = report_csv(review, "phases")          # the batch's ISA-88 phase spans
 
 The page holds: what the batch is (unit, batch id, first and last sample); the golden-batch
-model used (version, fingerprint, training batches) or why there was none; the verdict (rows
+model used (version, fingerprint, training batches) or why there was none; the batch's ISA-88
+phases (from the stored batch events: start, end, duration); the verdict (rows
 outside the envelope, T²/SPE so far against their batch limits, top contributors); the deviation
 records with their signatures (name, role, meaning, date and time: 21 CFR 11.50); the alarms
 raised while the batch ran; the envelope excursions; and one chart per variable against its
@@ -32,18 +34,21 @@ CHART_POINTS = 400
 
 def report_csv(review: BatchReview, what: str = "samples") -> bytes:
     """The batch's data as CSV: `samples` (ts, tag_id, value, quality, batch_id, as stored) or
-    `envelope` (aligned rows: ts, tag_id, value, mean, low, high, z, outside). ValueError for
-    another `what`, or `envelope` without a model."""
+    `envelope` (aligned rows: ts, tag_id, value, mean, low, high, z, outside) or `phases`
+    (unit_id, batch_id, phase, start, end: end empty while it runs). ValueError for another
+    `what`, or `envelope` without a model."""
     if what == "samples":
         frame = review.samples.select("ts", "tag_id", "value", "quality", "batch_id").sort("tag_id", "ts")
     elif what == "envelope":
         if review.envelope is None:
             raise ValueError(f"no golden-batch envelope for this batch: {review.model_note}")
         frame = review.envelope.sort("tag_id", "ts")
+    elif what == "phases":
+        frame = review.phases.sort("start")
     else:
-        raise ValueError(f"what: {what!r} is not one of samples, envelope")
+        raise ValueError(f"what: {what!r} is not one of samples, envelope, phases")
     out = io.BytesIO()
-    frame.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")).write_csv(out)
+    frame.with_columns(pl.col(pl.Datetime).dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")).write_csv(out)
     return out.getvalue()
 
 
@@ -188,6 +193,13 @@ def report_html(review: BatchReview, *, enterprise: str, generated_by: str | Non
         [[r["tag_id"], r["start"], r["end"], r["rows"], r["worst_z"]] for r in review.excursions().iter_rows(named=True)],
         "No excursion outside the envelope." if review.envelope is not None else "No envelope (no golden-batch model).",
     )
+    phases = _table(
+        ["Phase", "Start", "End", "Duration (min)"],
+        [[r["phase"], r["start"], r["end"] if r["end"] is not None else "running",
+          round((r["end"] - r["start"]).total_seconds() / 60, 1) if r["end"] is not None else None]
+         for r in review.phases.sort("start").iter_rows(named=True)],
+        "No batch event stored for this batch: its phases are not known.",
+    )
     model = review.model or {}
     training = model.get("training") or {}
     return f"""<!doctype html>
@@ -203,6 +215,8 @@ def report_html(review: BatchReview, *, enterprise: str, generated_by: str | Non
 <dt>Samples</dt><dd>{review.samples.height}</dd>
 <dt>Report generated</dt><dd>{_t(generated_at)} by {html.escape(generated_by or "unauthenticated user (authentication off)")}</dd>
 </dl>
+<h2>Phases</h2>
+{phases}
 <h2>Golden-batch model</h2>
 <p>{html.escape(review.model_note)}</p>
 {f"<dl><dt>Version</dt><dd>{_t(model.get('version'))}</dd><dt>Fingerprint</dt><dd>{_t(model.get('fingerprint'))}</dd><dt>Training batches</dt><dd>{_t(', '.join(training.get('batches') or []))}</dd><dt>Created</dt><dd>{_t(model.get('created_at'))}</dd></dl>" if model else ""}

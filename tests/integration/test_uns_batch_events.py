@@ -20,6 +20,7 @@ from controltower.site import parse_site_config
 from controltower.uns import UnsPublisher
 from tests.analytics.simulated_unit import START, UNIT, batch_seconds, bioreactor_site, simulate
 from tests.analytics.test_golden_phases import GOOD, PHASES, SEED, SITE, announced_events, site_file
+from tests.conftest import REPO
 from tests.integration.conftest import wait_until
 
 OFF = {"enabled": False}
@@ -93,3 +94,49 @@ async def test_the_worker_owning_the_unit_follows_its_phases_from_the_relayed_ba
     fault = START + timedelta(seconds=fault_at)
     assert all(a.raised_at >= fault for a in golden), [(a.raised_at, a.message) for a in golden]
     assert "ph" in golden[0].message, golden[0].message
+
+
+async def test_collect_relays_its_sources_batch_events_on_the_units_partition(mosquitto, tmp_path: Path) -> None:
+    """`collect` (in this process): an MQTT `_batch` message from the plant reaches the UNS on the
+    unit's batch-events topic, decoded to the same event, and is stored in the historian."""
+    import aiomqtt
+    import yaml
+
+    from controltower.services import Collector
+    from controltower.uns import Topics, decode_batch_events
+    from tests.integration.test_batch_events_durable import TOPIC, events, publish
+
+    doc = yaml.safe_load((REPO / "config" / "mqtt-site.yaml").read_text())
+    doc["sources"][0].update(url=mosquitto.url, batch_event_topic="acme/{site}/{area}/{line}/{unit}/_batch")
+    doc.pop("simulation", None)
+    doc.update(data_dir=str(tmp_path / "cork"), uns={"enabled": True, "url": mosquitto.url, "partitions": PARTITIONS})
+    site = parse_site_config(doc)
+    topics = Topics.of(site.uns)
+    collector = Collector(site, data_dir=tmp_path / "collect", instance="1")
+    received: list[tuple[str, bytes]] = []
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-uns-reader") as reader:
+        await reader.subscribe(f"{topics.base}/batch-events/#", qos=1)
+
+        async def read() -> None:
+            async for message in reader.messages:
+                received.append((message.topic.value, message.payload))
+
+        tasks = [asyncio.create_task(read()), asyncio.create_task(collector.run())]
+        try:
+            await wait_until(lambda: collector.publisher.stats.connected and all(
+                s.health.connected for s in collector.sources), 30, "collector connected")
+            sent = events(3)
+            await asyncio.to_thread(publish, mosquitto.port, sent)
+            await wait_until(lambda: sum(len(json.loads(p)) for _, p in received) == 3, 30, "3 events on the UNS")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            stored = collector.historian.read_batch_events("cork", START)
+            collector.close()
+    unit = TOPIC.split("/", 1)[1].rsplit("/", 1)[0].replace("/", ".")
+    assert {t for t, _ in received} == {topics.batch_events(*unit.split("."))}
+    relayed = pl.concat([decode_batch_events(p, unit) for _, p in received])
+    assert relayed["phase"].to_list() == [e["phase"] for e in sent]
+    assert relayed["transition"].to_list() == [e["transition"] for e in sent]
+    assert stored.select("ts", "phase").equals(relayed.select("ts", "phase")), stored

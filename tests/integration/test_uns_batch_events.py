@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
+from collector.sinks.duckdb import DuckDbHistorian
 from controltower.cli import main as cli_main
 from controltower.services import AnalyticsWorker
 from controltower.site import parse_site_config
@@ -27,12 +28,12 @@ OFF = {"enabled": False}
 PARTITIONS = 4
 
 
-def worker_site(data_dir: Path, mqtt_url: str):
+def worker_site(data_dir: Path, mqtt_url: str, warmup_s: int = 0):
     base = bioreactor_site().model_dump(mode="json", exclude_defaults=True)
     base.update(data_dir=str(data_dir),
                 detectors={"limits": OFF, "zscore": OFF, "flatline": OFF, "quality": OFF, "rate_of_change": OFF,
                            "stale": OFF, "models": {"on_delay_rows": 3}},
-                uns={"enabled": True, "url": mqtt_url, "partitions": PARTITIONS, "keepalive_s": 2, "warmup_s": 0})
+                uns={"enabled": True, "url": mqtt_url, "partitions": PARTITIONS, "keepalive_s": 2, "warmup_s": warmup_s})
     return parse_site_config(base)
 
 
@@ -72,16 +73,32 @@ async def run_worker(site, data_dir: Path, run: pl.DataFrame, events: pl.DataFra
     return worker
 
 
-async def test_the_worker_owning_the_unit_follows_its_phases_from_the_relayed_batch_events(
-        mosquitto, tmp_path: Path, capsys) -> None:
+def faulty_batch(tmp_path: Path, capsys) -> tuple[Path, pl.DataFrame, pl.DataFrame, datetime]:
+    """A golden model by phase fitted on good batches (the site's data directory), and batch 5 with
+    a pH bias in its growth phase: its samples, its announced events, the fault's time."""
     seconds = 5.5 * batch_seconds(SITE)
     samples, events = simulate(SITE, seed=SEED, seconds=seconds, dt_s=5.0), announced_events(seconds)
-    site = worker_site(fit_golden_by_phase(tmp_path / "fit", samples, events, capsys), mosquitto.url)
-    fault_at = 4 * batch_seconds(site) + 1500.0  # batch 5, in its growth phase
-    faulty = simulate(site, seed=SEED, seconds=seconds, dt_s=5.0, faults=[(fault_at, "ph", "bias", 900.0, 0.05)])
+    data_dir = fit_golden_by_phase(tmp_path / "fit", samples, events, capsys)
+    fault_at = 4 * batch_seconds(SITE) + 1500.0  # batch 5, in its growth phase
+    faulty = simulate(SITE, seed=SEED, seconds=seconds, dt_s=5.0, faults=[(fault_at, "ph", "bias", 900.0, 0.05)])
     run = faulty.filter(pl.col("batch_id") == "BR101-0005").sort("ts")
     announced = events.filter(pl.col("batch_id") == "BR101-0005")
     assert announced.height >= 4
+    return data_dir, run, announced, START + timedelta(seconds=fault_at)
+
+
+def golden_alerts(worker: AnalyticsWorker, fault: datetime) -> list:
+    golden = [a for a in worker.book.recent() if a.tag_id == UNIT]
+    assert golden, f"the golden monitor raised nothing: {worker.counts}"
+    assert all(a.raised_at >= fault for a in golden), [(a.raised_at, a.message) for a in golden]
+    assert "ph" in golden[0].message, golden[0].message
+    return golden
+
+
+async def test_the_worker_owning_the_unit_follows_its_phases_from_the_relayed_batch_events(
+        mosquitto, tmp_path: Path, capsys) -> None:
+    data_dir, run, announced, fault = faulty_batch(tmp_path, capsys)
+    site = worker_site(data_dir, mosquitto.url)
 
     blind = await run_worker(site, tmp_path / "blind", run, None)
     assert blind.counts["samples_detected"] == run.height
@@ -89,11 +106,25 @@ async def test_the_worker_owning_the_unit_follows_its_phases_from_the_relayed_ba
 
     worker = await run_worker(site, tmp_path / "phased", run, announced)
     assert worker.counts.get("batch_events") == announced.height, worker.counts
-    golden = [a for a in worker.book.recent() if a.tag_id == UNIT]
-    assert golden, f"the golden monitor raised nothing: {worker.counts}"
-    fault = START + timedelta(seconds=fault_at)
-    assert all(a.raised_at >= fault for a in golden), [(a.raised_at, a.message) for a in golden]
-    assert "ph" in golden[0].message, golden[0].message
+    golden_alerts(worker, fault)
+
+
+async def test_a_partition_taken_over_in_mid_phase_learns_the_running_phase_from_the_historian(
+        mosquitto, tmp_path: Path, capsys) -> None:
+    """A worker starting while the batch is in its growth phase gets no event for that phase from
+    the UNS (it was published before); the warm-up reads the last one from the historian."""
+    data_dir, run, announced, fault = faulty_batch(tmp_path, capsys)
+    site = worker_site(data_dir, mosquitto.url, warmup_s=300)
+    changes = announced.filter(pl.col("transition") == "phase_change")
+    growth, production = (changes.filter(pl.col("phase") == p)["ts"][0] for p in ("growth", "production"))
+    worker_dir = tmp_path / "taker"
+    historian = DuckDbHistorian(worker_dir / "historian.duckdb")  # the one the worker reads (site.historian)
+    historian.write_batch_events_sync(announced.filter(pl.col("ts") <= growth))
+    historian.close()
+    in_growth = run.filter((pl.col("ts") >= growth) & (pl.col("ts") < production))
+    worker = await run_worker(site, worker_dir, in_growth, None)
+    assert worker.counts.get("warmup_failures") is None, worker.counts
+    golden_alerts(worker, fault)
 
 
 async def test_collect_relays_its_sources_batch_events_on_the_units_partition(mosquitto, tmp_path: Path) -> None:

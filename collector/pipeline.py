@@ -172,6 +172,8 @@ class Pipeline:
             "dropped_samples": spool.dropped_samples,
             "corrupt_records": spool.corrupt_records,
             "emit_blocked_s": round(self.emit_blocked_s, 1),
+            # Batch events in the journal (`collector.event_journal`) not yet stored by the historian.
+            "batch_events_pending": sum(frame.height for _, frame in self._events),
             "last_error": self.spool_error,
         }
 

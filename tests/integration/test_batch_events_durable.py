@@ -18,7 +18,7 @@ import yaml
 from collector.event_journal import JOURNAL_DIR, read_journal
 from tests.conftest import REPO, free_port
 from tests.integration.conftest import start_influxdb_v1, stop_process
-from tests.integration.test_mqtt_no_loss import start_collector
+from tests.integration.test_mqtt_no_loss import get_json, start_collector
 
 TOPIC = "acme/cork/ff/fill2/filler2/_batch"
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
@@ -86,6 +86,7 @@ def test_batch_events_taken_while_the_historian_is_down_survive_kill_9(mosquitto
         publish(mosquitto.port, sent[:8])
         # On disk before they were acknowledged to the broker: all eight are in the journal.
         poll(lambda: read_journal(journal).height == 8, timeout=30, what="8 events in the journal")
+        assert get_json(f"http://127.0.0.1:{port}/api/health")["spool"]["batch_events_pending"] == 8
         os.kill(collector.pid, signal.SIGKILL)
         collector.wait(timeout=10)
         publish(mosquitto.port, sent[8:])  # queued by the broker for the collector's persistent session

@@ -29,7 +29,6 @@ a number or null, a time the reference would refuse, an integer batch id beyond 
 
 from __future__ import annotations
 
-import io
 import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -158,7 +157,8 @@ def _read(lines: list[bytes], schemas: list[dict]) -> pl.DataFrame | None:
     data = b"\n".join(lines)
     for schema in schemas:
         try:
-            frame = pl.read_ndjson(io.BytesIO(data), schema=schema)
+            # The bytes themselves: Polars 2.1 keeps about 370 bytes per call read from a BytesIO.
+            frame = pl.read_ndjson(data, schema=schema)
         except Exception:  # noqa: BLE001, S112 - any refusal: the next schema, else the slow way for the group
             continue
         return frame if frame.height == len(lines) else None

@@ -10,13 +10,13 @@ service is a failure, never a skip.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from tests.servers import MissingServer, find_binary, free_port  # noqa: F401 (free_port: for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_SERVICES = os.environ.get("CONTROLTOWER_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
@@ -31,17 +31,10 @@ def missing(message: str) -> NoReturn:
 
 def require_binary(name: str, *candidates: str) -> str:
     """Path of a server binary; skip (or fail, when services are required) if it is not installed."""
-    for candidate in (name, *candidates):
-        found = shutil.which(candidate) or (candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None)
-        if found:
-            return found
-    missing(f"{name} is not installed (apt-get install the package that provides it)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        return find_binary(name, *candidates)
+    except MissingServer as exc:
+        missing(str(exc))
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,8 +27,8 @@ from collector.sources.mqtt import MqttSource
 from controltower.demo import point_sources_at
 from controltower.site import load_site_config
 from simulators.service import SimulatorService
-from tests.conftest import REPO, free_port, require_binary
-from tests.integration.conftest import MosquittoServer, stop_process, wait_for_port, wait_until
+from tests.conftest import REPO
+from tests.integration.conftest import MosquittoServer, start_mosquitto, stop_process, wait_until
 from tests.integration.figures import record
 from tests.integration.simulator_truth import BrokerAcks, check_values, emitted
 from tests.integration.test_mqtt_sessions import TOPIC, Running, site_with, until
@@ -40,29 +38,10 @@ MQTT_SITE = REPO / "config" / "mqtt-site.yaml"
 TICK_MS = 100
 
 
-def start_persistent_mosquitto(tmp: Path, port: int | None = None) -> MosquittoServer:
-    """Mosquitto with on-disk persistence in `tmp`; called again with the same `tmp` and port,
-    it restarts on the sessions and queued messages it saved when it was stopped."""
-    binary = require_binary("mosquitto", "/usr/sbin/mosquitto")
-    tmp.mkdir(parents=True, exist_ok=True)
-    conf, log = tmp / "mosquitto.conf", tmp / "mosquitto.log"
-    if port is None:
-        port = free_port()
-        conf.write_text(
-            f"listener {port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {tmp}/\n"
-            "autosave_interval 0\n"  # save on shutdown only: the restart, not a timer, is what is tested
-            f"log_dest file {log}\n"
-            "max_queued_messages 100000\n"
-            # Started as root, Mosquitto drops to user "mosquitto", which cannot write in the
-            # test's private directory: keep root (a non-root user stays itself anyway).
-            + ("user root\n" if os.geteuid() == 0 else "")
-        )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for_port(port, proc, what="mosquitto")
-    return MosquittoServer(port, proc, log)
+def start_persistent_mosquitto(tmp: Path) -> MosquittoServer:
+    """Mosquitto with on-disk persistence in `tmp`; called again with the same `tmp`, it restarts
+    on its port and on the sessions and queued messages it saved when it was stopped."""
+    return start_mosquitto(tmp, persistent=True)
 
 
 def message(i: int) -> bytes:
@@ -127,7 +106,7 @@ async def test_messages_queued_for_a_stopped_collector_survive_a_broker_restart(
             await until(lambda: len(pub.acked) >= 300, what=lambda: f"{len(pub.acked)} acked")
         before = list(pub.acked)
         stop_process(broker.proc)  # SIGTERM: Mosquitto saves sessions and queued messages
-        broker = start_persistent_mosquitto(tmp_path / "broker", port=broker.port)
+        broker = start_persistent_mosquitto(tmp_path / "broker")
         async with Running(MqttSource(config, site.tag_table())) as collector:
             await until(lambda: collector.rows >= len(before), what=lambda: f"{collector.rows} of {len(before)}")
             await asyncio.sleep(0.3)  # nothing more may come
@@ -160,7 +139,7 @@ async def test_a_steady_stream_through_a_broker_restart_loses_no_acked_message(t
             down_at = time.monotonic()
             await wait_until(lambda: not collector.source.health.connected, 20, "the collector to see the loss")
             await asyncio.sleep(1.0)  # the simulator keeps ticking meanwhile, its ticks queued
-            broker = start_persistent_mosquitto(tmp_path / "broker", port=broker.port)
+            broker = start_persistent_mosquitto(tmp_path / "broker")
             back_at, rows_at_restart = time.monotonic(), collector.rows
             down_s = back_at - down_at
             await wait_until(lambda: collector.rows > rows_at_restart, 30, "a first value after the restart")

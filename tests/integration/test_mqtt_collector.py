@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from pathlib import Path
 
 import aiomqtt
@@ -16,7 +15,7 @@ from collector.deadletter import DeadLetterFile
 from collector.sources.mqtt import MqttSource
 from controltower.samples import SAMPLE_SCHEMA
 from controltower.site import MqttSourceConfig, load_site_config
-from tests.conftest import REPO, require_binary
+from tests.conftest import REPO
 from tests.integration.conftest import start_mosquitto, stop_process
 
 TOPIC = "plant/lyon/ff/fill1/filler1"
@@ -105,8 +104,7 @@ async def test_mqtt_source_reconnects_after_broker_restart(tmp_path: Path) -> No
         assert source.health.last_error
 
         # Same port again: the source must find it by itself.
-        broker2 = subprocess.Popen([require_binary("mosquitto", "/usr/sbin/mosquitto"), "-c", str(tmp_path / "m1" / "mosquitto.conf")],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker2 = start_mosquitto(tmp_path / "m1")
         try:
             for _ in range(300):
                 if source.health.connected:
@@ -121,7 +119,7 @@ async def test_mqtt_source_reconnects_after_broker_restart(tmp_path: Path) -> No
                 await asyncio.sleep(0.05)
             assert got and got[0]["value"].to_list() == [2.0]
         finally:
-            stop_process(broker2)
+            stop_process(broker2.proc)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

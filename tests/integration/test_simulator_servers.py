@@ -8,7 +8,6 @@ import asyncio
 import csv
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from asyncua import Client, ua
 from controltower.site import SiteConfig, load_site_config
 from simulators.service import SimulatorService
 from tests.conftest import REPO, free_port
-from tests.integration.conftest import stop_process, wait_for_port
+from tests.integration.conftest import start_mosquitto, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -129,12 +128,7 @@ async def test_mqtt_publisher_reconnects_when_the_broker_comes_back(
         await asyncio.wait_for(svc.mqtt.connected.wait(), timeout=10)
         stop_process(mosquitto.proc)
         await asyncio.wait_for(_until(lambda: not svc.mqtt.connected.is_set()), timeout=10)
-        mosquitto.proc = subprocess.Popen(
-            [mosquitto.proc.args[0], "-c", str(mosquitto.log_path.parent / "mosquitto.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(mosquitto.port, mosquitto.proc, what="mosquitto")
+        mosquitto.proc = start_mosquitto(mosquitto.root).proc  # same directory: same port
         await asyncio.wait_for(svc.mqtt.connected.wait(), timeout=10)
         assert svc.mqtt_stats.connects == 2
         published = svc.mqtt_stats.published

@@ -54,7 +54,7 @@ async def test_publisher_keeps_a_bounded_queue_while_the_broker_is_down(tmp_path
         assert publisher.pending == 5
         assert (publisher.stats.dropped_messages, publisher.stats.dropped_samples) == (7, 14)
 
-        broker = start_persistent_mosquitto(tmp_path / "broker", port=broker.port)
+        broker = start_persistent_mosquitto(tmp_path / "broker")
         await wait_until(lambda: publisher.pending == 0, 30, "the publisher to reconnect and send what it kept")
         await wait_until(lambda: len(received) == 8, 15, "the kept messages at the reader")
         await asyncio.sleep(0.3)

@@ -33,6 +33,7 @@ from analytics.detectors.nelson import NelsonRules
 from analytics.detectors.quality import BadQualityDetector
 from analytics.detectors.robust_zscore import RobustZScore
 from analytics.detectors.roc import RateOfChangeDetector
+from analytics.detectors.spc import CentreLineChart, StoredCentres
 from analytics.detectors.stale import StaleDataDetector
 from analytics.detectors.wide import WideScores, aligned, pivot
 from analytics.detectors.zscore import RollingZScore
@@ -206,7 +207,15 @@ class DetectionEngine:
         self.clock: datetime | None = None  # newest sample time seen: the batch clock
         # Stored multivariate models per unit (`analytics.monitors.load_monitors`): one alert
         # point per unit and model kind, with the top contributing tags as root-cause hint.
-        self.monitors = list(monitors or [])
+        # Stored SPC centre lines come in the same list (`runtime.load_unit_monitors`) but score
+        # nothing: they set the charts' centres, under those pinned in the site file.
+        stored = [m for m in monitors or [] if isinstance(m, StoredCentres)]
+        self.monitors = [m for m in monitors or [] if not isinstance(m, StoredCentres)]
+        if stored:
+            centres = pl.concat([s.centres for s in stored])
+            for detector in self.detectors:
+                if isinstance(detector, CentreLineChart):
+                    detector.use_stored(centres)
         self._levels.update((m.name, pl.DataFrame(schema=_LEVEL_SCHEMA)) for m in self.monitors)
 
     def fit(self, history: pl.DataFrame) -> Self:

@@ -1,7 +1,7 @@
 """`controltower model fit` and `controltower model list`: build a unit's models from the
 historian and store them (`analytics.models.ModelStore`), or show the stored ones.
 
-    controltower model fit --config SITE --unit site.area.line.unit --kind pca|dpca|iforest|golden
+    controltower model fit --config SITE --unit site.area.line.unit --kind pca|dpca|iforest|golden|spc
                            (--from T --to T | --batches ID,ID,...) [--alpha 0.001] [--out DIR] [--data-dir DIR]
     controltower model list --config SITE [--out DIR] [--data-dir DIR] [--json]
 
@@ -11,7 +11,9 @@ or while the tower is stopped. `--batches` reads the unit's samples of those bat
 --from/--to when given, else from the start of the historian). A golden model is given each
 sample's ISA-88 phase from the historian's batch events (`controltower.batch_events`), so it
 aligns batches by phase; without stored phases it aligns whole batches. The store defaults to the
-site's `detectors.models.dir` under the data directory, where the live engine looks.
+site's `detectors.models.dir` under the data directory, where the live engine looks. An `spc`
+model holds the centre line and sigma per tag of the SPC charts (Nelson rules, EWMA, CUSUM),
+mean and MR-bar / 1.128 over the training samples; a tag's `spc:` in the site file still wins.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import polars as pl
 
-from analytics.models import KINDS, ModelStore, fit_unit_model
+from analytics.models import STORE_KINDS, ModelStore, fit_unit_model
 from controltower.site import SiteConfig, load_site_config
 from controltower.timeparse import parse_time
 
@@ -37,7 +39,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     fit = sub.add_parser("fit", help="fit a unit's model on historian data and store it")
     fit.add_argument("--config", type=Path, required=True, help="the site file (names the historian)")
     fit.add_argument("--unit", required=True, help="the unit's path site.area.line.unit")
-    fit.add_argument("--kind", required=True, choices=KINDS)
+    fit.add_argument("--kind", required=True, choices=STORE_KINDS)
     fit.add_argument("--from", dest="since", help="start of the training range (ISO-8601 or -2h)")
     fit.add_argument("--to", dest="until", help="end of the training range (default: now)")
     fit.add_argument("--batches", help="comma-separated ids of good batches to train on")

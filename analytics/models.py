@@ -3,8 +3,10 @@
     <root>/<unit path>/<kind>/v0001/manifest.json   what the model is (below)
                                     arrays.npz      its learned arrays (NumPy, loaded with allow_pickle=False)
 
-Kinds: `pca`, `dpca`, `iforest` (per-row monitors on the unit's wide rows, `rows.wide_rows`)
-and `golden` (`analytics.golden.GoldenBatch`). Nothing is pickled: the isolation forest's trees
+Kinds: `pca`, `dpca`, `iforest` (per-row monitors on the unit's wide rows, `rows.wide_rows`),
+`golden` (`analytics.golden.GoldenBatch`) and `spc` (`analytics.detectors.spc.SpcCentres`: the
+centre line and sigma per tag of the SPC charts, mean and MR-bar / 1.128; not a monitor, the
+charts take it). Nothing is pickled: the isolation forest's trees
 are arrays too (`multivariate.iforest.IsolationTrees`).
 
 Manifest: kind, unit, variables, version (1, 2, ... per unit and kind), created_at, training
@@ -37,20 +39,24 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from analytics.detectors.spc import SpcCentres
 from analytics.golden import GoldenBatch
 from analytics.multivariate import DynamicPCADetector, IsolationForestDetector, PCADetector, QuantileThreshold
 from analytics.multivariate.iforest import IsolationTrees
 from analytics.multivariate.rows import wide_rows
 from analytics.multivariate.threshold import held_out_scores
 
-KINDS = ("pca", "dpca", "iforest", "golden")
+KINDS = ("pca", "dpca", "iforest", "golden")  # the kinds the live monitors score (`analytics.monitors`)
 ROW_KINDS = ("pca", "dpca", "iforest")
+SPC = "spc"  # centre lines of the SPC charts, loaded by `controltower.runtime.load_unit_monitors`
+STORE_KINDS = (*KINDS, SPC)
 FORMAT = 1
 MANIFEST, ARRAYS = "manifest.json", "arrays.npz"
 KEY_ENV = "CONTROLTOWER_MODEL_KEY"
 N_FOLDS = 5
 ROW_S = 1.0
-CLASSES = {"pca": PCADetector, "dpca": DynamicPCADetector, "iforest": IsolationForestDetector, "golden": GoldenBatch}
+CLASSES = {"pca": PCADetector, "dpca": DynamicPCADetector, "iforest": IsolationForestDetector, "golden": GoldenBatch,
+           SPC: SpcCentres}
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -71,7 +77,9 @@ def make_model(kind: str, alpha: float = 0.01, **params: Any):
         return IsolationForestDetector(**({"n_estimators": 200, "random_state": 0} | params))
     if kind == "golden":
         return GoldenBatch(**({"alpha": alpha} | params))
-    raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == SPC:
+        return SpcCentres(**params)
+    raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(STORE_KINDS)}")
 
 
 @dataclass
@@ -97,8 +105,8 @@ class FittedModel:
 def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tuple[str, ...], alpha: float = 0.01,
                    params: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> FittedModel:
     """Fit a `kind` model on a unit's samples (sample schema). Row kinds: on its wide rows, with
-    the alarm threshold calibrated on held-out blocks (`threshold.held_out_scores`) at `alpha`.
-    Raises ValueError naming the reason (no rows, too few rows or batches)."""
+    the alarm threshold calibrated on held-out blocks (`threshold.held_out_scores`) at `alpha`;
+    spc: centre and sigma per tag (no limits: the charts' widths are in the site file). Raises ValueError naming the reason (no rows, too few rows or batches)."""
     model = make_model(kind, alpha, **(params or {}))
     training = dict(training or {})
     training["samples"] = samples.height
@@ -110,6 +118,12 @@ def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tu
         training["left_out_partial"] = list(model.partial_)
         training["phases"] = list(model.phases_)  # ["batch"]: aligned on time into the whole batch
         training["rows"] = model.n_rows_
+    elif kind == SPC:
+        model.fit(samples, variables)
+        limits = {"centres": {t: {"centre": float(c), "sigma": float(s)}
+                              for t, c, s in zip(model.tag_ids_, model.centre_, model.sigma_)}}
+        training["rows"] = int(model.n_.sum())
+        training["left_out"] = sorted(set(variables) - set(model.tag_ids_))  # too few samples or constant
     else:
         X = wide_rows(samples, variables, row_s=ROW_S).drop("ts")
         if X.height == 0:
@@ -214,8 +228,8 @@ class ModelStore:
         self.root = Path(root)
 
     def _dir(self, unit: str, kind: str) -> Path:
-        if kind not in KINDS:
-            raise ModelStoreError(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+        if kind not in STORE_KINDS:
+            raise ModelStoreError(f"unknown model kind {kind!r}; choose one of {', '.join(STORE_KINDS)}")
         if not unit or "/" in unit or unit.startswith("."):
             raise ModelStoreError(f"bad unit path {unit!r}")
         return self.root / unit / kind
@@ -322,7 +336,7 @@ class ModelStore:
         if not self.root.is_dir():
             return out
         for unit_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for kind in KINDS:
+            for kind in STORE_KINDS:
                 for version in self.versions(unit_dir.name, kind):
                     try:
                         out.append(self.manifest(unit_dir.name, kind, version))

@@ -12,7 +12,7 @@
     controltower config check FILE
     controltower config schema
     controltower history TAG --since T [--until T] [--format csv|parquet] [--out FILE] [--config FILE]
-    controltower model fit --config FILE --unit PATH --kind pca|dpca|iforest|golden (--from T [--to T] | --batches ID,..) [--out DIR]
+    controltower model fit --config FILE --unit PATH --kind pca|dpca|iforest|golden|spc (--from T [--to T] | --batches ID,..) [--out DIR]
     controltower model list [--config FILE] [--out DIR] [--json]
     controltower users add|passwd|role|remove|list [NAME] [--role R] (--config FILE | --data-dir DIR)
     controltower audit verify|show (--config FILE | --data-dir DIR) [--expect-head SEQ:HASH]
@@ -84,7 +84,7 @@ LAZY_SUBCOMMANDS = {
     "evaluate": ("simulators.evaluate", "add_evaluate_arguments",
                  "run a fault scenario offline through the detectors and print the scorecard"),
     "model": ("analytics.model_command", "add_model_arguments",
-              "fit a unit's multivariate or golden-batch model from the historian and store it, or list them"),
+              "fit a unit's multivariate, golden-batch or SPC centre-line model from the historian and store it, or list them"),
     "users": ("controltower.security_cli", "add_users_arguments",
               "add, change, remove or list the users of the screen and API (passwords never as arguments)"),
     "audit": ("controltower.security_cli", "add_audit_arguments",

@@ -59,9 +59,10 @@ def build_sources(site: SiteConfig, data_dir: Path) -> list[Source]:
 
 
 def load_unit_monitors(site: SiteConfig, data_dir: Path, units: list[str] | None = None) -> list:
-    """The stored multivariate models of the site's units (or of `units`: an analytics worker's
-    partition) (`controltower model fit`), as live monitors; none when `detectors.models.enabled`
-    is false or nothing is stored."""
+    """The stored models of the site's units (or of `units`: an analytics worker's partition)
+    (`controltower model fit`): the multivariate and golden ones as live monitors, then each
+    unit's `spc` centre lines (`StoredCentres`, which the engine hands to its SPC charts); none
+    when `detectors.models.enabled` is false or nothing is stored."""
     config = site.detectors.models
     root = site.resolve_path(config.dir, data_dir)
     if not config.enabled or not root.is_dir():
@@ -69,8 +70,31 @@ def load_unit_monitors(site: SiteConfig, data_dir: Path, units: list[str] | None
     from analytics.monitors import load_monitors
 
     units = sorted({t.unit_id for t in site.tag_table()}) if units is None else units
-    return load_monitors(root, units, pin=config.pin, on_delay_rows=config.on_delay_rows,
-                         alarm_score=config.alarm_score, known_tags={t.tag_id for t in site.tag_table()})
+    monitors = load_monitors(root, units, pin=config.pin, on_delay_rows=config.on_delay_rows,
+                             alarm_score=config.alarm_score, known_tags={t.tag_id for t in site.tag_table()})
+    return monitors + load_stored_centres(root, units, config.pin)
+
+
+def load_stored_centres(root: Path, units: list[str], pin: dict[str, dict[str, int]]) -> list:
+    """Each unit's stored `spc` model (the pinned version, else the newest) as `StoredCentres`;
+    one that cannot be loaded is logged and skipped (its charts keep only the pinned centres)."""
+    from analytics.detectors.spc import StoredCentres
+    from analytics.models import SPC, ModelStore, ModelStoreError
+
+    store = ModelStore(root)
+    found = []
+    for unit in units:
+        try:
+            if not store.versions(unit, SPC):
+                continue
+            fitted = store.load(unit, SPC, pin.get(unit, {}).get(SPC))
+        except ModelStoreError as exc:
+            log.error("SPC centre lines not loaded: %s", exc)
+            continue
+        version = fitted.manifest.get("version")
+        found.append(StoredCentres(unit, version, fitted.model.centres()))
+        log.info("loaded spc centre lines v%s of %s (%d tags)", version, unit, len(fitted.model.tag_ids_))
+    return found
 
 
 class ControlTower:

@@ -143,12 +143,22 @@ class MqttBinding(Strict):
         return self
 
 
+class SpcCentre(Strict):
+    """A tag's SPC centre line and sigma pinned by hand (e.g. a validated set point and the process
+    sigma of a qualification run): the Nelson, EWMA and CUSUM charts use it over a stored `spc`
+    model (`controltower model fit --kind spc`)."""
+
+    centre: float
+    sigma: float = Field(gt=0.0)
+
+
 class Tag(Strict):
     id: Identifier
     description: str = ""
     unit: str = ""  # engineering unit, e.g. "degC", "bar", "g"
     data_type: DataType = DataType.FLOAT
     limits: Limits = Limits()
+    spc: SpcCentre | None = None  # pinned centre line of the SPC charts (else the stored spc model's)
     # Which configured source delivers it; may be left out when only one source of the binding's kind exists.
     source: str | None = None
     opcua: OpcUaBinding | None = None
@@ -569,12 +579,12 @@ class StaleConfig(Strict):
 
 class ModelsConfig(Strict):
     """Stored multivariate models (`controltower model fit`): the live engine loads, per unit and
-    kind (pca, dpca, iforest, golden), the newest version under `dir`, or the version `pin`
+    kind (pca, dpca, iforest, golden, spc), the newest version under `dir`, or the version `pin`
     names: `pin: {lyon.usp.bio1.br101: {pca: 3}}`."""
 
     enabled: bool = True
     dir: str = "models"  # relative paths are under the data directory
-    pin: dict[str, dict[Literal["pca", "dpca", "iforest", "golden"], int]] = {}
+    pin: dict[str, dict[Literal["pca", "dpca", "iforest", "golden", "spc"], int]] = {}
     # Consecutive rows over the limit before an alert is raised (the limit alone lets about
     # alpha of normal rows through), and the score (1 = at the limit) from which it is an alarm.
     on_delay_rows: int = Field(default=5, ge=1)

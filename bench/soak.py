@@ -99,7 +99,14 @@ def slope_per_hour(samples: list[dict], key: str) -> float:
 def stats(samples: list[dict], key: str) -> dict:
     values = [s[key] for s in samples]
     return {"first": values[0], "last": values[-1], "max": max(values), "min": min(values),
-            "slope_per_h": round(slope_per_hour(samples, key), 3)}
+            "slope_per_h": round(slope_per_hour(samples, key), 3), "quarter_means": quarter_means(samples, key)}
+
+
+def quarter_means(samples: list[dict], key: str) -> list[float]:
+    """Mean of `key` over each quarter of the run: whether a rise levels off, which one slope
+    over noisy samples does not say."""
+    values = np.array([s[key] for s in samples if key in s], dtype=float)
+    return [round(float(q.mean()), 1) for q in np.array_split(values, 4) if len(q)]
 
 
 async def wait_subscribed(mqtt_url: str, collector: subprocess.Popen, timeout_s: float) -> None:
@@ -219,6 +226,7 @@ def process_sample(pid: int, name: str) -> dict:
 async def soak(args, work: Path) -> dict:
     from controltower.site import parse_site_config
 
+    code = commit()  # the code the collector starts with, not what HEAD is an hour later
     broker = start_mosquitto(work / "mosquitto", "sys_interval 1\n")
     if args.generator == "loadgen":
         doc = loadgen_site(args.units, args.tags, broker.mqtt_url, work / "collector")
@@ -280,7 +288,7 @@ async def soak(args, work: Path) -> dict:
             "SELECT count(*) FILTER (WHERE n < ?), min(ts), max(ts) FROM "
             "(SELECT ts, count(DISTINCT tag_id) AS n FROM samples GROUP BY ts)", [per_message]).fetchone()
     with_gen = [s for s in samples if "generator_rss_mb" in s]
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(), "generator": args.generator,
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": code, "generator": args.generator,
             "duration_s": args.duration, "tick_ms": args.tick_ms, "payload": args.payload
             if args.generator == "simulator" else "batched_json", "tags": tags, "values_per_s": values_per_s,
             **emitted, "stored": stored, "distinct": distinct, "lost": emitted["emitted"] - distinct,
@@ -339,19 +347,20 @@ def historian_alone(tags: int, stream_s: float, values_per_s: float) -> dict:
 def section(result: dict, command: str) -> str:
     if result.get("generator") == "loadgen":
         stream = (f"The load generator (bench/_loadgen.py, a process of its own: batched JSON, {result['tags']} tags, "
-                  f"QoS 1, paced by the wall clock) published **{result['values_per_s']:,.0f} values/s** "
-                  f"({result['emitted'] / result['duration_s']:,.0f} sustained)")
+                  f"QoS 1, paced by the wall clock: **{result['values_per_s']:,.0f} values/s**, "
+                  f"{result['emitted'] / result['duration_s']:,.0f} sustained)")
         emitted = f"{result['messages_published']:,} MQTT messages"
     else:
-        stream = (f"The simulator ({result['tags']} tags, one tick every {result['tick_ms']} ms, `{result['payload']}` "
-                  f"over Mosquitto: **{result['values_per_s']:,.0f} values/s** nominal, "
+        stream = (f"The simulator ({result['tags']} tags, one tick every {result['tick_ms']} ms, `{result['payload']}`: "
+                  f"**{result['values_per_s']:,.0f} values/s** nominal, "
                   f"{result['emitted'] / result['duration_s']:,.0f} sustained: it skips ticks when the machine is busy)")
         emitted = (f"{result['ticks']:,} ticks x {result['tags']} tags, {result['messages_published']:,} MQTT messages, "
                    f"{result['publisher_dropped']} dropped by the publisher")
     rows = [("collector RSS (MiB)", "rss_mb", "MiB/h"), ("collector open files", "open_files", "/h"),
             ("mosquitto RSS (MiB)", "broker_rss_mb", "MiB/h"), ("mosquitto open files", "broker_open_files", "/h"),
             ("generator RSS (MiB)", "generator_rss_mb", "MiB/h"), ("generator open files", "generator_open_files", "/h")]
-    table = [f"| {label} | {m['first']} | {m['last']} | {m['min']} | {m['max']} | {m['slope_per_h']:+.2f} {unit} |"
+    table = [f"| {label} | {m['first']} | {m['last']} | {m['min']} | {m['max']} | {m['slope_per_h']:+.2f} {unit} | "
+             f"{', '.join(str(q) for q in m.get('quarter_means') or quarter_means(result['samples'], key))} |"
              for label, key, unit in rows if (m := result.get(key))]
     commit = f", commit {result['commit']}" if result.get("commit") else ""
     return "\n".join([
@@ -364,8 +373,8 @@ def section(result: dict, command: str) -> str:
          f"file handles (/proc/PID/fd) of each process were sampled every {result['every_s']:g} s "
          f"({len(result['samples'])} samples). Slope: least squares over the second half (after warm-up)."),
         "",
-        "| process | first | last | min | max | slope per hour |",
-        "|---|---|---|---|---|---|",
+        "| process | first | last | min | max | slope per hour (second half) | mean per quarter of the run |",
+        "|---|---|---|---|---|---|---|",
         *table,
         "",
         (f"Values emitted {result['emitted']:,} ({emitted}), stored {result['stored']:,}, distinct (tag, ts) "

@@ -82,7 +82,9 @@ def moving_range_centres(samples: pl.DataFrame, tag_ids: list[str] | tuple[str, 
 class SpcCentres:
     """The `spc` model kind of the model store (`analytics.models`): a unit's centre line and
     sigma per tag (`moving_range_centres`), frozen as plain arrays: `tag_ids_`, `centre_`,
-    `sigma_`, `n_` (usable samples behind each)."""
+    `sigma_`, `n_` (usable samples behind each). One centre per tag fits tags held at a steady
+    value; a tag that follows a batch trajectory leaves it on normal batches (README, "SPC centre
+    lines"): the golden model is the one for those."""
 
     def __init__(self, min_samples: int = 10):
         self.min_samples = min_samples

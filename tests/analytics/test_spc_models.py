@@ -142,8 +142,14 @@ def store_centres(tmp_path: Path, training: pl.DataFrame) -> None:
 
 
 def chart_alerts(site, tmp_path: Path, live: pl.DataFrame) -> set[str]:
-    engine = DetectionEngine(site.tag_table(), site.detectors, monitors=load_unit_monitors(site, tmp_path))
-    return {a.detector for a in engine.process(live) if a.tag_id == TEMPERATURE}
+    """The charts that raise an alert on the temperature of `live`; the wide and the long path agree."""
+    found = []
+    for wide in (True, False):
+        engine = DetectionEngine(site.tag_table(), site.detectors, monitors=load_unit_monitors(site, tmp_path),
+                                 wide=wide)
+        found.append({a.detector for a in engine.process(live) if a.tag_id == TEMPERATURE})
+    assert found[0] == found[1]
+    return found[0]
 
 
 def test_a_shift_from_the_stored_centre_raises_ewma_and_cusum(tmp_path: Path):

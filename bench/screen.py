@@ -37,10 +37,12 @@ sys.path.insert(0, str(REPO))
 import polars as pl
 from benchdoc import write_section
 
+from controltower.batch_events import batch_events_frame, read_phase_spans
 from controltower.runtime import ControlTower
 from controltower.screen import create_app, ids
 from controltower.screen import queries as q
 from controltower.screen.line import FULL_REBUILD_FRACTION
+from simulators.batch_events import BatchTransitions
 from simulators.enterprise import build_enterprise
 from simulators.plant import Plant
 
@@ -50,7 +52,7 @@ TARGET_BYTES_PER_S = 100_000
 
 
 class Tower:
-    """The tower, the simulated plant feeding it and a clock the screen reads."""
+    """The tower, the simulated plant feeding it, its batch events and a clock the screen reads."""
 
     def __init__(self, sites: int, lines: int, minutes: float, data_dir: Path):
         self.site = _without_login(build_enterprise(sites, lines, seed=7))
@@ -58,6 +60,17 @@ class Tower:
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes)
         self.plant = Plant(self.site, seed=7, start=start)
         self.now = start
+        self.events = 0
+        # The batch events as the simulator's servers announce them (simulators/batch_events.py):
+        # each unit's first batch starts with the plant, then every phase change, batch end and
+        # start as the plant's batch clocks move, stored with the historian's batch-event write
+        # as the collector stores them; so the line page shades its ISA-88 phases.
+        self._transitions = BatchTransitions(self.plant.batch_info())
+        self._transitions.update(self.plant.unit_states(), start)
+        info = self.plant.batch_info()
+        self._store_events([{"ts": start, "unit_id": unit, "transition": "batch_start", "batch_id": batch_id,
+                             "phase": phase, "product": info[unit][0], "recipe": info[unit][1]}
+                            for unit, (batch_id, phase) in self.plant.unit_states().items()])
         done, self._faulted = 0.0, False
         while done < minutes * 60:
             if done >= minutes * 30 and not self._faulted:
@@ -75,13 +88,26 @@ class Tower:
             self.plant.inject(info.tag_id, "bias", duration_s=3600.0, magnitude=2 * span)
 
     def feed(self, seconds: float) -> pl.DataFrame:
-        frame = self.plant.run(seconds, 1.0)
+        """`seconds` more of the plant at 1 Hz through the historian, the live state and the
+        engine, with the batch events of those seconds (the plant's states compared each second)."""
+        frames, events = [], []
+        for _ in range(max(1, round(seconds))):
+            frames.append(self.plant.run(1.0, 1.0))
+            events += self._transitions.update(self.plant.unit_states(), self.plant.now)
+        frame = pl.concat(frames)
         t = self.tower
         t.historian.write_sync(frame)
+        self._store_events([{"ts": e.at, "unit_id": e.unit, "transition": e.transition, "batch_id": e.batch_id,
+                             "phase": e.phase, "product": e.product, "recipe": e.recipe} for e in events])
         t.live.update(frame)
         t.engine.process(frame)
         self.now = self.plant.start + timedelta(seconds=self.plant.elapsed_s)
         return frame
+
+    def _store_events(self, rows: list[dict]) -> None:
+        if rows:
+            self.tower.historian.write_batch_events_sync(batch_events_frame(rows))
+            self.events += len(rows)
 
     def clock(self) -> datetime:
         return self.now
@@ -193,6 +219,11 @@ def run(args) -> tuple[list[dict], dict, dict]:
                             [(ids.LINE_TICK, "n_intervals", 0)],
                             [(ids.LINE_ID, "data", line_id), (ids.LINE_TREND_STATE, "data", None)])
         line_state = value(n_first[2], ids.LINE_TREND_STATE, "data")
+        window = timedelta(seconds=world.site.screen.trend_window_s)
+        spans = read_phase_spans(tower.historian, line_id, world.now - window, world.now)
+        bands = phase_bands(n_first[2])
+        if not bands:
+            raise RuntimeError(f"the line page of {line_id} drew no phase shading: the scene is not what the screen shows")
         for tick in range(1, args.ticks + 1):
             world.feed(refresh_s)
             r = main.call(app, ids.HEADER_KEY,
@@ -285,9 +316,17 @@ def run(args) -> tuple[list[dict], dict, dict]:
                 "line_id": line_id, "line_tags": int(per_line["len"][0]), "units": len(units),
                 "active_alerts": len(tower.alerts.active()), "refresh_s": refresh_s,
                 "window_s": world.site.screen.trend_window_s, "samples": tower.historian.count(),
-                "first_line_render_bytes": n_first[1], "by": by}
+                "first_line_render_bytes": n_first[1], "by": by, "events": world.events,
+                "line_spans": spans.height, "line_bands": bands}
         tower.close()
         return rows, screens, info
+
+
+def phase_bands(response: dict | None) -> int:
+    """The phase bands (shapes named "phase ...") in the figures of a line-page response."""
+    figures = [v["figure"] for v in (response or {}).get("response", {}).values() if "figure" in v]
+    return sum(1 for f in figures for shape in f.get("layout", {}).get("shapes", [])
+               if str(shape.get("name", "")).startswith("phase "))
 
 
 def _dash_apps(app):
@@ -312,7 +351,11 @@ def report(rows: list[dict], screens: dict, info: dict, args) -> str:
         f"{info['fill_s']:.0f} s. Each callback is an HTTP POST to `/_dash-update-component` (Flask test "
         f"client, the body the browser sends), {args.ticks} ticks, one simulated second fed between ticks "
         f"(not timed). Line page: `{info['line_id']}` ({info['units']} units, {info['line_tags']} tags, "
-        f"window {info['window_s']:.0f} s, LTTB to {q.LINE_TREND_POINTS} points per tag)."),
+        f"window {info['window_s']:.0f} s, LTTB to {q.LINE_TREND_POINTS} points per tag). Batch events as the "
+        f"simulator announces them (`simulators/batch_events.py`: each unit's batch start, phase changes, batch "
+        f"ends) stored with the historian's `write_batch_events_sync`: {info['events']:,} events, "
+        f"{info['line_spans']} phase spans in the line page's window, {info['line_bands']} phase bands drawn, "
+        "so every line-page refresh reads its phase spans as the screen does."),
         "",
         "| callback | server ms (median) | p95 | response bytes (median) | max |",
         "|---|---:|---:|---:|---:|",

@@ -427,8 +427,11 @@ def critical_unacknowledged(ctx: TowerContext) -> list[str]:
 
 # --- the line page -------------------------------------------------------------------------------
 
-# Points per tag on the line page (LTTB): about one per 3 px of a full-HD trend.
-LINE_TREND_POINTS = 600
+# Points per tag on the line page (LTTB): about one per 5 px of a full-HD trend, where LTTB
+# still keeps every peak and step. The x values (epoch ms) are two thirds of a figure's bytes,
+# so points are what the page's first render costs: at 600 a 50-tag line sent 796 kB
+# (bench/screen.py, docs/benchmarks.md "Screen refresh").
+LINE_TREND_POINTS = 300
 
 
 class UnknownLineError(KeyError):

@@ -209,13 +209,14 @@ def test_overview_of_3_sites_by_22_lines_fits_a_full_hd_screen(tmp_path: Path, b
     ctx = DemoContext(site=site, tags=tags, live=LiveState(tags), alerts=AlertBook(tags),
                       historian=DuckDbHistorian(tmp_path / "historian.duckdb"), metrics=Metrics(),
                       started_at=datetime.now(UTC))
-    # Samples up to a minute ahead, so the lines stay fresh however slow the machine is today.
+    # The screen's clock stays at the newest sample, so the lines stay fresh however slow the machine
+    # is today (samples ahead of the clock would read stale: a plant clock ahead).
     plant = Plant(site, seed=7, start=datetime.now(UTC) - timedelta(seconds=30))
     ctx.feed(plant.run(90, 1.0))
     alarm_tag, warning_tag = tags[5].tag_id, tags[700].tag_id
     ctx.event(datetime.now(UTC), alarm_tag, 2, 1e3, 1.0, reason="above alarm high")
     ctx.event(datetime.now(UTC), warning_tag, 1, 1e3, 1.0, reason="above warning high")
-    server = WebServer(create_app(ctx), host="127.0.0.1", port=0).start()
+    server = WebServer(create_app(ctx, clock=lambda: plant.now), host="127.0.0.1", port=0).start()
     driver = browser
     try:
         driver.set_window_size(1920, 1080)

@@ -145,8 +145,8 @@ def test_line_trends_bound_points_and_keep_a_spike(ctx) -> None:
 def test_line_trends_since_reads_only_newer_samples(ctx) -> None:
     ctx.feed(plant_history(ctx, NOW, seconds=600))
     cut = NOW - timedelta(seconds=100)
-    head = q.line_trends(ctx, BIO, cut, 600)
-    tail = q.line_trends(ctx, BIO, NOW, 600, since=cut, spacing_s=head.spacing_s)
+    head = q.line_trends(ctx, BIO, cut, 600, points=600)
+    tail = q.line_trends(ctx, BIO, NOW, 600, since=cut, spacing_s=head.spacing_s, points=600)
     assert tail.samples["ts"].min() >= cut and tail.anomaly.scores["ts"].min() >= cut
     # 100 s of the 600 s window: its share of the points, and all 100 samples fit in it.
     assert tail.samples.group_by("tag_id").len()["len"].max() == 100

@@ -3,7 +3,7 @@
 LTTB (Steinarsson, "Downsampling Time Series for Visual Representation", 2013) keeps the first
 and the last point, splits the rest into `n_out - 2` buckets and keeps from each bucket the
 point that makes the largest triangle with the point kept from the previous bucket and the
-average of the next bucket. Peaks and steps survive; a 15 000-point window becomes 600 points
+average of the next bucket. Peaks and steps survive; a 15 000-point window becomes 300 points
 that draw the same picture.
 
     keep = lttb_indices(x, y, 600)               # one series (NumPy), sorted by x

@@ -4,9 +4,12 @@ golden-batch tests (a 65-minute batch simulates in about 0.1 s at 5 s steps)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import polars as pl
+import yaml
 
+from collector.sinks.duckdb import DuckDbHistorian
 from controltower.site import SiteConfig, parse_site_config
 from simulators.plant import Plant
 
@@ -68,3 +71,18 @@ def with_phases(frame: pl.DataFrame, site: SiteConfig, seed: int) -> pl.DataFram
     elapsed = ((times["ts"].dt.epoch("ns") - int(START.timestamp() * 1e9)) / 1e9).to_list()
     phases = pl.Series("phase", [clock.at(s - 1e-9).phase for s in elapsed], pl.String)
     return frame.join(times.with_columns(phases), on="ts", how="left", maintain_order="left")
+
+
+def historian_site_file(root: Path, site: SiteConfig, samples: pl.DataFrame, events: pl.DataFrame | None = None,
+                        **overrides) -> Path:
+    """`root`/site.yaml: `site` (plus top-level `overrides`) with its DuckDB historian under
+    `root`/data holding `samples` and, when given, the batch `events`."""
+    historian = DuckDbHistorian(root / "data" / "historian.duckdb")
+    historian.write_sync(samples)
+    if events is not None:
+        historian.write_batch_events_sync(events)
+    historian.close()
+    config = site.model_dump(mode="json", exclude_defaults=True) | {"data_dir": str(root / "data")} | overrides
+    path = root / "site.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

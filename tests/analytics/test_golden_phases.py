@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import yaml
 
 from analytics.golden import WHOLE_BATCH
 from analytics.models import ModelStore
@@ -21,7 +20,14 @@ from controltower.batch_events import batch_events_frame
 from controltower.cli import main
 from simulators.batch_events import BatchTransitions
 from simulators.plant import Plant
-from tests.analytics.simulated_unit import START, UNIT, batch_seconds, bioreactor_site, simulate
+from tests.analytics.simulated_unit import (
+    START,
+    UNIT,
+    batch_seconds,
+    bioreactor_site,
+    historian_site_file,
+    simulate,
+)
 
 SITE = bioreactor_site()
 SEED = 5
@@ -44,16 +50,7 @@ def announced_events(seconds: float) -> pl.DataFrame:
 
 
 def site_file(root: Path, samples: pl.DataFrame, events: pl.DataFrame | None) -> Path:
-    historian = DuckDbHistorian(root / "data" / "historian.duckdb")
-    historian.write_sync(samples)
-    if events is not None:
-        historian.write_batch_events_sync(events)
-    historian.close()
-    config = SITE.model_dump(mode="json", exclude_defaults=True)
-    config["data_dir"] = str(root / "data")
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return historian_site_file(root, SITE, samples, events)
 
 
 @pytest.fixture(scope="module")

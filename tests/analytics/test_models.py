@@ -8,14 +8,20 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import yaml
 
 from analytics.models import KEY_ENV, ModelStore, ModelStoreError, fingerprint, fit_unit_model
 from analytics.monitors import load_monitors
 from analytics.multivariate.rows import wide_rows
-from collector.sinks.duckdb import DuckDbHistorian
 from controltower.cli import main
-from tests.analytics.simulated_unit import START, UNIT, batch_seconds, batches, bioreactor_site, simulate
+from tests.analytics.simulated_unit import (
+    START,
+    UNIT,
+    batch_seconds,
+    batches,
+    bioreactor_site,
+    historian_site_file,
+    simulate,
+)
 
 SITE = bioreactor_site()
 BATCH_S = batch_seconds(SITE)
@@ -98,15 +104,7 @@ def test_fingerprint_versions_and_tampering(samples: pl.DataFrame, tmp_path: Pat
 @pytest.fixture(scope="module")
 def historian_site(samples: pl.DataFrame, tmp_path_factory) -> Path:
     """A site file whose DuckDB historian holds the simulated samples."""
-    root = tmp_path_factory.mktemp("site")
-    historian = DuckDbHistorian(root / "data" / "historian.duckdb")
-    historian.write_sync(samples)
-    historian.close()
-    config = SITE.model_dump(mode="json", exclude_defaults=True)
-    config["data_dir"] = str(root / "data")
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return historian_site_file(tmp_path_factory.mktemp("site"), SITE, samples)
 
 
 def test_model_fit_command_end_to_end(historian_site: Path, capsys):

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import yaml
 
 from analytics.detectors.spc import D2, StoredCentres, moving_range_centres
 from analytics.engine import DetectionEngine
@@ -19,7 +18,14 @@ from collector.sinks.duckdb import DuckDbHistorian
 from controltower.cli import main
 from controltower.runtime import ControlTower, load_unit_monitors
 from controltower.site import parse_site_config
-from tests.analytics.simulated_unit import START, UNIT, batch_seconds, bioreactor_site, simulate
+from tests.analytics.simulated_unit import (
+    START,
+    UNIT,
+    batch_seconds,
+    bioreactor_site,
+    historian_site_file,
+    simulate,
+)
 
 SITE = bioreactor_site()
 TAGS = tuple(t.tag_id for t in SITE.tag_table())
@@ -57,15 +63,7 @@ def historian_site(tmp_path_factory) -> Path:
     """A site file (EWMA and CUSUM on) whose DuckDB historian holds two simulated batches."""
     root = tmp_path_factory.mktemp("site")
     samples = simulate(SITE, seed=7, seconds=2.2 * batch_seconds(SITE))
-    historian = DuckDbHistorian(root / "data" / "historian.duckdb")
-    historian.write_sync(samples)
-    historian.close()
-    config = SITE.model_dump(mode="json", exclude_defaults=True)
-    config["data_dir"] = str(root / "data")
-    config["detectors"] = {"ewma": {"enabled": True}, "cusum": {"enabled": True}}
-    path = root / "site.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return historian_site_file(root, SITE, samples, detectors={"ewma": {"enabled": True}, "cusum": {"enabled": True}})
 
 
 def test_model_fit_spc_from_the_historian(historian_site: Path, capsys):

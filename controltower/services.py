@@ -232,6 +232,9 @@ class AnalyticsWorker:
         self.owned: set[int] = set()
         self.flush_interval_s = flush_interval_s
         self._pending: list[tuple[int, pl.DataFrame]] = []
+        # The detectors run in a thread (`_detect`); operator commands, rebalancing, the tag
+        # service and batch events change the same engines and alert book, so they take turns.
+        self._engine_lock = asyncio.Lock()
         self.counts: dict[str, Any] = {"messages": 0, "samples": 0, "bad_messages": 0, "foreign_partition": 0,
                                        "samples_detected": 0, "alerts_raised": 0, "transitions_published": 0,
                                        "rebalances": 0}
@@ -306,6 +309,13 @@ class AnalyticsWorker:
 
     async def _on_message(self, client: aiomqtt.Client, topic: str, payload: Any, retained: bool = False) -> None:
         payload = payload if isinstance(payload, bytes) else str(payload or "").encode()
+        if topic.startswith(f"{self.topics.base}/values/"):
+            self._on_values(topic, payload)
+            return
+        async with self._engine_lock:
+            await self._on_control(client, topic, payload, retained)
+
+    async def _on_control(self, client: aiomqtt.Client, topic: str, payload: bytes, retained: bool) -> None:
         if topic.startswith(f"{self.topics.base}/workers/"):
             try:
                 worker = self.topics.worker_name(topic)
@@ -339,6 +349,10 @@ class AnalyticsWorker:
         if topic.startswith(f"{self.topics.base}/batch-events/"):
             self._on_batch_events(topic, payload)
             return
+        self.counts["bad_messages"] += 1
+        log.warning("analytics worker %s: message on unexpected topic %s set aside", self.name, topic)
+
+    def _on_values(self, topic: str, payload: bytes) -> None:
         try:
             partition, unit = self.topics.parse_values(topic)
             frame = decode_values(payload, unit)
@@ -572,6 +586,11 @@ class AnalyticsWorker:
     async def _detect(self, client: aiomqtt.Client) -> None:
         """Run each owned partition's engine on what arrived since the last flush (one engine call
         per partition, not per message), then publish the transitions the book journalled."""
+        async with self._engine_lock:
+            await self._detect_pending()
+        await self._publish_transitions(client)
+
+    async def _detect_pending(self) -> None:
         pending, self._pending = self._pending, []
         by_partition: dict[int, list[pl.DataFrame]] = {}
         for k, frame in pending:
@@ -596,6 +615,8 @@ class AnalyticsWorker:
                 continue
             self.counts["samples_detected"] += batch.height
             self.counts["alerts_raised"] += len(raised)
+
+    async def _publish_transitions(self, client: aiomqtt.Client) -> None:
         changed: dict[str, Any] = {}
         for entry in self.log.take():
             alert = self.book.get(entry["alert_id"]) if entry.get("alert_id") else None

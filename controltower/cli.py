@@ -342,11 +342,8 @@ async def _inject(args: argparse.Namespace) -> None:
 def _run_async(coro: Coroutine[Any, Any, Any]) -> int:
     """Run until done or SIGINT/SIGTERM, then stop cleanly (the coroutine's finally blocks run)."""
 
-    from controltower import memory
-
     async def supervised() -> None:
         task = asyncio.ensure_future(coro)
-        trimmer = asyncio.ensure_future(memory.trim_every())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
@@ -354,10 +351,7 @@ def _run_async(coro: Coroutine[Any, Any, Any]) -> int:
             await task
         except asyncio.CancelledError:
             log.info("stopped")
-        finally:
-            trimmer.cancel()
 
-    memory.cap_arenas()
     asyncio.run(supervised())
     return 0
 

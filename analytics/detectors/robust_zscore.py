@@ -18,20 +18,41 @@ deviations exist (2 x warmup samples after a start). Level 1 (warning) when z > 
 sample's side; `reason` "robust z=9.3 over 120 samples".
 
 Streaming: the last `window` usable values of each tag and their deviations are carried into the
-next batch. Vectorised: two `rolling_median` per tag.
+next batch. Vectorised: two `rolling_median` per tag on the long path; on the wide path
+(`score_wide`) two `bottleneck.move_median` down the (time x tags) matrix of usable values with
+the carried tails on top (a double heap in C, O(log window) per value, NaN-skipping like
+Polars' null-skipping windows).
 """
 
 from __future__ import annotations
 
+import bottleneck as bn
+import numpy as np
 import polars as pl
 
 from analytics.detectors.base import per_tag
 from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
+from analytics.detectors.wide import (
+    Compacted,
+    WideBatch,
+    WideScores,
+    aligned,
+    long_reasons,
+    memory_scores,
+    replace_tails,
+    stack_tail,
+    tail_frame,
+)
 from analytics.detectors.zscore import WindowedScore
 from controltower.site import TagInfo
 
 MAD_TO_SIGMA = 1.4826
 _TAIL_SCHEMA = {"tag_id": pl.String(), "value": pl.Float64(), "dev": pl.Float64(), "n_prev": pl.Int64()}
+
+
+def robust_reason(z: pl.Expr) -> pl.Expr:
+    """"robust z=9.3 over 120 samples" from the z-score and the `n_prev` column."""
+    return pl.format("robust z={} over {} samples", z.round(1), pl.col("n_prev"))
 
 
 class RobustZScore(WindowedScore):
@@ -79,6 +100,67 @@ class RobustZScore(WindowedScore):
             z.alias("score"),
             over.cast(pl.UInt8).alias("level_now"),
             pl.when(over).then(pl.col("median") + side * self.threshold * scale).alias("limit_now"),
-            pl.when(over).then(pl.format("robust z={} over {} samples", z.round(1), pl.col("n_prev"))).alias("reason_now"),
+            pl.when(over).then(robust_reason(z)).alias("reason_now"),
         )
         return self._levels.merge(rows, scored)
+
+    def score_wide(self, wide: WideBatch) -> WideScores:
+        """`score` on a wide batch (`wide.pivot`): each tag's usable values compacted to the top of
+        its column under its carried tail (`window` rows, bottom-aligned, NaN above), then the
+        moving median of the values and the moving median of the deviations down the columns."""
+        self._check()
+        ids, w = wide.tag_ids, self.window
+        floor = aligned(self.floors(), ids, "floor")
+        known = ~np.isnan(floor)
+        ok = wide.usable & known
+        packed = Compacted(wide.values, ok)
+        x = packed.x
+        stacked, n_tail = stack_tail(self._tail, ids, w, {"value": x, "dev": x})
+        value, dev = stacked["value"], stacked["dev"]
+        # The median of the `window` rows above a fresh row: a moving median over the rows
+        # before it (row w - 1 + j of the moving median ends just above fresh row j).
+        median = bn.move_median(value[:-1], w, min_count=self.warmup, axis=0)[w - 1:]
+        gap = dev[w:]  # the fresh deviations, written under the carried ones
+        np.subtract(x, median, out=gap)
+        np.abs(gap, out=gap)
+        mad = bn.move_median(dev[:-1], w, min_count=self.warmup, axis=0)[w - 1:]
+        # NaN where the MAD is (warm-up); the median then exists too (it needs fewer samples).
+        scale = np.maximum(MAD_TO_SIGMA * mad, np.maximum(floor, 1e-9))
+        z = gap / scale
+        over = z > self.threshold
+        n_fresh = np.where(known, packed.n, 0)
+        n_first = self._first_n_prev(ids)
+        self._tail = replace_tails(self._tail, ids, self._new_tails(stacked, ids, n_tail, n_fresh, n_first))
+
+        def n_prev(r: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            return np.minimum(n_first[cols] + n_tail[cols] + r, w)
+
+        def reasons(rows: np.ndarray, cols: np.ndarray) -> list:
+            r = packed.row_of(rows, cols)
+            return long_reasons(pl.DataFrame({"z": z[r, cols], "n_prev": n_prev(r, cols)}), robust_reason(pl.col("z")))
+
+        def limits(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            r = packed.row_of(rows, cols)
+            m = median[r, cols]
+            side = np.where(x[r, cols] >= m, 1.0, -1.0)
+            return m + side * self.threshold * scale[r, cols]
+
+        return memory_scores(self._levels, wide, ok, packed.unpack(z), packed.unpack(over, False), limits, reasons)
+
+    def _first_n_prev(self, tag_ids: list[str]) -> np.ndarray:
+        """Per column, `n_prev` of the tag's first carried row (0 without a tail): the long path
+        counts a tag's previous samples from there."""
+        first = self._tail.unique(subset="tag_id", keep="first", maintain_order=True)
+        return aligned(first, tag_ids, "n_prev", 0).astype(np.int64)
+
+    def _new_tails(self, stacked: dict[str, np.ndarray], tag_ids: list[str], n_tail: np.ndarray,
+                   n_fresh: np.ndarray, n_first: np.ndarray) -> pl.DataFrame:
+        """The last `window` rows of each column's tail + fresh rows, with `n_prev` counted on from
+        the old tail's first row as the long path does."""
+        w = self.window
+        new = tail_frame(stacked, {c: _TAIL_SCHEMA[c] for c in ("tag_id", "value", "dev")}, tag_ids, w, n_tail,
+                         n_fresh, w)
+        counts = np.minimum(n_tail + n_fresh, w)
+        start = n_first + np.maximum(n_tail + n_fresh - w, 0)  # n_prev of each tag's first kept row
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return new.with_columns(pl.Series("n_prev", np.minimum(np.repeat(start, counts) + within, w), pl.Int64))

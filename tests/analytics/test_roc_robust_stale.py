@@ -67,3 +67,62 @@ def test_stale_through_the_engine_with_the_batch_clock():
     # No batch at all: the wall clock passed to check() finds both stale.
     raised = engine.check(T0 + timedelta(seconds=30))
     assert sorted(x.tag_id for x in raised) == [a.tag_id, b.tag_id]
+
+
+def random_wide_series(seed: int, n_steps: int = 700) -> pl.DataFrame:
+    """Tags sharing timestamps (one unknown to the detector, one without limits so its spread
+    floor is 0), with spikes, a step and a stuck stretch (tied values), missing cells, a tag absent
+    for a long stretch, null, NaN and bad-quality samples; rows in time order, tags interleaved."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = ["s.a.l.u.a", "s.a.l.u.b", "s.a.l.u.c", "s.a.l.u.d", "s.a.l.u.stranger"]
+    x = 37.0 + rng.normal(0.0, 0.3, (n_steps, len(ids)))
+    x[rng.random(x.shape) < 0.02] += rng.choice([-4.0, 4.0])
+    x[300:, 1] += 2.0
+    x[100:160, 2] = x[100, 2]
+    steps = pl.datetime_range(T0, T0 + timedelta(seconds=n_steps - 1), "1s", time_unit="ns", eager=True)
+    frame = pl.DataFrame({"ts": steps.gather(np.repeat(np.arange(n_steps), len(ids))), "tag_id": ids * n_steps,
+                          "value": x.reshape(-1),
+                          "quality": rng.choice(["good", "bad", "uncertain"], x.size, p=[0.9, 0.05, 0.05])})
+    u = rng.random(x.size)
+    absent = (pl.col("tag_id") == ids[3]) & pl.col("ts").is_between(T0 + timedelta(seconds=200), T0 + timedelta(seconds=330))
+    return (
+        frame.with_columns(pl.when(pl.Series(u < 0.04)).then(None)
+                           .when(pl.Series(u > 0.98)).then(float("nan")).otherwise(pl.col("value")).alias("value"))
+        .filter(pl.Series(rng.random(x.size) > 0.08) & ~absent)
+    )
+
+
+def test_robust_zscore_wide_equals_long_across_random_batches():
+    """Differential: random wide batches (holes, bad quality, nulls, NaN, an unknown tag) cut at
+    random times and scored long, wide, and wide or long at random by one detector: the same
+    scores, levels, limits and reasons, batch by batch (the streaming state is shared)."""
+    import numpy as np
+
+    from analytics.detectors.wide import pivot
+    from tests.analytics.helpers import TEMPERATURE
+
+    tags = [make_tag(f"s.a.l.u.{n}", **TEMPERATURE) for n in "abc"] + [make_tag("s.a.l.u.d")]
+    for seed, (window, warmup, threshold) in enumerate([(20, 6, 3.5), (7, 7, 3.0), (120, 30, 3.0)]):
+        series = random_wide_series(seed)
+        rng = np.random.default_rng(100 + seed)
+        cuts = np.unique(rng.integers(1, 700, size=14))
+        seconds = (series["ts"] - series["ts"].min()).dt.total_seconds().to_numpy()
+        bounds = [0, *cuts.tolist(), 701]
+        make = lambda: RobustZScore(tags, window=window, threshold=threshold, warmup=warmup)  # noqa: E731
+        long_det, wide_det, mixed_det = make(), make(), make()
+        flagged = 0
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            part = series.filter(pl.Series((seconds >= a) & (seconds < b))).sample(fraction=1.0, shuffle=True, seed=a)
+            want = long_det.score(part)
+            wide = pivot(part)
+            assert wide is not None and wide.present is not None  # holes: the general pivot
+            for got in (wide_det.score_wide(wide).to_long(),
+                        mixed_det.score_wide(pivot(part)).to_long() if rng.random() < 0.5 else mixed_det.score(part)):
+                assert got.drop("score", "limit").equals(want.drop("score", "limit"))
+                assert_close(got["score"].to_list(), want["score"].to_list(), rel=1e-9)
+                assert_close(got["limit"].to_list(), want["limit"].to_list(), rel=1e-9)
+            flagged += int((want["level"] > 0).sum())
+        assert flagged > 5
+        assert wide_det._tail.sort("tag_id", maintain_order=True).equals(long_det._tail.sort("tag_id", maintain_order=True))

@@ -13,11 +13,18 @@ event rows are built. Other batches, and detectors without a wide path, use the 
 Detectors with a `check(now)` method (stale data) are also asked each cycle: after scoring a
 batch, with the batch clock (the newest sample time seen so far) unless the caller passes the
 wall clock; `check(now)` alone runs them when no batch arrived.
+
+Batch events (`batch_events`) go to the monitors that follow phases (a golden model fitted by
+phase) and, when a unit's stored `spc` model has centres per ISA-88 phase, to `RunningPhases`:
+a micro-batch is then cut at the phase changes inside it (a few an hour: most batches are one
+part) and, before each part is scored, the SPC charts take the running phase's centres, the
+tags whose centre moved starting their runs, EWMA and CUSUM afresh.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import pairwise
 from typing import Self
 
 import numpy as np
@@ -33,7 +40,7 @@ from analytics.detectors.nelson import NelsonRules
 from analytics.detectors.quality import BadQualityDetector
 from analytics.detectors.robust_zscore import RobustZScore
 from analytics.detectors.roc import RateOfChangeDetector
-from analytics.detectors.spc import CentreLineChart, StoredCentres
+from analytics.detectors.spc import CentreLineChart, RunningPhases, StoredCentres
 from analytics.detectors.stale import StaleDataDetector
 from analytics.detectors.wide import WideScores, aligned, pivot
 from analytics.detectors.zscore import RollingZScore
@@ -211,11 +218,14 @@ class DetectionEngine:
         # nothing: they set the charts' centres, under those pinned in the site file.
         stored = [m for m in monitors or [] if isinstance(m, StoredCentres)]
         self.monitors = [m for m in monitors or [] if not isinstance(m, StoredCentres)]
+        self._charts = [d for d in self.detectors if isinstance(d, CentreLineChart)]
         if stored:
             centres = pl.concat([s.centres for s in stored])
-            for detector in self.detectors:
-                if isinstance(detector, CentreLineChart):
-                    detector.use_stored(centres)
+            for chart in self._charts:
+                chart.use_stored(centres)
+        # Units whose stored centres are per phase: the charts follow their running phase.
+        running = RunningPhases(stored)
+        self.running_phases = running if running.units and self._charts else None
         self._levels.update((m.name, pl.DataFrame(schema=_LEVEL_SCHEMA)) for m in self.monitors)
 
     def fit(self, history: pl.DataFrame) -> Self:
@@ -223,10 +233,48 @@ class DetectionEngine:
             detector.fit(history)
         return self
 
+    @property
+    def follows_phases(self) -> bool:
+        """True when something in the engine needs the units' batch events (`batch_events`)."""
+        return self.running_phases is not None or any(hasattr(m, "batch_events") for m in self.monitors)
+
+    def batch_events(self, events: pl.DataFrame) -> None:
+        """Batch events from the collector (`controltower.batch_events` schema): to the monitors
+        that follow phases, and to the SPC charts' running phases."""
+        for monitor in self.monitors:
+            if hasattr(monitor, "batch_events"):
+                monitor.batch_events(events)
+        if self.running_phases is not None:
+            self.running_phases.batch_events(events)
+
     def process(self, batch: pl.DataFrame, now: datetime | None = None) -> list[Alert]:
         """Score one micro-batch (sample schema) with every detector, then run the clock checks
         (`check(now)`, `now` defaulting to the batch clock); apply the condition changes to the
-        book; return the alerts raised. Tags unknown to the config are ignored."""
+        book; return the alerts raised. Tags unknown to the config are ignored. With centres per
+        phase, the batch is scored in parts cut at the phase changes inside it (`last_scores`
+        and `last_events` then hold the last part's)."""
+        if self.running_phases is None or batch.is_empty():
+            return self._process(batch, now)
+        raised = []
+        for part, start in self._phase_parts(batch):
+            for tag_ids, centres in self.running_phases.moves(start):
+                for chart in self._charts:
+                    chart.move_centres(tag_ids, centres)
+            raised += self._process(part, now)
+        return raised
+
+    def _phase_parts(self, batch: pl.DataFrame) -> list[tuple[pl.DataFrame, int]]:
+        """(part, its first instant in ns) of `batch` cut at the units' phase changes inside it."""
+        ts = batch.get_column("ts").dt.epoch("ns")
+        first, last = ts.min(), ts.max()
+        cuts = self.running_phases.cuts(first, last)
+        if not cuts:
+            return [(batch, first)]
+        edges = [first, *cuts, last + 1]
+        parts = [(batch.filter((ts >= lo) & (ts < hi)), lo) for lo, hi in pairwise(edges)]
+        return [(part, lo) for part, lo in parts if part.height]
+
+    def _process(self, batch: pl.DataFrame, now: datetime | None) -> list[Alert]:
         wide = pivot(batch, self._known_sorted) if self.wide else None
         if wide is None or self.monitors or not all(hasattr(d, "score_wide") for d in self.detectors):
             batch = batch.filter(pl.col("tag_id").is_in(self._known.implode()))

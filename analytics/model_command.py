@@ -13,7 +13,10 @@ sample's ISA-88 phase from the historian's batch events (`controltower.batch_eve
 aligns batches by phase; without stored phases it aligns whole batches. The store defaults to the
 site's `detectors.models.dir` under the data directory, where the live engine looks. An `spc`
 model holds the centre line and sigma per tag of the SPC charts (Nelson rules, EWMA, CUSUM),
-mean and MR-bar / 1.128 over the training samples; a tag's `spc:` in the site file still wins.
+mean and MR-bar / 1.128 over the training samples and, where the historian holds batch events,
+per (tag, ISA-88 phase) from the samples inside that phase's spans (at least 30 samples from
+2 batches, `SpcCentres`); the live charts follow the running phase. A tag's `spc:` in the
+site file still wins.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from analytics.models import STORE_KINDS, ModelStore, fit_unit_model
+from analytics.models import SPC, STORE_KINDS, ModelStore, fit_unit_model
 from controltower.site import SiteConfig, load_site_config
 from controltower.timeparse import parse_time
 
@@ -39,7 +42,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     fit = sub.add_parser("fit", help="fit a unit's model on historian data and store it")
     fit.add_argument("--config", type=Path, required=True, help="the site file (names the historian)")
     fit.add_argument("--unit", required=True, help="the unit's path site.area.line.unit")
-    fit.add_argument("--kind", required=True, choices=STORE_KINDS)
+    fit.add_argument("--kind", required=True, choices=STORE_KINDS,
+                     help="pca, dpca, iforest: multivariate models of the unit's rows; golden: the golden batch "
+                          "(by phase where the historian holds batch events); spc: the SPC charts' centre line "
+                          "and sigma per tag, and per tag and ISA-88 phase where the historian holds batch events "
+                          "(a phase needs 30 samples from 2 batches)")
     fit.add_argument("--from", dest="since", help="start of the training range (ISO-8601 or -2h)")
     fit.add_argument("--to", dest="until", help="end of the training range (default: now)")
     fit.add_argument("--batches", help="comma-separated ids of good batches to train on")
@@ -75,10 +82,11 @@ def unit_tags(site: SiteConfig, unit: str) -> tuple[str, ...]:
 
 
 def read_training(site: SiteConfig, data_dir: Path, unit: str, since: datetime | None, until: datetime | None,
-                  batches: list[str] | None, *, phases: bool = False) -> pl.DataFrame:
+                  batches: list[str] | None, *, phases: bool = False, outside_phases: bool = False) -> pl.DataFrame:
     """The unit's samples for training, from the site's historian; ValueError when there are none
     or a named batch is not there. With `phases`, a `phase` column from the stored batch events
-    (`phased_samples`)."""
+    (`phased_samples`; with `outside_phases` the samples outside every phase span are kept, their
+    phase null)."""
     from collector.sinks import open_historian
 
     tags = unit_tags(site, unit)
@@ -96,7 +104,7 @@ def read_training(site: SiteConfig, data_dir: Path, unit: str, since: datetime |
         if samples.is_empty():
             raise ValueError(f"no samples of unit {unit} {where} in the {historian.name} historian")
         if phases:
-            samples = phased_samples(historian, unit, samples)
+            samples = phased_samples(historian, unit, samples, keep_outside=outside_phases)
             if samples.is_empty():
                 raise ValueError(f"no samples of unit {unit} {where} fall in a stored phase span")
     finally:
@@ -104,15 +112,16 @@ def read_training(site: SiteConfig, data_dir: Path, unit: str, since: datetime |
     return samples
 
 
-def phased_samples(historian: Any, unit: str, samples: pl.DataFrame) -> pl.DataFrame:
+def phased_samples(historian: Any, unit: str, samples: pl.DataFrame, keep_outside: bool = False) -> pl.DataFrame:
     """`samples` of `unit` with the phase of each (an as-of join on the unit's phase spans over
     their time range). When the historian knows phases there, the samples outside every phase
-    span are left out (they would make a phase of their own); otherwise every phase is null."""
+    span are left out (they would make a phase of their own) unless `keep_outside` (their phase
+    null); otherwise every phase is null."""
     from controltower.batch_events import read_phase_spans, with_phases
 
     spans = read_phase_spans(historian, unit, samples["ts"].min(), samples["ts"].max() + timedelta(microseconds=1))
     joined = with_phases(samples, spans)
-    return joined.filter(pl.col("phase").is_not_null()) if spans.height else joined
+    return joined.filter(pl.col("phase").is_not_null()) if spans.height and not keep_outside else joined
 
 
 def run_model(args: argparse.Namespace) -> int:
@@ -140,7 +149,9 @@ def run_model(args: argparse.Namespace) -> int:
         raise ValueError(f"--to ({until.isoformat()}) must be after --from ({since.isoformat()})")
     if not 0 < args.alpha < 1:
         raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
-    samples = read_training(site, data_dir, args.unit, since, until, batches, phases=args.kind == "golden")
+    # spc: the whole-range centres take every sample, the per-phase ones those inside a phase span.
+    samples = read_training(site, data_dir, args.unit, since, until, batches, phases=args.kind in ("golden", SPC),
+                            outside_phases=args.kind == SPC)
     training: dict[str, Any] = {"from": since.isoformat() if since else None,
                                 "to": until.isoformat() if until else None, "batches": batches}
     try:

@@ -5,9 +5,9 @@
 
 Kinds: `pca`, `dpca`, `iforest` (per-row monitors on the unit's wide rows, `rows.wide_rows`),
 `golden` (`analytics.golden.GoldenBatch`) and `spc` (`analytics.detectors.spc.SpcCentres`: the
-centre line and sigma per tag of the SPC charts, mean and MR-bar / 1.128; not a monitor, the
-charts take it). Nothing is pickled: the isolation forest's trees
-are arrays too (`multivariate.iforest.IsolationTrees`).
+centre line and sigma per tag of the SPC charts, mean and MR-bar / 1.128, over the training range
+and per ISA-88 phase when the samples carry one; not a monitor, the charts take it). Nothing is
+pickled: the isolation forest's trees are arrays too (`multivariate.iforest.IsolationTrees`).
 
 Manifest: kind, unit, variables, version (1, 2, ... per unit and kind), created_at, training
 (from, to, batches, samples, rows), fingerprint (sha256 of the training samples' canonical
@@ -106,7 +106,9 @@ def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tu
                    params: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> FittedModel:
     """Fit a `kind` model on a unit's samples (sample schema). Row kinds: on its wide rows, with
     the alarm threshold calibrated on held-out blocks (`threshold.held_out_scores`) at `alpha`;
-    spc: centre and sigma per tag (no limits: the charts' widths are in the site file). Raises ValueError naming the reason (no rows, too few rows or batches)."""
+    spc: centre and sigma per tag, and per (tag, phase) when `samples` has a `phase` column (no
+    limits: the charts' widths are in the site file). Raises ValueError naming the reason (no
+    rows, too few rows or batches)."""
     model = make_model(kind, alpha, **(params or {}))
     training = dict(training or {})
     training["samples"] = samples.height
@@ -122,8 +124,13 @@ def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tu
         model.fit(samples, variables)
         limits = {"centres": {t: {"centre": float(c), "sigma": float(s)}
                               for t, c, s in zip(model.tag_ids_, model.centre_, model.sigma_)}}
+        phases = model.phase_centres().with_columns(n=model.phase_n_, batches=model.phase_batches_)
+        limits["phases"] = {t: {r["phase"]: {k: r[k] for k in ("centre", "sigma", "n", "batches")}
+                                for r in rows.iter_rows(named=True)}
+                            for (t,), rows in phases.partition_by("tag_id", as_dict=True).items()}
         training["rows"] = int(model.n_.sum())
         training["left_out"] = sorted(set(variables) - set(model.tag_ids_))  # too few samples or constant
+        training["phases"] = sorted(set(model.phase_names_))  # those with a centre for some tag
     else:
         X = wide_rows(samples, variables, row_s=ROW_S).drop("ts")
         if X.height == 0:

@@ -92,8 +92,10 @@ def load_stored_centres(root: Path, units: list[str], pin: dict[str, dict[str, i
             log.error("SPC centre lines not loaded: %s", exc)
             continue
         version = fitted.manifest.get("version")
-        found.append(StoredCentres(unit, version, fitted.model.centres()))
-        log.info("loaded spc centre lines v%s of %s (%d tags)", version, unit, len(fitted.model.tag_ids_))
+        phases = fitted.model.phase_centres()
+        found.append(StoredCentres(unit, version, fitted.model.centres(), phases))
+        log.info("loaded spc centre lines v%s of %s (%d tags; %d phase centres, followed by phase)", version, unit,
+                 len(fitted.model.tag_ids_), phases.height)
     return found
 
 
@@ -138,10 +140,8 @@ class ControlTower:
         self._raised(raised)
 
     def _batch_events(self, events: pl.DataFrame) -> None:
-        """Batch events to the monitors that follow phases (a golden model fitted by phase)."""
-        for monitor in self.engine.monitors:
-            if hasattr(monitor, "batch_events"):
-                monitor.batch_events(events)
+        """Batch events to the engine: its monitors and SPC charts that follow phases."""
+        self.engine.batch_events(events)
 
     def _raised(self, raised: list) -> None:
         for alert in raised:

@@ -372,8 +372,8 @@ class AnalyticsWorker:
         return sorted({t.unit_id for t in self._tags_by_partition.get(partition, [])})
 
     def _on_batch_events(self, topic: str, payload: bytes) -> None:
-        """A unit's batch events from a collector: to the partition's monitors that follow
-        phases (a golden model fitted by phase), as `controltower run` feeds them."""
+        """A unit's batch events from a collector: to the partition's engine (its golden models
+        and SPC centre lines fitted by phase follow them), as `controltower run` feeds them."""
         try:
             partition, unit = self.topics.parse_values(topic, kind="batch-events")
             events = decode_batch_events(payload, unit)
@@ -389,15 +389,14 @@ class AnalyticsWorker:
 
     def _feed_batch_events(self, partition: int, events: pl.DataFrame) -> None:
         engine = self.engines.get(partition)
-        for monitor in engine.monitors if engine is not None else ():
-            if hasattr(monitor, "batch_events"):
-                monitor.batch_events(events)
+        if engine is not None:
+            engine.batch_events(events)
 
     async def _recent_batch_events(self, partition: int, since: datetime) -> pl.DataFrame:
         """The batch events of the partition's units from `since` on, with each unit's last one
-        before it, from the historian (none when no monitor of the partition follows phases)."""
+        before it, from the historian (none when nothing of the partition follows phases)."""
         read = getattr(self.historian, "read_batch_events", None)
-        if read is None or not any(hasattr(m, "batch_events") for m in self.engines[partition].monitors):
+        if read is None or not self.engines[partition].follows_phases:
             return empty_batch_events()
         frames = [await asyncio.to_thread(read, unit, since) for unit in self._units_of(partition)]
         return pl.concat(frames, how="vertical_relaxed") if frames else empty_batch_events()

@@ -79,6 +79,10 @@ class CusumChart(CentreLineChart):
         self._state = pl.DataFrame(schema=_STATE_SCHEMA)
         self._levels = LevelMemory()
 
+    def forget(self, tag_ids: list[str]) -> None:
+        """Drop the carried sums (they restart at 0) of `tag_ids` (`CentreLineChart.move_centres`)."""
+        self._state = self._state.filter(~pl.col("tag_id").is_in(tag_ids))
+
     def _check(self) -> None:
         if self.k < 0 or self.h <= 0:
             raise ValueError(f"need k >= 0 and h > 0, got k={self.k}, h={self.h}")

@@ -59,6 +59,10 @@ class EwmaChart(CentreLineChart):
         self._state = pl.DataFrame(schema=_STATE_SCHEMA)
         self._levels = LevelMemory()
 
+    def forget(self, tag_ids: list[str]) -> None:
+        """Drop the carried EWMA and its sample count (the exact limits start narrow again) of `tag_ids` (`CentreLineChart.move_centres`)."""
+        self._state = self._state.filter(~pl.col("tag_id").is_in(tag_ids))
+
     def _check(self) -> None:
         if not 0 < self.lam <= 1 or self.L <= 0:
             raise ValueError(f"need 0 < lam <= 1 and L > 0, got lam={self.lam}, L={self.L}")

@@ -169,6 +169,10 @@ class NelsonRules(CentreLineChart):
         self._tail = pl.DataFrame(schema=_TAIL_SCHEMA)
         self._levels = LevelMemory()
 
+    def forget(self, tag_ids: list[str]) -> None:
+        """Drop the carried tail of the run rules of `tag_ids` (`CentreLineChart.move_centres`)."""
+        self._tail = self._tail.filter(~pl.col("tag_id").is_in(tag_ids))
+
     def _check(self) -> None:
         if not self.rules or not set(self.rules) <= set(ZONE) or self.same_side_run < 2:
             raise ValueError(f"rules must be among 1-8 and same_side_run >= 2, got {self.rules}, {self.same_side_run}")

@@ -3,14 +3,17 @@ golden-batch tests (a 65-minute batch simulates in about 0.1 s at 5 s steps)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import yaml
 
 from collector.sinks.duckdb import DuckDbHistorian
+from controltower.batch_events import batch_events_frame
 from controltower.site import SiteConfig, parse_site_config
+from simulators.batch_events import BatchTransitions
 from simulators.plant import Plant
 
 UNIT = "lyon.usp.bio1.br101"
@@ -71,6 +74,20 @@ def with_phases(frame: pl.DataFrame, site: SiteConfig, seed: int) -> pl.DataFram
     elapsed = ((times["ts"].dt.epoch("ns") - int(START.timestamp() * 1e9)) / 1e9).to_list()
     phases = pl.Series("phase", [clock.at(s - 1e-9).phase for s in elapsed], pl.String)
     return frame.join(times.with_columns(phases), on="ts", how="left", maintain_order="left")
+
+
+def announced_events(site: SiteConfig, seed: int, seconds: float, dt_s: float = 5.0) -> pl.DataFrame:
+    """The batch events the simulator announces over `seconds` of the plant (`simulate` with this
+    seed and step), tick by tick, as the collector stores them."""
+    clock = Plant(site, seed=seed, start=START)._by_path[UNIT].clock
+    transitions = BatchTransitions()
+    rows = []
+    for elapsed in np.arange(0.0, seconds + dt_s, dt_s):
+        state = clock.at(float(elapsed))
+        for e in transitions.update({UNIT: (state.batch_id, state.phase)}, START + timedelta(seconds=float(elapsed))):
+            rows.append({"ts": e.at, "unit_id": e.unit, "batch_id": e.batch_id, "phase": e.phase,
+                         "transition": e.transition})
+    return batch_events_frame(rows)
 
 
 def historian_site_file(root: Path, site: SiteConfig, samples: pl.DataFrame, events: pl.DataFrame | None = None,

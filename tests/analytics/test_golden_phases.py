@@ -16,9 +16,7 @@ import pytest
 from analytics.golden import WHOLE_BATCH
 from analytics.models import ModelStore
 from collector.sinks.duckdb import DuckDbHistorian
-from controltower.batch_events import batch_events_frame
 from controltower.cli import main
-from simulators.batch_events import BatchTransitions
 from simulators.plant import Plant
 from tests.analytics.simulated_unit import (
     START,
@@ -28,6 +26,7 @@ from tests.analytics.simulated_unit import (
     historian_site_file,
     simulate,
 )
+from tests.analytics.simulated_unit import announced_events as simulated_announced_events
 
 SITE = bioreactor_site()
 SEED = 5
@@ -38,15 +37,7 @@ GOOD = "BR101-0002,BR101-0003,BR101-0004,BR101-0005"
 
 def announced_events(seconds: float) -> pl.DataFrame:
     """The batch events the simulator announces over `seconds` of the plant, tick by tick."""
-    clock = Plant(SITE, seed=SEED, start=START)._by_path[UNIT].clock
-    transitions = BatchTransitions()
-    rows = []
-    for elapsed in np.arange(0.0, seconds + DT_S, DT_S):
-        state = clock.at(float(elapsed))
-        for e in transitions.update({UNIT: (state.batch_id, state.phase)}, START + timedelta(seconds=float(elapsed))):
-            rows.append({"ts": e.at, "unit_id": e.unit, "batch_id": e.batch_id, "phase": e.phase,
-                         "transition": e.transition})
-    return batch_events_frame(rows)
+    return simulated_announced_events(SITE, SEED, seconds, DT_S)
 
 
 def site_file(root: Path, samples: pl.DataFrame, events: pl.DataFrame | None) -> Path:

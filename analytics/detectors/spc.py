@@ -221,7 +221,8 @@ class RunningPhases:
 
     def cuts(self, first_ns: int, last_ns: int) -> list[int]:
         """The instants in (first_ns, last_ns] where a unit's phase changes: where to cut a batch."""
-        return sorted({t for times, _ in self._events.values() for t in times if first_ns < t <= last_ns})
+        return sorted({t for times, _ in self._events.values()
+                       for t in times[bisect_right(times, first_ns):bisect_right(times, last_ns)]})
 
     def phase_at(self, unit: str, t_ns: int) -> str | None:
         """The phase `unit` runs at `t_ns` whose centres the charts should hold (None: the whole-range ones)."""

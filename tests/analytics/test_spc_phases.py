@@ -18,7 +18,7 @@ import pytest
 from analytics.detectors.cusum import CusumChart
 from analytics.detectors.ewma import EwmaChart
 from analytics.detectors.nelson import NelsonRules
-from analytics.detectors.spc import D2, SpcCentres, StoredCentres
+from analytics.detectors.spc import D2, PHASE_CENTRES_SCHEMA, SpcCentres, StoredCentres
 from analytics.engine import DetectionEngine
 from analytics.models import ModelStore, fingerprint, fit_unit_model
 from collector.sinks.duckdb import DuckDbHistorian
@@ -229,3 +229,38 @@ def test_a_fault_within_a_phase_is_still_caught(plant_run, fitted_site: Path) ->
         for chart in CHARTS:
             on = (scores.filter(pl.col("chart") == chart)["level"] > 0).mean()
             assert (on > 0.9) if caught else (on < 0.15), (chart, caught, on)
+
+
+def test_a_micro_batch_straddling_a_phase_change_is_scored_in_two_parts() -> None:
+    from analytics.detectors.base import SCORE_SCHEMA
+    from controltower.batch_events import batch_events_frame
+    from controltower.site import DetectorsConfig
+    from tests.analytics.helpers import T0
+
+    tag = make_tag(f"{UNIT}.temperature")
+    config = DetectorsConfig.model_validate({c: {"enabled": True} for c in CHARTS})
+    stored = StoredCentres(UNIT, 1, pl.DataFrame({"tag_id": [tag.tag_id], "centre": [37.0], "sigma": [0.05]}),
+                           pl.DataFrame({"tag_id": [tag.tag_id], "phase": ["growth"], "centre": [38.0],
+                                         "sigma": [0.05]}, schema=PHASE_CENTRES_SCHEMA))
+    noise = np.random.default_rng(2).normal(0, 0.05, 40)
+    # One micro-batch: 20 s at the whole-range centre, then (from the phase change on) 20 s at growth's.
+    samples = batch(tag.tag_id, (np.r_[np.full(20, 37.0), np.full(20, 38.0)] + noise).tolist())
+    growth = batch_events_frame([{"ts": T0 + timedelta(seconds=20), "unit_id": UNIT, "batch_id": "B1",
+                                  "phase": "growth", "transition": "phase_change"}])
+    for announced in (True, False):
+        engine = DetectionEngine([tag], config, monitors=[stored])
+        scored: list[int] = []
+        score_part = engine._process
+
+        def counted(part, now, score_part=score_part, scored=scored):
+            scored.append(part.height)
+            return score_part(part, now)
+
+        engine._process = counted
+        if announced:
+            engine.batch_events(growth)
+        raised = engine.process(samples)
+        assert scored == ([20, 20] if announced else [40])
+        # Unannounced, the growth samples are 20 sigma over the whole-range centre: every chart alarms.
+        assert {a.detector for a in raised} == (set() if announced else set(CHARTS)), raised
+        assert engine.last_scores["nelson"].schema == SCORE_SCHEMA

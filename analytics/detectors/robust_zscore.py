@@ -19,18 +19,17 @@ sample's side; `reason` "robust z=9.3 over 120 samples".
 
 Streaming: the last `window` usable values of each tag and their deviations are carried into the
 next batch. Vectorised: two `rolling_median` per tag on the long path; on the wide path
-(`score_wide`) two `bottleneck.move_median` down the (time x tags) matrix of usable values with
-the carried tails on top (a double heap in C, O(log window) per value, NaN-skipping like
-Polars' null-skipping windows).
+(`score_wide`) two `moving_median.moving_median` down the (time x tags) matrix of usable values
+with the carried tails on top (NaN-skipping like Polars' null-skipping windows).
 """
 
 from __future__ import annotations
 
-import bottleneck as bn
 import numpy as np
 import polars as pl
 
 from analytics.detectors.base import per_tag
+from analytics.detectors.moving_median import moving_median
 from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
 from analytics.detectors.wide import (
     Compacted,
@@ -119,11 +118,11 @@ class RobustZScore(WindowedScore):
         value, dev = stacked["value"], stacked["dev"]
         # The median of the `window` rows above a fresh row: a moving median over the rows
         # before it (row w - 1 + j of the moving median ends just above fresh row j).
-        median = bn.move_median(value[:-1], w, min_count=self.warmup, axis=0)[w - 1:]
+        median = moving_median(value[:-1], w, self.warmup)[w - 1:]
         gap = dev[w:]  # the fresh deviations, written under the carried ones
         np.subtract(x, median, out=gap)
         np.abs(gap, out=gap)
-        mad = bn.move_median(dev[:-1], w, min_count=self.warmup, axis=0)[w - 1:]
+        mad = moving_median(dev[:-1], w, self.warmup)[w - 1:]
         # NaN where the MAD is (warm-up); the median then exists too (it needs fewer samples).
         scale = np.maximum(MAD_TO_SIGMA * mad, np.maximum(floor, 1e-9))
         z = gap / scale

@@ -1,5 +1,6 @@
 """Rate of change, robust (median / MAD) z-score and stale data, by hand; stale data through the engine."""
 
+import itertools
 from datetime import timedelta
 
 import polars as pl
@@ -110,10 +111,10 @@ def test_robust_zscore_wide_equals_long_across_random_batches():
         cuts = np.unique(rng.integers(1, 700, size=14))
         seconds = (series["ts"] - series["ts"].min()).dt.total_seconds().to_numpy()
         bounds = [0, *cuts.tolist(), 701]
-        make = lambda: RobustZScore(tags, window=window, threshold=threshold, warmup=warmup)  # noqa: E731
-        long_det, wide_det, mixed_det = make(), make(), make()
+        long_det, wide_det, mixed_det = (RobustZScore(tags, window=window, threshold=threshold, warmup=warmup)
+                                         for _ in range(3))
         flagged = 0
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             part = series.filter(pl.Series((seconds >= a) & (seconds < b))).sample(fraction=1.0, shuffle=True, seed=a)
             want = long_det.score(part)
             wide = pivot(part)

@@ -244,9 +244,12 @@ async def soak(args, work: Path) -> dict:
             tags * 1000 / args.tick_ms, tags
     log = (work / "collector.log").open("ab")
     port = free_port()
+    cli = ["--log-level", "WARNING", "run", "--config", str(config), "--port", str(port)]
+    # --probe: the collector samples where its memory sits (bench/_memprobe.py) into a file
+    launch = ([str(Path(__file__).with_name("_memprobe.py")), str(args.probe), str(args.every), "--"] if args.probe
+              else ["-m", "controltower.cli"])
     collector = subprocess.Popen(  # noqa: ASYNC220 (started once, before anything runs)
-        [sys.executable, "-m", "controltower.cli", "--log-level", "WARNING", "run", "--config", str(config),
-         "--port", str(port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        [sys.executable, *launch, *cli], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     samples: list[dict] = []
     try:
         # The stream starts once the collector has subscribed (else its first messages go nowhere).
@@ -412,6 +415,8 @@ def main() -> None:
                         "nothing new for this many seconds")
     parser.add_argument("--out", type=Path, help="also write the result (with every sample) as JSON here")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/reliability.md")
+    parser.add_argument("--probe", type=Path, help="the collector also writes where its memory sits (smaps by "
+                        "kind, glibc, pymalloc, DuckDB, Python types; bench/_memprobe.py) as JSON lines here")
     parser.add_argument("--from-json", type=Path, help="write the section from an earlier run's --out file")
     parser.add_argument("--historian-alone", action="store_true",
                         help="also (or with --from-json: only) measure the DuckDB historian alone on the same rows")

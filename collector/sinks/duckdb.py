@@ -5,8 +5,12 @@ Table `samples` holds the sample schema with timestamps as BIGINT nanoseconds si
 as an ENUM. Each batch is inserted sorted by time from its Arrow table in one statement; as the
 collector writes in time order, the per-row-group min/max of `ts` (DuckDB's zonemaps) lets a
 `tag_id + time range` read skip every row group outside the range, with no index to maintain.
-Table `latest` keeps the newest sample of each tag (upserted with each batch) for `latest()`
-and `tags()`, so the screen never scans the history for them.
+There is no table of each tag's newest sample: the tower keeps that in memory
+(`controltower.live.LiveState`), and upserting one with each batch made DuckDB hold about 9 KB
+of memory per commit for as long as the database stayed open (its bookkeeping of the updated
+rows: 2,000 upserts of 1,000 rows left 19 MB in use, whether as ON CONFLICT, UPDATE or DELETE +
+INSERT; a checkpoint did not give it back, closing the database did). `latest()` and `tags()` scan `samples`, for tools and tests. A `latest` table left by an
+earlier version is dropped at open.
 
 Table `batch_events` holds the batch-event stream (`controltower.batch_events`), `ts` as BIGINT ns
 like the samples; (site, area, line, unit, ts, transition) is its key, so a replayed event is
@@ -22,15 +26,25 @@ needs more spills to DuckDB's temporary directory next to the file. 64MB, not mo
 about 10 bytes per stored value, so at 10,000 values/s a 256MB pool fills for most of an hour
 (RSS still rising 6 million values in), while with 64MB the written blocks it keeps level off at
 about 33 MB after some 3 million values (minutes) and the process's RSS with them. The reads the
-tower makes (a tag's time range, the `latest` table) need little of it; evicted blocks are read
+tower makes (a tag's time range) need little of it; evicted blocks are read
 back from the file, usually from the OS page cache.
+
+Beyond the pool, an open DuckDB database keeps some bookkeeping for every row group appended
+since it was opened (about 0.2 MB per million rows, outside `memory_limit` and not given back by a
+checkpoint): at 10,000 values/s some 8 MB an hour, for as long as the collector runs. So the
+historian closes and reopens its database after every `reopen_every_rows` rows written (default
+REOPEN_EVERY_ROWS, about 20 minutes at 10,000 values/s): the write that crosses the mark waits
+for the reads in flight, closes the database (DuckDB checkpoints it), opens it again, and the
+reads that arrive meanwhile wait for it (tens of milliseconds). Nothing written is lost: the
+close happens between transactions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +57,7 @@ from controltower.samples import SAMPLE_SCHEMA, conform, empty_samples
 
 COLUMNS = tuple(SAMPLE_SCHEMA)
 MEMORY_LIMIT = "64MB"
+REOPEN_EVERY_ROWS = 10_000_000
 _COLUMN_TYPES = {
     "ts": "BIGINT NOT NULL",
     "server_ts": "BIGINT",
@@ -59,9 +74,7 @@ _COLUMN_LIST = ", ".join(COLUMNS)
 _SCHEMA_SQL = [
     "CREATE TYPE IF NOT EXISTS quality AS ENUM ('good', 'uncertain', 'bad')",
     "CREATE TABLE IF NOT EXISTS samples ({})".format(", ".join(f"{c} {t}" for c, t in _COLUMN_TYPES.items())),
-    "CREATE TABLE IF NOT EXISTS latest ({}, PRIMARY KEY (tag_id))".format(
-        ", ".join(f"{c} {t}" for c, t in _COLUMN_TYPES.items())
-    ),
+    "DROP TABLE IF EXISTS latest",  # written with each batch by earlier versions; see the docstring
     (
         "CREATE TABLE IF NOT EXISTS batch_events (ts BIGINT NOT NULL, site VARCHAR NOT NULL, area VARCHAR NOT NULL, "
         "line VARCHAR NOT NULL, unit VARCHAR NOT NULL, batch_id VARCHAR, phase VARCHAR, transition VARCHAR NOT NULL, "
@@ -86,13 +99,8 @@ _READ_EVENTS = f"""
 # Sorted by time, so each row group covers a narrow time span (see the module docstring).
 _INSERT_SAMPLES = f"INSERT INTO samples ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM batch ORDER BY ts, tag_id"
 _NEWEST_PER_TAG = f"""
-    SELECT {_COLUMN_LIST} FROM batch
-    QUALIFY row_number() OVER (PARTITION BY tag_id ORDER BY ts DESC) = 1
-"""
-_UPSERT_LATEST = f"""
-    INSERT INTO latest ({_COLUMN_LIST}) {_NEWEST_PER_TAG}
-    ON CONFLICT (tag_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "tag_id")}
-    WHERE excluded.ts >= latest.ts
+    SELECT {_COLUMN_LIST} FROM samples {{where}}
+    QUALIFY row_number() OVER (PARTITION BY tag_id ORDER BY ts DESC) = 1 ORDER BY tag_id
 """
 
 
@@ -119,17 +127,30 @@ class DuckDbHistorian:
 
     name = "duckdb"
 
-    def __init__(self, path: str | Path, *, memory_limit: str | None = MEMORY_LIMIT):
+    def __init__(self, path: str | Path, *, memory_limit: str | None = MEMORY_LIMIT,
+                 reopen_every_rows: int = REOPEN_EVERY_ROWS):
         self.path = Path(path)
+        self.memory_limit = memory_limit
+        self.reopen_every_rows = reopen_every_rows
+        self.reopens = 0
         self._write_lock = threading.Lock()
+        # Readers in flight, and whether a reopen is waiting for them (see the module docstring).
+        self._gate = threading.Condition()
+        self._readers = 0
+        self._reopening = False
+        self._rows_since_open = 0
         self._closed = False
+        self._con = self._open()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(self.path))
-            if memory_limit:  # for the whole database: every cursor shares the pool
-                self._con.execute(f"SET memory_limit = '{memory_limit}'")
+            con = duckdb.connect(str(self.path))
+            if self.memory_limit:  # for the whole database: every cursor shares the pool
+                con.execute(f"SET memory_limit = '{self.memory_limit}'")
             for statement in _SCHEMA_SQL:
-                self._con.execute(statement)
+                con.execute(statement)
+            return con
         except (duckdb.Error, OSError) as exc:
             hint = " (is another process using it?)" if "lock" in str(exc).lower() else ""
             raise HistorianError(f"cannot open the DuckDB historian {self.path}{hint}: {exc}") from exc
@@ -152,21 +173,37 @@ class DuckDbHistorian:
         if table.column("ts").null_count:
             raise HistorianError(f"{self.path}: {table.column('ts').null_count} sample(s) without ts")
         with self._write_lock:
-            cur = self._cursor()
-            try:
-                cur.register("batch", table)
-                cur.execute("BEGIN TRANSACTION")
-                cur.execute(_INSERT_SAMPLES)
-                cur.execute(_UPSERT_LATEST)
-                cur.execute("COMMIT")
-            except duckdb.Error as exc:
+            with self._cursor() as cur:
                 try:
-                    cur.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
-                raise HistorianError(f"cannot write to the DuckDB historian {self.path}: {exc}") from exc
+                    cur.register("batch", table)
+                    cur.execute("BEGIN TRANSACTION")
+                    cur.execute(_INSERT_SAMPLES)
+                    cur.execute("COMMIT")
+                except duckdb.Error as exc:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except duckdb.Error:
+                        pass
+                    raise HistorianError(f"cannot write to the DuckDB historian {self.path}: {exc}") from exc
+            self._rows_since_open += table.num_rows
+            if self._rows_since_open >= self.reopen_every_rows:
+                self._reopen()
+
+    def _reopen(self) -> None:
+        """Close and open the database again, between transactions (the caller holds the write
+        lock), once the reads in flight are done; reads arriving meanwhile wait."""
+        with self._gate:
+            self._reopening = True
+            try:
+                self._gate.wait_for(lambda: self._readers == 0)
+                self._con.close()
+                self._con = None  # if opening fails, the next use tries again (and says why)
+                self._con = self._open()
+                self._rows_since_open = 0
+                self.reopens += 1
             finally:
-                cur.close()
+                self._reopening = False
+                self._gate.notify_all()
 
     async def write_batch_events(self, events: pl.DataFrame) -> None:
         """Store batch events (`controltower.batch_events` schema) off the event loop; an event
@@ -180,15 +217,12 @@ class DuckDbHistorian:
                                                 keep="last", maintain_order=True).to_arrow()
         if not table.num_rows:
             return
-        with self._write_lock:
-            cur = self._cursor()
+        with self._write_lock, self._cursor() as cur:
             try:
                 cur.register("events", table)
                 cur.execute(_INSERT_EVENTS)
             except duckdb.Error as exc:
                 raise HistorianError(f"cannot write batch events to the DuckDB historian {self.path}: {exc}") from exc
-            finally:
-                cur.close()
 
     def read_batch_events(self, path: str, start: datetime, end: datetime | None = None) -> pl.DataFrame:
         """Batch events of the unit or line (any ISA-95 prefix) at `path` with start <= ts < end,
@@ -198,13 +232,11 @@ class DuckDbHistorian:
         params: dict[str, object] = {"start": _ns(start), "end": _ns(end) if end is not None else 2**63 - 1}
         params |= {key: part for key, part in zip(_PATH_KEYS, parts)}
         where = " AND ".join(f"{key} = ${key}" for key in _PATH_KEYS[: len(parts)])
-        cur = self._cursor()
-        try:
-            frame = pl.from_arrow(cur.sql(_READ_EVENTS.format(where=where), params=params).to_arrow_table())
-        except duckdb.Error as exc:
-            raise HistorianError(f"cannot read batch events from the DuckDB historian {self.path}: {exc}") from exc
-        finally:
-            cur.close()
+        with self._cursor() as cur:
+            try:
+                frame = pl.from_arrow(cur.sql(_READ_EVENTS.format(where=where), params=params).to_arrow_table())
+            except duckdb.Error as exc:
+                raise HistorianError(f"cannot read batch events from the DuckDB historian {self.path}: {exc}") from exc
         return conform_events(frame) if frame.height else empty_batch_events()
 
     # --- reading -------------------------------------------------------------------------------
@@ -222,43 +254,52 @@ class DuckDbHistorian:
         return self._query(sql + " ORDER BY tag_id, ts", params)
 
     def latest(self, tag_ids: Sequence[str] | None = None) -> pl.DataFrame:
-        """The newest sample of each tag (all tags when None), sorted by tag."""
+        """The newest sample (by time) of each tag (all tags when None), sorted by tag. Scans
+        the history: for tools and tests; the screen keeps its own (`controltower.live`)."""
         if tag_ids is None:
-            return self._query(f"SELECT {_COLUMN_LIST} FROM latest ORDER BY tag_id", {})
-        return self._query(
-            f"SELECT {_COLUMN_LIST} FROM latest WHERE tag_id IN (SELECT unnest($tags)) ORDER BY tag_id",
-            {"tags": list(tag_ids)},
-        )
+            return self._query(_NEWEST_PER_TAG.format(where=""), {})
+        return self._query(_NEWEST_PER_TAG.format(where="WHERE tag_id IN (SELECT unnest($tags))"),
+                           {"tags": list(tag_ids)})
 
     def tags(self) -> list[str]:
-        """Every tag id with at least one sample, sorted."""
-        return self._query("SELECT tag_id FROM latest ORDER BY tag_id", {}, raw=True)["tag_id"].to_list()
+        """Every tag id with at least one sample, sorted. Scans the history's tag column."""
+        return self._query("SELECT DISTINCT tag_id FROM samples ORDER BY tag_id", {}, raw=True)["tag_id"].to_list()
 
     def count(self) -> int:
-        cur = self._cursor()
-        try:
+        with self._cursor() as cur:
             return cur.execute("SELECT count(*) FROM samples").fetchone()[0]
-        finally:
-            cur.close()
 
     def _query(self, sql: str, params: dict[str, object], raw: bool = False) -> pl.DataFrame:
-        cur = self._cursor()
-        try:
-            frame = pl.from_arrow(cur.sql(sql, params=params).to_arrow_table())
-        except duckdb.Error as exc:
-            raise HistorianError(f"cannot read the DuckDB historian {self.path}: {exc}") from exc
-        finally:
-            cur.close()
+        with self._cursor() as cur:
+            try:
+                frame = pl.from_arrow(cur.sql(sql, params=params).to_arrow_table())
+            except duckdb.Error as exc:
+                raise HistorianError(f"cannot read the DuckDB historian {self.path}: {exc}") from exc
         return frame if raw else conform(frame)
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        if self._closed:
-            raise HistorianError(f"the DuckDB historian {self.path} is closed")
-        # A cursor is a connection of its own to the same database: safe to use in this thread.
-        return self._con.cursor()
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor for the calling thread, closed after use; counted, so that a reopen waits for it."""
+        with self._gate:
+            self._gate.wait_for(lambda: not self._reopening)
+            if self._closed:
+                raise HistorianError(f"the DuckDB historian {self.path} is closed")
+            if self._con is None:
+                self._con = self._open()
+            # A cursor is a connection of its own to the same database: safe to use in this thread.
+            cur = self._con.cursor()
+            self._readers += 1
+        try:
+            yield cur
+        finally:
+            cur.close()
+            with self._gate:
+                self._readers -= 1
+                self._gate.notify_all()
 
     def close(self) -> None:
         with self._write_lock:
             if not self._closed:
                 self._closed = True
-                self._con.close()
+                if self._con is not None:
+                    self._con.close()

@@ -167,3 +167,39 @@ def test_a_closed_historian_refuses_reads(historian):
     historian.close()
     with pytest.raises(HistorianError, match="closed"):
         historian.read(TAGS, T0)
+
+
+def test_reopens_between_writes_while_readers_read(tmp_path):
+    """Every `reopen_every_rows` rows the historian closes and opens its database again (to give
+    back DuckDB's per-row-group bookkeeping); readers in other threads never see an error or a
+    partial batch, and every row written is there after the reopens."""
+    historian = DuckDbHistorian(tmp_path / "h.duckdb", reopen_every_rows=270)  # a write is 30 samples x 3 tags
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def reader():
+        try:
+            while not done.is_set():
+                frame = historian.read(TAGS, T0, T0 + timedelta(days=1))
+                assert frame.height % 3 == 0
+                historian.count()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(12):
+            historian.write_sync(_batch(T0_NS + i * 30 * 1_000_000_007, 30))
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert historian.reopens == 4  # after writes 3, 6, 9 and 12
+    assert historian.count() == 12 * 30 * 3
+    assert historian.read(TAGS, T0).height == 12 * 30 * 3
+    historian.close()
+    with pytest.raises(HistorianError, match="closed"):
+        historian.count()

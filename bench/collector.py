@@ -261,7 +261,7 @@ Where the ingest bench's collector spends its CPU (the stream of `bench/ingest.p
 tags, one message per unit; process CPU time of every thread, so DuckDB's own threads count;
 medians). Decode: `MqttSource.handle_message` per message and `take_batch` per flush of
 `flush_max_samples` (10,000), as the source runs; spool: `Spool.append` of those batches (Arrow
-IPC, LZ4, one fsync each); DuckDB: `write_sync` of runs of 100,000 (insert, `latest` upsert,
+IPC, LZ4, one fsync each); DuckDB: `write_sync` of runs of 100,000 (insert sorted by time,
 commit), as the forwarder stores them. The bare aiomqtt client of the ingest bench spends about
 1.4-1.7 µs per value (600,000-730,000 values per CPU-s) receiving these messages; the collector
 pays that too, plus these:

@@ -416,7 +416,7 @@ def targets_text(through: list[dict]) -> str:
         f"batched JSON; for Sparkplug B protobuf per message and a Python loop over its metrics), appends each "
         f"flush to the spool (Arrow IPC, fsync) and stores it in the historian, in threads of the same process "
         f"(counted in its CPU time). The CPU per value of each stage on this stream is in \"Collector\" "
-        f"(`bench/collector.py`): the DuckDB write (insert, `latest` upsert, commit) alone costs about as much "
+        f"(`bench/collector.py`): the DuckDB write (insert sorted by time, commit) alone costs about as much "
         f"as the bare client's whole receive, so no collector that stores every value can come within 20% of "
         f"a client that stores nothing; for the InfluxDB-protocol servers the line-protocol encoding and the "
         f"HTTP write take its place."

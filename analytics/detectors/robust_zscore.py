@@ -124,7 +124,7 @@ class RobustZScore(WindowedScore):
         np.abs(gap, out=gap)
         mad = moving_median(dev[:-1], w, self.warmup)[w - 1:]
         # NaN where the MAD is (warm-up); the median then exists too (it needs fewer samples).
-        scale = np.maximum(MAD_TO_SIGMA * mad, np.maximum(floor, 1e-9))
+        scale = np.maximum(np.multiply(mad, MAD_TO_SIGMA, out=mad), np.maximum(floor, 1e-9), out=mad)
         z = gap / scale
         over = z > self.threshold
         n_fresh = np.where(known, packed.n, 0)

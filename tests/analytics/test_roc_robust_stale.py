@@ -127,3 +127,32 @@ def test_robust_zscore_wide_equals_long_across_random_batches():
             flagged += int((want["level"] > 0).sum())
         assert flagged > 5
         assert wide_det._tail.sort("tag_id", maintain_order=True).equals(long_det._tail.sort("tag_id", maintain_order=True))
+
+
+def test_robust_zscore_through_the_engine_wide_equals_long():
+    """The live engine scores wide batches with `score_wide` (limits and reasons built only for
+    the events): the same events and alerts as the long path."""
+    import numpy as np
+    from polars.testing import assert_frame_equal
+
+    from analytics.detectors.wide import pivot
+    from controltower.site import RobustZScoreConfig
+    from tests.analytics.helpers import TEMPERATURE
+
+    tags = [make_tag(f"s.a.l.u.{n}", **TEMPERATURE) for n in "abc"] + [make_tag("s.a.l.u.d")]
+    config = DetectorsConfig(robust_zscore=RobustZScoreConfig(enabled=True, window=20, threshold=3.5))
+    engines = [DetectionEngine(tags, config, wide=w) for w in (True, False)]
+    series = random_wide_series(3)
+    seconds = (series["ts"] - series["ts"].min()).dt.total_seconds().to_numpy()
+    events = 0
+    for a, b in itertools.pairwise([0, 60, 61, 200, 333, 480, 701]):
+        part = series.filter(pl.Series((seconds >= a) & (seconds < b)))
+        assert pivot(part) is not None  # the wide engine takes the wide path
+        alerts = [e.process(part) for e in engines]
+        assert [(x.tag_id, x.detector, x.severity, x.message) for x in alerts[0]] == \
+               [(x.tag_id, x.detector, x.severity, x.message) for x in alerts[1]]
+        got, want = (e.last_events.filter(pl.col("detector") == "robust_zscore") for e in engines)
+        assert_frame_equal(got.drop("score", "limit"), want.drop("score", "limit"))
+        assert np.allclose(got["limit"].to_numpy(), want["limit"].to_numpy(), rtol=1e-9, equal_nan=True)
+        events += got.height
+    assert events > 5

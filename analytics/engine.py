@@ -19,10 +19,17 @@ phase) and, when a unit's stored `spc` model has centres per ISA-88 phase, to `R
 a micro-batch is then cut at the phase changes inside it (a few an hour: most batches are one
 part) and, before each part is scored, the SPC charts take the running phase's centres, the
 tags whose centre moved starting their runs, EWMA and CUSUM afresh.
+
+A new version of a stored model (`analytics.model_reload`, which watches the model store) is
+handed over with `stage_monitor` from any thread and swapped in at the start of the next
+`process`, never while a micro-batch is being scored; it takes over the stream state of the
+version it replaces (`monitors._Monitor.take_over`) and its alert point's level, so an active
+condition carries on.
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from itertools import pairwise
 from typing import Self
@@ -227,6 +234,33 @@ class DetectionEngine:
         running = RunningPhases(stored)
         self.running_phases = running if running.units and self._charts else None
         self._levels.update((m.name, pl.DataFrame(schema=_LEVEL_SCHEMA)) for m in self.monitors)
+        self._staged: list = []  # new model versions, swapped in before the next micro-batch
+        self._staged_lock = threading.Lock()
+
+    def stage_monitor(self, monitor) -> None:
+        """A new version of a unit's stored model, as a monitor (`monitors.open_monitor`): it
+        replaces the running version of its unit and kind (or joins, when the unit had none) at
+        the start of the next `process`. Safe from any thread."""
+        with self._staged_lock:
+            self._staged.append(monitor)
+
+    def model_versions(self) -> dict[tuple[str, str], int | None]:
+        """(unit, kind) -> version of each stored model scoring, the staged ones included."""
+        with self._staged_lock:
+            staged = list(self._staged)
+        return {(m.unit, m.name): m.version for m in [*self.monitors, *staged]}
+
+    def _swap_staged(self) -> None:
+        with self._staged_lock:
+            staged, self._staged = self._staged, []
+        for new in staged:
+            old = next((m for m in self.monitors if (m.unit, m.name) == (new.unit, new.name)), None)
+            if old is None:
+                self.monitors = [*self.monitors, new]
+            else:
+                new.take_over(old)
+                self.monitors = [new if m is old else m for m in self.monitors]
+            self._levels.setdefault(new.name, pl.DataFrame(schema=_LEVEL_SCHEMA))
 
     def fit(self, history: pl.DataFrame) -> Self:
         for detector in self.detectors:
@@ -252,7 +286,9 @@ class DetectionEngine:
         (`check(now)`, `now` defaulting to the batch clock); apply the condition changes to the
         book; return the alerts raised. Tags unknown to the config are ignored. With centres per
         phase, the batch is scored in parts cut at the phase changes inside it (`last_scores`
-        and `last_events` then hold the last part's)."""
+        and `last_events` then hold the last part's). Staged model versions are swapped in first."""
+        if self._staged:
+            self._swap_staged()
         if self.running_phases is None or batch.is_empty():
             return self._process(batch, now)
         raised = []

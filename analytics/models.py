@@ -3,8 +3,10 @@
     <root>/<unit path>/<kind>/v0001/manifest.json   what the model is (below)
                                     arrays.npz      its learned arrays (NumPy, loaded with allow_pickle=False)
 
-Kinds: `pca`, `dpca`, `iforest` (per-row monitors on the unit's wide rows, `rows.wide_rows`),
-`golden` (`analytics.golden.GoldenBatch`) and `spc` (`analytics.detectors.spc.SpcCentres`: the
+Kinds: `pca`, `dpca`, `iforest`, `knn` (per-row monitors on the unit's wide rows,
+`rows.wide_rows`; knn is the MSET-like nearest-neighbour residual that `controltower detect
+--method auto` uses, its memory capped at `KNN_MEMORY` rows and its score smoothed by the same
+EWMA, `offline.HALFLIFE["knn"]` rows, before the threshold: `limits.halflife`), `golden` (`analytics.golden.GoldenBatch`) and `spc` (`analytics.detectors.spc.SpcCentres`: the
 centre line and sigma per tag of the SPC charts, mean and MR-bar / 1.128, over the training range
 and per ISA-88 phase when the samples carry one; not a monitor, the charts take it). Nothing is
 pickled: the isolation forest's trees are arrays too (`multivariate.iforest.IsolationTrees`).
@@ -41,13 +43,21 @@ import polars as pl
 
 from analytics.detectors.spc import SpcCentres
 from analytics.golden import GoldenBatch
-from analytics.multivariate import DynamicPCADetector, IsolationForestDetector, PCADetector, QuantileThreshold
+from analytics.multivariate import (
+    DynamicPCADetector,
+    IsolationForestDetector,
+    NearestNeighbourDetector,
+    PCADetector,
+    QuantileThreshold,
+    ewma,
+)
 from analytics.multivariate.iforest import IsolationTrees
 from analytics.multivariate.rows import wide_rows
 from analytics.multivariate.threshold import held_out_scores
+from analytics.offline import HALFLIFE  # knn: the smoothing `detect --method auto` chose (docs/benchmarks.md)
 
-KINDS = ("pca", "dpca", "iforest", "golden")  # the kinds the live monitors score (`analytics.monitors`)
-ROW_KINDS = ("pca", "dpca", "iforest")
+KINDS = ("pca", "dpca", "iforest", "knn", "golden")  # the kinds the live monitors score (`analytics.monitors`)
+ROW_KINDS = ("pca", "dpca", "iforest", "knn")
 SPC = "spc"  # centre lines of the SPC charts, loaded by `controltower.runtime.load_unit_monitors`
 STORE_KINDS = (*KINDS, SPC)
 FORMAT = 1
@@ -55,8 +65,12 @@ MANIFEST, ARRAYS = "manifest.json", "arrays.npz"
 KEY_ENV = "CONTROLTOWER_MODEL_KEY"
 N_FOLDS = 5
 ROW_S = 1.0
-CLASSES = {"pca": PCADetector, "dpca": DynamicPCADetector, "iforest": IsolationForestDetector, "golden": GoldenBatch,
-           SPC: SpcCentres}
+# The nearest-neighbour memory at most: a scored row compares with every remembered one (about
+# 1 ms per row at 4,000 rows x 5 tags), and 4,000 rows spread over the training range (plus each
+# tag's extremes) cover a unit's operating envelope.
+KNN_MEMORY = 4000
+CLASSES = {"pca": PCADetector, "dpca": DynamicPCADetector, "iforest": IsolationForestDetector,
+           "knn": NearestNeighbourDetector, "golden": GoldenBatch, SPC: SpcCentres}
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -75,6 +89,8 @@ def make_model(kind: str, alpha: float = 0.01, **params: Any):
         return DynamicPCADetector(**({"lags": 2, "variance": 0.9, "alpha": alpha} | params))
     if kind == "iforest":
         return IsolationForestDetector(**({"n_estimators": 200, "random_state": 0} | params))
+    if kind == "knn":
+        return NearestNeighbourDetector(**({"n_neighbors": 5, "max_memory": KNN_MEMORY} | params))
     if kind == "golden":
         return GoldenBatch(**({"alpha": alpha} | params))
     if kind == SPC:
@@ -98,8 +114,13 @@ class FittedModel:
 
     @property
     def threshold(self) -> float:
-        """The alarm threshold on `model.score_samples` (row kinds)."""
+        """The alarm threshold on `model.score_samples` (row kinds), smoothed by `halflife`."""
         return float(self.limits["threshold"])
+
+    @property
+    def halflife(self) -> float:
+        """EWMA half-life in rows of the score the threshold applies to (0: the raw score)."""
+        return float(self.limits.get("halflife", 0.0))
 
 
 def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tuple[str, ...], alpha: float = 0.01,
@@ -107,9 +128,13 @@ def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tu
     """Fit a `kind` model on a unit's samples (sample schema). Row kinds: on its wide rows, with
     the alarm threshold calibrated on held-out blocks (`threshold.held_out_scores`) at `alpha`;
     spc: centre and sigma per tag, and per (tag, phase) when `samples` has a `phase` column (no
-    limits: the charts' widths are in the site file). Raises ValueError naming the reason (no
-    rows, too few rows or batches)."""
-    model = make_model(kind, alpha, **(params or {}))
+    limits: the charts' widths are in the site file). knn: the threshold is calibrated on the
+    held-out scores smoothed by an EWMA of `params["halflife"]` rows (default: as `controltower
+    detect`), which the live monitor applies too. Raises ValueError naming the reason (no rows,
+    too few rows or batches)."""
+    params = dict(params or {})
+    halflife = float(params.pop("halflife", HALFLIFE["knn"])) if kind == "knn" else 0.0
+    model = make_model(kind, alpha, **params)
     training = dict(training or {})
     training["samples"] = samples.height
     if kind == "golden":
@@ -135,9 +160,12 @@ def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tu
         X = wide_rows(samples, variables, row_s=ROW_S).drop("ts")
         if X.height == 0:
             raise ValueError(f"unit {unit}: no complete row (every tag at one time) in the training samples")
-        threshold = QuantileThreshold(alpha).fit(held_out_scores(model, X, N_FOLDS))
+        smooth = (lambda s: ewma(s, halflife)) if halflife > 0 else None
+        threshold = QuantileThreshold(alpha).fit(held_out_scores(model, X, N_FOLDS, post=smooth))
         model.fit(X)
         limits = {"threshold": threshold.threshold_}
+        if kind == "knn":
+            limits["halflife"] = halflife
         if kind in ("pca", "dpca"):
             limits |= {"t2": model.t2_limit_, "spe": model.spe_limit_}
         training["rows"] = X.height

@@ -2,10 +2,13 @@
 returns condition rows the engine turns into alerts (one alert point per unit and model kind,
 its tag_id the unit's path, e.g. `lyon.usp.bio1.br101`, its detector the kind).
 
-Row monitors (pca, dpca, iforest): the unit's samples become wide rows (`rows.wide_rows`, the
-last row carried for forward fill; dynamic PCA also carries its `lags` previous rows so a
+Row monitors (pca, dpca, iforest, knn): the unit's samples become wide rows (`rows.wide_rows`,
+the last row carried for forward fill; dynamic PCA also carries its `lags` previous rows so a
 micro-batch boundary does not reset its history). score = model score / calibrated threshold
-(1 = at the limit). A row is over when score > 1; the condition is raised after
+(1 = at the limit); a model whose threshold was calibrated on a smoothed score (knn: an EWMA,
+`FittedModel.halflife`) has its scores and contributions smoothed the same way, the EWMA
+carried across micro-batches (`postprocess.StreamingEwma`), so the stream scores as the
+whole recording would. A row is over when score > 1; the condition is raised after
 `on_delay_rows` consecutive rows over (counted across micro-batches), as a warning, or an
 alarm when score >= `alarm_score`; it clears on the first row back under the limit.
 
@@ -16,6 +19,12 @@ batch of the unit): its time into the batch must be known. A model fitted by pha
 running phase from the unit's batch events (`batch_events`, fed by the collector's pipeline):
 each sample gets the phase whose span holds it, and a phase is scored from its start event
 on; samples of a phase whose start the monitor did not see are not scored.
+
+A new version of a model replacing a running one (`analytics.model_reload`) takes over what
+the old monitor knew of the stream (`take_over`): the carried row, the lag history, the batches
+and phases seen, the count of rows over the limit (so an active condition that the new version
+also sees does not clear and raise again). What belongs to the old model's scores, the EWMA
+of a smoothed score, starts afresh.
 
 Each row names its root-cause hint: `contributors`, the top tags by contribution (envelope
 violations first for the golden batch), most responsible first, `;`-separated.
@@ -31,6 +40,7 @@ import polars as pl
 
 from analytics.golden import WHOLE_BATCH, top_names
 from analytics.models import KINDS, ROW_KINDS, ROW_S, FittedModel, ModelStore, ModelStoreError
+from analytics.multivariate.postprocess import StreamingEwma
 from analytics.multivariate.rows import wide_rows
 from controltower.batch_events import empty_batch_events, phase_spans, with_phases
 from controltower.samples import PATH_COLUMNS
@@ -69,6 +79,10 @@ class _Monitor:
         self.alarm_score = alarm_score
         self._run = 0
 
+    def take_over(self, previous: _Monitor) -> None:
+        """Continue the stream `previous` (an older version of this unit's model) was scoring."""
+        self._run = previous._run
+
     def _conditions(self, ts: pl.Series, score: np.ndarray, contributors: pl.Series, what: str) -> pl.DataFrame:
         over = np.nan_to_num(score, nan=0.0) > 1.0
         active, self._run = on_delay(over, self._run, self.on_delay_rows)
@@ -86,7 +100,7 @@ class _Monitor:
 
 
 class RowMonitor(_Monitor):
-    """A pca, dpca or iforest model on a unit's wide rows."""
+    """A pca, dpca, iforest or knn model on a unit's wide rows."""
 
     def __init__(self, fitted: FittedModel, on_delay_rows: int = 5, alarm_score: float = 3.0):
         super().__init__(fitted, on_delay_rows, alarm_score)
@@ -94,6 +108,17 @@ class RowMonitor(_Monitor):
         self.lags = int(getattr(fitted.model, "lags", 0))
         self._carry: pl.DataFrame | None = None
         self._history: pl.DataFrame | None = None  # the last `lags` rows, for dynamic PCA
+        # Score and contributions smoothed alike: the smoothed contributions still sum to (or
+        # rank) the smoothed score the alert is decided on.
+        self._smooth = (StreamingEwma(fitted.halflife), StreamingEwma(fitted.halflife)) if fitted.halflife > 0 \
+            else None
+
+    def take_over(self, previous: _Monitor) -> None:
+        super().take_over(previous)
+        if isinstance(previous, RowMonitor) and previous.variables == self.variables:
+            self._carry = previous._carry
+            history = previous._history if self.lags else None
+            self._history = history[-self.lags:] if history is not None else None
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         rows = wide_rows(batch, self.variables, row_s=ROW_S, carry=self._carry)
@@ -108,9 +133,12 @@ class RowMonitor(_Monitor):
             self._history = rows[-self.lags:]
         X = rows.drop("ts")
         model = self.fitted.model
-        score = model.score_samples(X)[context:] / self.threshold
-        contrib = model.contributions(X)[context:]
-        names = top_names(contrib.to_numpy(), self.variables, above=0.0)
+        raw = model.score_samples(X)[context:]
+        contrib = model.contributions(X)[context:].to_numpy()
+        if self._smooth is not None:
+            raw, contrib = self._smooth[0].update(raw), self._smooth[1].update(contrib)
+        score = raw / self.threshold
+        names = top_names(contrib, self.variables, above=0.0)
         return self._conditions(rows["ts"][context:], score, names, f"{self.name} score")
 
 
@@ -124,6 +152,11 @@ class GoldenMonitor(_Monitor):
                                             "start": pl.Datetime("ns", "UTC")})
         self.by_phase = tuple(fitted.model.phases_) != (WHOLE_BATCH,)
         self._events = empty_batch_events()  # the unit's latest batch events (phase models)
+
+    def take_over(self, previous: _Monitor) -> None:
+        super().take_over(previous)
+        if isinstance(previous, GoldenMonitor):
+            self._last_batch, self._starts, self._events = previous._last_batch, previous._starts, previous._events
 
     def batch_events(self, events: pl.DataFrame) -> None:
         """Batch events from the collector (`controltower.batch_events` schema); a model fitted
@@ -203,20 +236,27 @@ def load_monitors(root: Path, units: list[str], *, pin: dict[str, dict[str, int]
             try:
                 if not store.versions(unit, kind):
                     continue
-                fitted = store.load(unit, kind, (pin or {}).get(unit, {}).get(kind))
+                monitors.append(open_monitor(store, unit, kind, (pin or {}).get(unit, {}).get(kind),
+                                             on_delay_rows=on_delay_rows, alarm_score=alarm_score,
+                                             known_tags=known_tags))
             except ModelStoreError as exc:
                 log.error("model not loaded: %s", exc)
-                continue
-            unknown = sorted(set(fitted.variables) - known_tags) if known_tags is not None else []
-            if unknown:
-                log.error("%s model v%s of %s not loaded: it reads tags the site does not have: %s",
-                          kind, fitted.manifest.get("version"), unit, ", ".join(unknown))
-                continue
-            if kind == "golden" and tuple(fitted.model.phases_) != (WHOLE_BATCH,):
-                log.info("golden model v%s of %s is aligned by phase (%s): it scores the phases whose start "
-                         "the collector announces", fitted.manifest.get("version"), unit,
-                         ", ".join(fitted.model.phases_))
-            cls = RowMonitor if kind in ROW_KINDS else GoldenMonitor
-            monitors.append(cls(fitted, on_delay_rows, alarm_score))
-            log.info("loaded %s model v%s of %s", kind, fitted.manifest.get("version"), unit)
     return monitors
+
+
+def open_monitor(store: ModelStore, unit: str, kind: str, version: int | None = None, *, on_delay_rows: int = 5,
+                 alarm_score: float = 3.0, known_tags: set[str] | None = None) -> _Monitor:
+    """The live monitor of a stored model (`version`, else the newest), verified by the store;
+    ModelStoreError naming the model and the reason when it cannot be loaded or reads a tag not
+    in `known_tags`."""
+    fitted = store.load(unit, kind, version)
+    unknown = sorted(set(fitted.variables) - known_tags) if known_tags is not None else []
+    if unknown:
+        raise ModelStoreError(f"{kind} model v{fitted.manifest.get('version')} of {unit} reads tags the site "
+                              f"does not have: {', '.join(unknown)}")
+    if kind == "golden" and tuple(fitted.model.phases_) != (WHOLE_BATCH,):
+        log.info("golden model v%s of %s is aligned by phase (%s): it scores the phases whose start "
+                 "the collector announces", fitted.manifest.get("version"), unit, ", ".join(fitted.model.phases_))
+    cls = RowMonitor if kind in ROW_KINDS else GoldenMonitor
+    log.info("loaded %s model v%s of %s", kind, fitted.manifest.get("version"), unit)
+    return cls(fitted, on_delay_rows, alarm_score)

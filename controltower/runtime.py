@@ -99,6 +99,20 @@ def load_stored_centres(root: Path, units: list[str], pin: dict[str, dict[str, i
     return found
 
 
+def model_reloader(site: SiteConfig, data_dir: Path, engine: DetectionEngine, units: list[str] | None = None):
+    """A `ModelReloader` for the engine's units (all the site's, or an analytics worker's
+    partition), or None when stored models or their reload (`detectors.models.reload_s` 0) are off."""
+    config = site.detectors.models
+    if not config.enabled or config.reload_s <= 0:
+        return None
+    from analytics.model_reload import ModelReloader
+
+    units = sorted({t.unit_id for t in site.tag_table()}) if units is None else units
+    return ModelReloader(engine, site.resolve_path(config.dir, data_dir), units, pin=config.pin,
+                         on_delay_rows=config.on_delay_rows, alarm_score=config.alarm_score,
+                         known_tags={t.tag_id for t in site.tag_table()})
+
+
 class ControlTower:
     """Implements `controltower.context.TowerContext` for the screen and the API."""
 
@@ -112,6 +126,7 @@ class ControlTower:
         self.journal = AlarmJournal(self.data_dir / "alarm_journal.jsonl")
         self.alerts = AlertBook(journal=self.journal)
         self.engine = DetectionEngine(self.tags, site.detectors, self.alerts, monitors=load_unit_monitors(site, self.data_dir))
+        self.reloader = model_reloader(site, self.data_dir, self.engine)
         self.historian = historian or open_historian(site.historian, self.data_dir)
         self.sources = build_sources(site, self.data_dir)
         self.metrics.watch_sources(lambda: [s.health for s in self.sources])
@@ -172,6 +187,24 @@ class ControlTower:
             except Exception:  # a detector's bug must not stop the tower
                 log.exception("clock-driven detectors failed")
 
+    async def watch_models(self, period_s: float | None = None) -> None:
+        """Swap in new stored model versions (`analytics.model_reload`) every `period_s`
+        (default `detectors.models.reload_s`) until cancelled; each is audited."""
+        if self.reloader is None:
+            return
+        from analytics.model_reload import watch
+
+        await watch(lambda: [self.reloader], period_s or self.site.detectors.models.reload_s, self._audit_reload)
+
+    def _audit_reload(self, change) -> None:
+        """A model version swapped in (`model.load`) or refused (`model.refuse`) by the running tower."""
+        self.audit.record(
+            "system", "model.refuse" if change.error else "model.load", f"{change.unit} {change.kind}",
+            old=change.old_fingerprint, new=change.new_fingerprint,
+            reason=change.error or f"hot reload: version {change.new_version} replaces {change.old_version}",
+            details={"version": change.new_version, "previous_version": change.old_version},
+        )
+
     def health(self) -> dict[str, Any]:
         sources = [s.health.as_dict() for s in self.sources]
         spool = self.pipeline.spool_health()
@@ -226,6 +259,7 @@ class ControlTower:
         """Collect, detect and store until cancelled or for `duration_s` seconds."""
         task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         clock = asyncio.create_task(self.check_clock(), name="clock-checks")
+        models = asyncio.create_task(self.watch_models(), name="model-reload")
         try:
             if duration_s is None:
                 await task
@@ -235,9 +269,10 @@ class ControlTower:
                     task.result()
         finally:
             clock.cancel()
+            models.cancel()
             if not task.done():
                 task.cancel()
-            await asyncio.gather(task, clock, return_exceptions=True)
+            await asyncio.gather(task, clock, models, return_exceptions=True)
 
     def close(self) -> None:
         self.stop_screen()

@@ -35,7 +35,7 @@ from collector.sinks import open_historian
 from collector.spool import Spool
 from controltower.batch_events import empty_batch_events
 from controltower.metrics import Metrics
-from controltower.runtime import build_sources, load_unit_monitors
+from controltower.runtime import build_sources, load_unit_monitors, model_reloader
 from controltower.site import MqttSourceConfig, SiteConfig, TagInfo
 from controltower.uns import (
     Topics,
@@ -228,6 +228,8 @@ class AnalyticsWorker:
         # not newer than it were in the history already (the collectors store and publish alike).
         self._warmed_to: dict[int, pl.DataFrame] = {}
         self.engines: dict[int, DetectionEngine] = {}
+        # Per owned partition, what swaps new stored model versions into its engine (None: off).
+        self.reloaders: dict[int, Any] = {}
         self.members: set[str] = set()
         self.owned: set[int] = set()
         self.flush_interval_s = flush_interval_s
@@ -258,15 +260,26 @@ class AnalyticsWorker:
     async def run(self, duration_s: float | None = None) -> None:
         status = asyncio.create_task(_status_loop(self.data_dir / "status.json", self.status), name="status")
         session = asyncio.create_task(self._supervise(), name="uns-session")
+        models = asyncio.create_task(self._watch_models(), name="model-reload")
         try:
             await asyncio.wait({session}, timeout=duration_s)
             if session.done():
                 session.result()
         finally:
-            for task in (session, status):
+            for task in (session, status, models):
                 task.cancel()
-            await asyncio.gather(session, status, return_exceptions=True)
+            await asyncio.gather(session, status, models, return_exceptions=True)
             write_status(self.data_dir / "status.json", self.status())
+
+    async def _watch_models(self) -> None:
+        """New stored model versions into the owned partitions' engines (`analytics.model_reload`),
+        logged; the worker keeps no audit trail of its own (the fit is audited where it ran)."""
+        period = self.site.detectors.models.reload_s
+        if not self.site.detectors.models.enabled or period <= 0:
+            return
+        from analytics.model_reload import watch
+
+        await watch(lambda: [r for r in self.reloaders.values() if r is not None], period)
 
     async def _supervise(self) -> None:
         delay = 0.5
@@ -518,6 +531,8 @@ class AnalyticsWorker:
         self.engines = {k: self.engines.get(k) or DetectionEngine(
             self._tags_by_partition.get(k, []), self.site.detectors, self.book,
             monitors=load_unit_monitors(self.site, Path(self.site.data_dir), units=self._units_of(k))) for k in mine}
+        self.reloaders = {k: self.reloaders.get(k) or model_reloader(
+            self.site, Path(self.site.data_dir), self.engines[k], units=self._units_of(k)) for k in mine}
         self._warmed_to = {k: v for k, v in self._warmed_to.items() if k in mine}
         for k in gained:
             self._restore(k)

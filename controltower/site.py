@@ -579,12 +579,15 @@ class StaleConfig(Strict):
 
 class ModelsConfig(Strict):
     """Stored multivariate models (`controltower model fit`): the live engine loads, per unit and
-    kind (pca, dpca, iforest, golden, spc), the newest version under `dir`, or the version `pin`
-    names: `pin: {lyon.usp.bio1.br101: {pca: 3}}`."""
+    kind (pca, dpca, iforest, knn, golden, spc), the newest version under `dir`, or the version
+    `pin` names: `pin: {lyon.usp.bio1.br101: {pca: 3}}`. Every `reload_s` seconds (0: never) it
+    looks for a newer version of the kinds not pinned and swaps it in without a restart
+    (`analytics.model_reload`; not the spc centre lines)."""
 
     enabled: bool = True
     dir: str = "models"  # relative paths are under the data directory
-    pin: dict[str, dict[Literal["pca", "dpca", "iforest", "golden", "spc"], int]] = {}
+    pin: dict[str, dict[Literal["pca", "dpca", "iforest", "knn", "golden", "spc"], int]] = {}
+    reload_s: float = Field(default=10.0, ge=0)
     # Consecutive rows over the limit before an alert is raised (the limit alone lets about
     # alpha of normal rows through), and the score (1 = at the limit) from which it is an alarm.
     on_delay_rows: int = Field(default=5, ge=1)

@@ -14,6 +14,9 @@ Contributions: the squared residual of each variable, (z_j - estimate_j)², whic
 score. The memory is plain data (`memory_`, the standardised training rows): nearest neighbours
 are found by brute force in row chunks (|a|² + |b|² - 2 a·b), fast for memories of a few
 thousand rows, which is what a detector fitted on a recording of normal operation holds.
+`max_memory` caps it for long recordings (days of 1 s rows would make every scored row compare
+with hundreds of thousands): the rows holding each variable's minimum and maximum (the edges of
+the envelope, as MSET's min-max selection keeps) plus rows evenly spaced in time.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ CHUNK_ROWS = 512
 class NearestNeighbourDetector(BaseEstimator):
     """MSET-like nearest-neighbour residual monitor; see the module doc.
 
-    Parameters: `n_neighbors` (>= 1) averaged into the estimate.
-    Learned: `variables_`, `mean_`, `scale_`, `memory_` (n, p) standardised training rows.
+    Parameters: `n_neighbors` (>= 1) averaged into the estimate; `max_memory` (None: no cap)
+    rows remembered, > n_neighbors and >= 2 p (module doc).
+    Learned: `variables_`, `mean_`, `scale_`, `memory_` (m, p) standardised training rows.
     """
 
-    def __init__(self, *, n_neighbors: int = 5):
+    def __init__(self, *, n_neighbors: int = 5, max_memory: int | None = None):
         self.n_neighbors = n_neighbors
+        self.max_memory = max_memory
 
     def fit(self, X: pl.DataFrame) -> Self:
         """Remember the normal rows X (n, p); n must exceed `n_neighbors`."""
@@ -51,8 +56,21 @@ class NearestNeighbourDetector(BaseEstimator):
         self.mean_ = A.mean(axis=0)
         std = A.std(axis=0, ddof=1)
         self.scale_ = np.where(std > 1e-12 * np.maximum(1.0, np.abs(self.mean_)), std, 1.0)
-        self.memory_ = np.ascontiguousarray((A - self.mean_) / self.scale_)
+        self.memory_ = np.ascontiguousarray((A[self._remembered(A)] - self.mean_) / self.scale_)
         return self
+
+    def _remembered(self, A: np.ndarray) -> np.ndarray | slice:
+        """The rows of A (n, p) kept in the memory: all, or at most `max_memory` (module doc)."""
+        n, p = A.shape
+        if self.max_memory is None or n <= self.max_memory:
+            return slice(None)
+        if self.max_memory <= max(self.n_neighbors, 2 * p - 1):
+            raise ValueError(f"max_memory must exceed n_neighbors {self.n_neighbors} and be >= 2 x "
+                             f"{p} variables, got {self.max_memory}")
+        edges = np.unique(np.concatenate([A.argmin(axis=0), A.argmax(axis=0)]))
+        rest = np.setdiff1d(np.arange(n), edges)  # more rows than wanted: the picks below are distinct
+        spaced = rest[np.linspace(0, rest.size - 1, self.max_memory - edges.size).round().astype(np.int64)]
+        return np.union1d(edges, spaced)  # `max_memory` rows in time order
 
     def _residuals(self, X: pl.DataFrame) -> np.ndarray:
         """z - estimate(z), (n, p)."""

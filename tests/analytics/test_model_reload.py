@@ -171,3 +171,22 @@ def test_a_pinned_version_is_not_reloaded(tmp_path: Path):
     changes = free.poll()
     assert [(c.kind, c.old_version, c.new_version, c.error) for c in changes] == [("pca", 1, 2, None)]
     assert free.engine.model_versions() == {(UNIT, "pca"): 2} and free.poll() == []
+
+
+def test_a_kind_fitted_for_the_first_time_joins_and_unknown_tags_are_refused(tmp_path: Path):
+    samples = simulate(SITE, seed=5, seconds=3.2 * BATCH_S)
+    config = SITE.detectors.model_copy(update={name: getattr(SITE.detectors, name).model_copy(update={"enabled": False})
+                                               for name in UNIVARIATE})
+    engine = DetectionEngine(SITE.tag_table(), config, monitors=[])
+    reloader = ModelReloader(engine, tmp_path, [UNIT], known_tags=set(TAGS))
+    narrow = ModelReloader(DetectionEngine(SITE.tag_table(), config, monitors=[]), tmp_path, [UNIT],
+                           known_tags=set(TAGS[:-1]))  # a site that lost a tag
+    assert reloader.poll() == [] and narrow.poll() == []
+    ModelStore(tmp_path).save(fit_unit_model("pca", batches(samples, 2, 2), unit=UNIT, variables=TAGS))
+    assert [(c.kind, c.old_version, c.new_version, c.error) for c in reloader.poll()] == [("pca", None, 1, None)]
+    refused = narrow.poll()
+    assert len(refused) == 1 and "reads tags the site does not have: " + TAGS[-1] in refused[0].error
+    assert narrow.engine.model_versions() == {} and narrow.poll() == []  # refused once, not retried
+    assert engine.monitors == []  # staged until the next micro-batch
+    engine.process(batches(samples, 3, 3).head(1000))
+    assert [(m.name, m.version) for m in engine.monitors] == [("pca", 1)] and f"pca:{UNIT}" in engine.last_scores

@@ -29,7 +29,6 @@ import numpy as np
 import polars as pl
 
 from analytics.detectors.base import per_tag
-from analytics.detectors.moving_median import moving_median
 from analytics.detectors.stream import LevelMemory, keys_of, new_tails, on_key, split_usable, with_tail
 from analytics.detectors.wide import (
     Compacted,
@@ -107,6 +106,10 @@ class RobustZScore(WindowedScore):
         """`score` on a wide batch (`wide.pivot`): each tag's usable values compacted to the top of
         its column under its carried tail (`window` rows, bottom-aligned, NaN above), then the
         moving median of the values and the moving median of the deviations down the columns."""
+        # Imported here, not with the module: the kernel is compiled by Numba, whose import alone
+        # adds ~115 MiB to a process's RSS (LLVM), paid only by a site that runs this detector.
+        from analytics.detectors.moving_median import moving_median
+
         self._check()
         ids, w = wide.tag_ids, self.window
         floor = aligned(self.floors(), ids, "floor")

@@ -383,12 +383,50 @@ def section(result: dict, command: str) -> str:
         (f"Values emitted {result['emitted']:,} ({emitted}), stored {result['stored']:,}, distinct (tag, ts) "
          f"{result['distinct']:,}: lost {result['lost']:,}, duplicates {result['duplicates']:,}."),
         "",
+        *probe_table(result.get("probe")),
         *([(f"Baseline (`bench/soak.py --historian-alone`, on this machine): the DuckDB historian alone, writing the "
             f"same {result['baseline']['rows']:,} rows in this process, went from {result['baseline']['rss_mb']['first']} "
             f"to {result['baseline']['rss_mb']['last']} MiB RSS ({result['baseline']['rss_mb']['slope_per_h']:+.1f} MiB "
             "per hour of stream, on the second half): the part of the collector's growth that is the store's."), ""]
           if result.get("baseline") else []),
     ])
+
+
+# What the collector's probe (--probe, bench/_memprobe.py) saw, by where the memory sits.
+PROBE_ROWS = [
+    ("RSS", "rss_mb", "MiB"),
+    ("glibc: bytes in use (Python's large objects, DuckDB's bookkeeping, C libraries)", "glibc_in_use_mb", "MiB"),
+    ("glibc: free bytes kept in its arenas", "glibc_free_mb", "MiB"),
+    ("main heap mapping, resident", "heap_mb", "MiB"),
+    ("unnamed anonymous mappings, resident (glibc thread arenas, pymalloc, jemalloc of Polars and DuckDB)",
+     "anon_mb", "MiB"),
+    ("file-backed mappings, resident (shared libraries)", "file_mb", "MiB"),
+    ("DuckDB buffer pool (duckdb_memory(), all kinds)", "duckdb_mb", "MiB"),
+    ("Python: pymalloc blocks", "pymalloc_blocks", ""),
+    ("Python: objects tracked by the GC", "gc_objects", ""),
+]
+
+
+def probe_table(probe: list[dict] | None) -> list[str]:
+    """The probe's samples as quarter means per kind of memory, and the slope over the second half."""
+    if not probe:
+        return []
+    t0 = probe[0]["t"]
+    rows = [dict(r, t_s=r["t"] - t0, duckdb_mb=sum(v for k, v in r.items() if k.startswith("duckdb_") and
+                                                     k.endswith("_mb"))) for r in probe]
+    lines = [f"Inside the collector (`--probe`: bench/_memprobe.py, {len(rows)} samples from /proc/self/smaps, "
+             "glibc's mallinfo2, `sys.getallocatedblocks`, the GC and DuckDB's `duckdb_memory()`):", "",
+             "| where | first | last | slope per hour (second half) | mean per quarter of the run |", "|---|---|---|---|---|"]
+    for label, key, unit in PROBE_ROWS:
+        if all(key in r for r in rows):
+            lines.append(f"| {label} | {rows[0][key]:,} | {rows[-1][key]:,} | "
+                         f"{slope_per_hour(rows, key):+,.1f} {unit}/h | "
+                         f"{', '.join(f'{q:,}' for q in quarter_means(rows, key))} |")
+    return [*lines, ""]
+
+
+def read_probe(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_section(text: str, doc: Path = RELIABILITY_DOC) -> None:
@@ -416,13 +454,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the result (with every sample) as JSON here")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/reliability.md")
     parser.add_argument("--probe", type=Path, help="the collector also writes where its memory sits (smaps by "
-                        "kind, glibc, pymalloc, DuckDB, Python types; bench/_memprobe.py) as JSON lines here")
+                        "kind, glibc, pymalloc, DuckDB, Python types; bench/_memprobe.py) as JSON lines here; with --from-json: "
+                        "the probe file of that run, to put in the section")
     parser.add_argument("--from-json", type=Path, help="write the section from an earlier run's --out file")
     parser.add_argument("--historian-alone", action="store_true",
                         help="also (or with --from-json: only) measure the DuckDB historian alone on the same rows")
     args = parser.parse_args()
     if args.from_json:
         result = json.loads(args.from_json.read_text())
+        if args.probe:
+            result["probe"] = read_probe(args.probe)
         if args.historian_alone:
             result["baseline"] = historian_alone(result["tags"], result["duration_s"], result["values_per_s"])
             print(json.dumps(result["baseline"]), flush=True)
@@ -433,9 +474,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         result = asyncio.run(soak(args, Path(tmp)))
     result["command"] = "python bench/soak.py " + " ".join(sys.argv[1:])
+    if args.probe:
+        result["probe"] = read_probe(args.probe)
     if args.historian_alone:
         result["baseline"] = historian_alone(result["tags"], args.duration, result["values_per_s"])
-    summary = {k: v for k, v in result.items() if k != "samples"}
+    summary = {k: v for k, v in result.items() if k not in ("samples", "probe")}
     print(json.dumps(summary), flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

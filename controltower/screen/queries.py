@@ -516,7 +516,7 @@ class ZScoreAnomaly:
 
 
 class ModelAnomaly:
-    """A unit's live multivariate model (the engine's row monitor: pca, dpca or iforest) as its
+    """A unit's live multivariate model (the engine's row monitor: pca, dpca, iforest or knn) as its
     anomaly score: the model's score over its calibrated threshold, so the limit is 1. A copy
     of the engine's monitor, so the screen's streaming state never touches the engine's."""
 
@@ -563,7 +563,7 @@ class LineAnomaly:
 
 
 # The monitor kinds that score rows of a unit as they come (the golden batch needs the batch's start).
-ROW_MODEL_KINDS = ("pca", "dpca", "iforest")
+ROW_MODEL_KINDS = ("pca", "dpca", "iforest", "knn")
 
 
 def anomaly_scorer(ctx: TowerContext, tags: Sequence[TagInfo]) -> LineAnomaly:

@@ -31,6 +31,7 @@ from tests.analytics.simulated_unit import (
     historian_site_file,
     simulate,
 )
+from tests.analytics.test_multivariate_live import stream
 
 SITE = bioreactor_site()
 BATCH_S = batch_seconds(SITE)
@@ -96,14 +97,6 @@ def test_knn_monitor_streams_as_the_whole_recording(fitted_site: Path):
     assert streamed.height == whole.height > 300
     assert np.allclose(streamed["score"].to_numpy(), whole["score"].to_numpy(), rtol=1e-9, atol=0)
     assert streamed["contributors"].to_list() == whole["contributors"].to_list()
-
-
-def stream(engine: DetectionEngine, frame: pl.DataFrame, step_s: float = 60.0) -> list:
-    raised = []
-    chunks = frame.with_columns((pl.col("ts").dt.epoch("s") // int(step_s)).alias("_chunk"))
-    for _, chunk in chunks.group_by("_chunk", maintain_order=True):
-        raised.extend(engine.process(chunk.drop("_chunk")))
-    return raised
 
 
 def test_live_engine_flags_a_fault_with_the_stored_knn_model(fitted_site: Path):

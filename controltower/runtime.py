@@ -255,8 +255,30 @@ class ControlTower:
             self.web.stop()
             self.web = None
 
+    async def resume_phases(self) -> int:
+        """Before collecting: each unit's last stored batch event, to the engine, so models and
+        SPC centres that follow phases know the phase running when the tower (re)starts instead
+        of waiting for the unit's next event. Returns the events fed (0 when nothing follows
+        phases, or the historian stores no events or does not answer: then they wait, as before)."""
+        read = getattr(self.historian, "read_batch_events", None)
+        if read is None or not self.engine.follows_phases:
+            return 0
+        now = datetime.now(UTC)
+        try:
+            # From `now` on there is nothing yet: what comes back is each unit's last event before it.
+            frames = [await asyncio.to_thread(read, site.id, now) for site in self.site.sites]
+        except Exception as exc:  # noqa: BLE001  # HistorianError or a driver's own: never stop the tower
+            log.warning("running batch phases not resumed, the historian did not answer: %s", exc)
+            return 0
+        events = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+        if events.height:
+            self.engine.batch_events(events)
+            log.info("resumed the running phase of %d unit(s) from the historian", events.height)
+        return events.height
+
     async def run(self, duration_s: float | None = None) -> None:
         """Collect, detect and store until cancelled or for `duration_s` seconds."""
+        await self.resume_phases()
         task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         clock = asyncio.create_task(self.check_clock(), name="clock-checks")
         models = asyncio.create_task(self.watch_models(), name="model-reload")

@@ -264,3 +264,23 @@ def test_a_micro_batch_straddling_a_phase_change_is_scored_in_two_parts() -> Non
         # Unannounced, the growth samples are 20 sigma over the whole-range centre: every chart alarms.
         assert {a.detector for a in raised} == (set() if announced else set(CHARTS)), raised
         assert engine.last_scores["nelson"].schema == SCORE_SCHEMA
+
+
+async def test_a_restarted_tower_resumes_the_running_phase_from_the_historian(plant_run, fitted_site: Path) -> None:
+    """`controltower run` starts by reading each unit's last stored batch event, so the charts
+    hold the running phase's centres from the first micro-batch, not from the unit's next event."""
+    from controltower.runtime import ControlTower
+
+    _, events = plant_run
+    last = events.sort("ts", maintain_order=True).row(-1, named=True)
+    expected = None if last["transition"] == "batch_end" else last["phase"]
+    assert expected is not None  # 5.2 batches: the run stops inside the sixth
+    tower = ControlTower(load_site_config(fitted_site))
+    try:
+        running = tower.engine.running_phases
+        after = int(last["ts"].timestamp() * 1e9) + 1
+        assert running.phase_at(UNIT, after) is None  # nothing announced yet
+        assert await tower.resume_phases() >= 1
+        assert running.phase_at(UNIT, after) == expected
+    finally:
+        tower.close()

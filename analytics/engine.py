@@ -24,7 +24,10 @@ A new version of a stored model (`analytics.model_reload`, which watches the mod
 handed over with `stage_monitor` from any thread and swapped in at the start of the next
 `process`, never while a micro-batch is being scored; it takes over the stream state of the
 version it replaces (`monitors._Monitor.take_over`) and its alert point's level, so an active
-condition carries on.
+condition carries on. A new version of a unit's `spc` centre lines (`StoredCentres`) is staged
+the same way: the SPC charts take its centres (those of the phase the unit runs, when it has
+them per phase; the pinned ones still win) and the tags whose centre moved start their runs,
+EWMA and CUSUM afresh, as at a phase change.
 """
 
 from __future__ import annotations
@@ -225,35 +228,46 @@ class DetectionEngine:
         # nothing: they set the charts' centres, under those pinned in the site file.
         stored = [m for m in monitors or [] if isinstance(m, StoredCentres)]
         self.monitors = [m for m in monitors or [] if not isinstance(m, StoredCentres)]
+        self.stored_centres = {s.unit: s for s in stored}
         self._charts = [d for d in self.detectors if isinstance(d, CentreLineChart)]
         if stored:
             centres = pl.concat([s.centres for s in stored])
             for chart in self._charts:
                 chart.use_stored(centres)
-        # Units whose stored centres are per phase: the charts follow their running phase.
-        running = RunningPhases(stored)
-        self.running_phases = running if running.units and self._charts else None
+        # The charts follow the running phase of the units whose stored centres are per phase;
+        # every unit's events are kept, for a new stored version that brings phase centres.
+        units = sorted({t.unit_id for t in tags})
+        self._phases = RunningPhases(stored, units) if self._charts else None
         self._levels.update((m.name, pl.DataFrame(schema=_LEVEL_SCHEMA)) for m in self.monitors)
         self._staged: list = []  # new model versions, swapped in before the next micro-batch
         self._staged_lock = threading.Lock()
 
+    @property
+    def running_phases(self) -> RunningPhases | None:
+        """What the SPC charts' phases follow; None while no unit's stored centres are per phase."""
+        return self._phases if self._phases is not None and self._phases.units else None
+
     def stage_monitor(self, monitor) -> None:
-        """A new version of a unit's stored model, as a monitor (`monitors.open_monitor`): it
-        replaces the running version of its unit and kind (or joins, when the unit had none) at
-        the start of the next `process`. Safe from any thread."""
+        """A new version of a unit's stored model, as a monitor (`monitors.open_monitor`) or its
+        `spc` centre lines (`StoredCentres`): it replaces the running version of its unit and
+        kind (or joins, when the unit had none) at the start of the next `process`. Safe from
+        any thread."""
         with self._staged_lock:
             self._staged.append(monitor)
 
     def model_versions(self) -> dict[tuple[str, str], int | None]:
-        """(unit, kind) -> version of each stored model scoring, the staged ones included."""
+        """(unit, kind) -> version of each stored model in use (spc included), the staged ones too."""
         with self._staged_lock:
             staged = list(self._staged)
-        return {(m.unit, m.name): m.version for m in [*self.monitors, *staged]}
+        return {(m.unit, m.name): m.version for m in [*self.monitors, *self.stored_centres.values(), *staged]}
 
     def _swap_staged(self) -> None:
         with self._staged_lock:
             staged, self._staged = self._staged, []
         for new in staged:
+            if isinstance(new, StoredCentres):
+                self._use_centres(new)
+                continue
             old = next((m for m in self.monitors if (m.unit, m.name) == (new.unit, new.name)), None)
             if old is None:
                 self.monitors = [*self.monitors, new]
@@ -261,6 +275,18 @@ class DetectionEngine:
                 new.take_over(old)
                 self.monitors = [new if m is old else m for m in self.monitors]
             self._levels.setdefault(new.name, pl.DataFrame(schema=_LEVEL_SCHEMA))
+
+    def _use_centres(self, new: StoredCentres) -> None:
+        """A unit's new stored centre lines to the charts: the running phase's centres (by the
+        batch clock) or the whole-range ones, the pinned ones still winning; the tags whose
+        centre or sigma moved restart their chart state (`CentreLineChart.move_centres`)."""
+        self.stored_centres[new.unit] = new
+        if self._phases is None:  # no SPC chart enabled
+            return
+        clock_ns = pl.Series([self.clock]).dt.epoch("ns").item() if self.clock is not None else None
+        tag_ids, centres = self._phases.replace(new, clock_ns)
+        for chart in self._charts:
+            chart.move_centres(tag_ids, centres)
 
     def fit(self, history: pl.DataFrame) -> Self:
         for detector in self.detectors:
@@ -278,8 +304,8 @@ class DetectionEngine:
         for monitor in self.monitors:
             if hasattr(monitor, "batch_events"):
                 monitor.batch_events(events)
-        if self.running_phases is not None:
-            self.running_phases.batch_events(events)
+        if self._phases is not None:
+            self._phases.batch_events(events)
 
     def process(self, batch: pl.DataFrame, now: datetime | None = None) -> list[Alert]:
         """Score one micro-batch (sample schema) with every detector, then run the clock checks

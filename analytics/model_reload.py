@@ -1,20 +1,22 @@
 """Hot reload of stored models: a running engine takes a new model version without a restart.
 
 `ModelReloader(engine, root, units, ...).poll()` lists the store's versions of each (unit, kind)
-of the engine's units (`models.KINDS`; the kinds pinned in the site file are left alone, the
-file says which version runs). When the newest version differs from the one last seen (a new
-`controltower model fit`, or a kind fitted for the first time) and from the one running, it is
-loaded, which verifies its file hash, manifest hash and, with CONTROLTOWER_MODEL_KEY set, its
-signature (`ModelStore.load`), and handed to the engine (`DetectionEngine.stage_monitor`),
-which swaps it in before its next micro-batch. A version refused (altered, unsigned, reading
+of the engine's units (`models.STORE_KINDS`; the kinds pinned in the site file are left alone,
+the file says which version runs). When the newest version differs from the one last seen (a
+new `controltower model fit`, or a kind fitted for the first time) and from the one running, it
+is loaded, which verifies its file hash, manifest hash and, with CONTROLTOWER_MODEL_KEY set,
+its signature (`ModelStore.load`), and handed to the engine (`DetectionEngine.stage_monitor`)
+as a monitor, or for `spc` as the SPC charts' centre lines (`StoredCentres`), which the engine
+swaps in before its next micro-batch. A version refused (altered, unsigned, a monitor reading
 tags the site lacks) is logged once as an error and the running version keeps scoring; the
-next version fitted is tried again.
+next version fitted is tried again. (The charts leave out the tags of an `spc` model the site
+lacks, at start-up as here.)
 
 A poll is cheap: one directory listing per (unit, kind) (`ModelStore.versions`); manifests and
 arrays are read only when the newest version changed. `watch` polls every
 `detectors.models.reload_s` seconds, in a thread (loading a model takes milliseconds to a
 second, the event loop must not wait), for the tower (`controltower.runtime`) and the analytics
-workers (`controltower.services`). Not reloaded: the `spc` centre lines (restart the tower).
+workers (`controltower.services`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from analytics.models import KINDS, ModelStore, ModelStoreError
+from analytics.detectors.spc import StoredCentres
+from analytics.models import SPC, STORE_KINDS, ModelStore, ModelStoreError
 from analytics.monitors import open_monitor
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ class ModelReloader:
                  on_delay_rows: int = 5, alarm_score: float = 3.0, known_tags: set[str] | None = None):
         self.engine = engine
         self.store = ModelStore(root)
-        self.watched = [(u, k) for u in units for k in KINDS if k not in (pin or {}).get(u, {})]
+        self.watched = [(u, k) for u in units for k in STORE_KINDS if k not in (pin or {}).get(u, {})]
         self.options = {"on_delay_rows": on_delay_rows, "alarm_score": alarm_score, "known_tags": known_tags}
         # The newest version seen per (unit, kind): what runs, else what the start-up could not load.
         running = engine.model_versions()
@@ -79,17 +82,26 @@ class ModelReloader:
                 continue
             old_fingerprint = self._fingerprint(unit, kind, old)
             try:
-                monitor = open_monitor(self.store, unit, kind, newest, **self.options)
+                model, fingerprint = self._open(unit, kind, newest)
             except ModelStoreError as exc:
                 log.error("model reload: %s model v%d of %s refused, %s: %s", kind, newest, unit,
                           f"v{old} keeps scoring" if old is not None else "none scores", exc)
                 changes.append(Reload(unit, kind, old, newest, old_fingerprint, None, str(exc)))
                 continue
-            self.engine.stage_monitor(monitor)
+            self.engine.stage_monitor(model)
             log.info("model reload: %s model v%d of %s %s from the next micro-batch", kind, newest, unit,
                      f"replaces v{old}" if old is not None else "scores")
-            changes.append(Reload(unit, kind, old, newest, old_fingerprint, monitor.fitted.fingerprint))
+            changes.append(Reload(unit, kind, old, newest, old_fingerprint, fingerprint))
         return changes
+
+    def _open(self, unit: str, kind: str, version: int):
+        """(what the engine takes: a monitor, or the spc centre lines; the training fingerprint),
+        verified by the store; ModelStoreError when refused."""
+        if kind == SPC:
+            centres = StoredCentres.of(self.store.load(unit, SPC, version))
+            return centres, centres.fingerprint
+        monitor = open_monitor(self.store, unit, kind, version, **self.options)
+        return monitor, monitor.fitted.fingerprint
 
     def _fingerprint(self, unit: str, kind: str, version: int | None) -> str | None:
         if version is None:

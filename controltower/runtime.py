@@ -91,11 +91,10 @@ def load_stored_centres(root: Path, units: list[str], pin: dict[str, dict[str, i
         except ModelStoreError as exc:
             log.error("SPC centre lines not loaded: %s", exc)
             continue
-        version = fitted.manifest.get("version")
-        phases = fitted.model.phase_centres()
-        found.append(StoredCentres(unit, version, fitted.model.centres(), phases))
-        log.info("loaded spc centre lines v%s of %s (%d tags; %d phase centres, followed by phase)", version, unit,
-                 len(fitted.model.tag_ids_), phases.height)
+        stored = StoredCentres.of(fitted)
+        found.append(stored)
+        log.info("loaded spc centre lines v%s of %s (%d tags; %d phase centres, followed by phase)", stored.version,
+                 unit, stored.centres.height, stored.phases.height)
     return found
 
 

@@ -582,7 +582,7 @@ class ModelsConfig(Strict):
     kind (pca, dpca, iforest, knn, golden, spc), the newest version under `dir`, or the version
     `pin` names: `pin: {lyon.usp.bio1.br101: {pca: 3}}`. Every `reload_s` seconds (0: never) it
     looks for a newer version of the kinds not pinned and swaps it in without a restart
-    (`analytics.model_reload`; not the spc centre lines)."""
+    (`analytics.model_reload`)."""
 
     enabled: bool = True
     dir: str = "models"  # relative paths are under the data directory

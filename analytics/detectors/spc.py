@@ -18,14 +18,15 @@ At run time nobody calls `fit`: the charts take their centres from, in this orde
 
 At a phase change the charts forget the moved tags' run, EWMA and CUSUM state (`forget`): a
 history built against the previous phase's centre says nothing about the new one, and carried
-over it would alarm at the boundary.
+over it would alarm at the boundary. A new stored version taken while the engine runs
+(`analytics.model_reload`, `RunningPhases.replace`) moves the centres the same way.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import polars as pl
@@ -163,13 +164,28 @@ class SpcCentres:
 @dataclass(frozen=True)
 class StoredCentres:
     """A unit's stored `spc` model as the live engine takes it (`runtime.load_unit_monitors`
-    returns it with the monitors): its whole-range centres go to the charts (`CentreLineChart.use_stored`),
-    its per-phase ones (`phases`, PHASE_CENTRES_SCHEMA) to `RunningPhases`; it scores nothing itself."""
+    returns it with the monitors, `model_reload` stages a new version): its whole-range centres
+    go to the charts (`CentreLineChart.use_stored`), its per-phase ones (`phases`,
+    PHASE_CENTRES_SCHEMA) to `RunningPhases`; it scores nothing itself."""
+
+    name: ClassVar[str] = "spc"  # the model kind, as a monitor's name is
 
     unit: str
     version: int | None
     centres: pl.DataFrame
     phases: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PHASE_CENTRES_SCHEMA))
+    fingerprint: str | None = None  # of the training samples (the manifest's), for the audit trail
+
+    @classmethod
+    def of(cls, fitted) -> StoredCentres:
+        """The centres of a loaded `spc` model (`models.FittedModel` of an `SpcCentres`)."""
+        return cls(fitted.unit, (fitted.manifest or {}).get("version"), fitted.model.centres(),
+                   fitted.model.phase_centres(), fitted.fingerprint)
+
+    @property
+    def tag_ids(self) -> list[str]:
+        """The tags it gives a centre, over the whole range or in some phase."""
+        return sorted(set(self.centres["tag_id"]) | set(self.phases["tag_id"]))
 
 
 class RunningPhases:
@@ -179,26 +195,53 @@ class RunningPhases:
     before any event, after a batch end, or in a phase without fitted centres, the whole-range
     ones. The engine cuts each micro-batch at the phase changes inside it (`cuts`) and, before
     scoring each part, asks `moves(start)` for the units whose phase (as far as centres go)
-    changed since the centres it last handed out."""
+    changed since the centres it last handed out.
+
+    The events of `units` without per-phase centres are kept too: a new stored version with
+    them (`replace`) then knows the phase its unit runs."""
 
     KEEP_EVENTS = 50  # per unit: the running phase and the changes a late micro-batch may still need
 
-    def __init__(self, stored: list[StoredCentres]):
-        self._tags: dict[str, list[str]] = {}
-        self._frames: dict[str, dict[str | None, pl.DataFrame]] = {}
+    def __init__(self, stored: list[StoredCentres], units: list[str] | tuple[str, ...] = ()):
+        self._tags: dict[str, list[str]] = {}  # per unit with stored centres: the tags they centre
+        self._frames: dict[str, dict[str | None, pl.DataFrame]] = {}  # per unit with per-phase centres
+        self._held: dict[str, str | None] = {}  # per unit with per-phase centres: the phase the charts hold
+        self._events: dict[str, tuple[list[int], list[str | None]]] = {u: ([], []) for u in units}
         for s in stored:
-            if s.phases.is_empty():
-                continue
-            whole = s.centres.select(CENTRES_SCHEMA.keys())
-            self._tags[s.unit] = sorted(set(whole["tag_id"]) | set(s.phases["tag_id"]))
-            self._frames[s.unit] = {None: whole} | {
-                phase: pl.concat([whole.join(rows, on="tag_id", how="anti"), rows.select(CENTRES_SCHEMA.keys())])
-                for (phase,), rows in s.phases.partition_by("phase", as_dict=True).items()}
-        self._events: dict[str, tuple[list[int], list[str | None]]] = {u: ([], []) for u in self._frames}
-        self._held: dict[str, str | None] = dict.fromkeys(self._frames)  # the phase whose centres the charts hold
+            self._take(s)
+
+    def _take(self, stored: StoredCentres) -> None:
+        """Follow `stored` for its unit (in place of what it had), the charts holding its whole-range centres."""
+        unit = stored.unit
+        self._tags[unit] = stored.tag_ids
+        self._events.setdefault(unit, ([], []))
+        self._frames.pop(unit, None)
+        self._held.pop(unit, None)
+        if stored.phases.is_empty():
+            return
+        whole = stored.centres.select(CENTRES_SCHEMA.keys())
+        self._frames[unit] = {None: whole} | {
+            phase: pl.concat([whole.join(rows, on="tag_id", how="anti"), rows.select(CENTRES_SCHEMA.keys())])
+            for (phase,), rows in stored.phases.partition_by("phase", as_dict=True).items()}
+        self._held[unit] = None
+
+    def replace(self, stored: StoredCentres, t_ns: int | None) -> tuple[list[str], pl.DataFrame]:
+        """Take a new stored version of a unit's centres, keeping the unit's batch events: returns
+        (the tags the old or the new version centres, the centres they should now hold: those of
+        the phase the unit runs at `t_ns`, the engine's clock, else the whole-range ones) for the
+        charts' `move_centres`; a later phase change is a `moves` as before."""
+        before = self._tags.get(stored.unit, [])
+        self._take(stored)
+        tags = sorted(set(before) | set(self._tags[stored.unit]))
+        if stored.unit not in self._frames:
+            return tags, stored.centres.select(CENTRES_SCHEMA.keys())
+        phase = self.phase_at(stored.unit, t_ns) if t_ns is not None else None
+        self._held[stored.unit] = phase
+        return tags, self._frames[stored.unit][phase]
 
     @property
     def units(self) -> list[str]:
+        """The units whose charts follow their phase (stored centres per phase)."""
         return sorted(self._frames)
 
     def batch_events(self, events: pl.DataFrame) -> None:
@@ -207,7 +250,7 @@ class RunningPhases:
         from controltower.batch_events import sort_events
 
         unit = pl.concat_str(*PATH_COLUMNS, separator=".")
-        mine = events.filter(unit.is_in(list(self._frames)))
+        mine = events.filter(unit.is_in(list(self._events)))
         if mine.is_empty():
             return
         mine = sort_events(mine).select(unit.alias("unit_id"), pl.col("ts").dt.epoch("ns").alias("t"),
@@ -221,7 +264,7 @@ class RunningPhases:
 
     def cuts(self, first_ns: int, last_ns: int) -> list[int]:
         """The instants in (first_ns, last_ns] where a unit's phase changes: where to cut a batch."""
-        return sorted({t for times, _ in self._events.values()
+        return sorted({t for unit, (times, _) in self._events.items() if unit in self._frames
                        for t in times[bisect_right(times, first_ns):bisect_right(times, last_ns)]})
 
     def phase_at(self, unit: str, t_ns: int) -> str | None:

@@ -85,6 +85,35 @@ async def feed(tower: ControlTower, source: ReplaySource, frame: pl.DataFrame, s
     return [a for a in tower.alerts.active() if a.id not in before]
 
 
+async def altered_version_is_refused(fit_elsewhere, tmp_path: Path, models: Path, kind: str, caplog) -> None:
+    """A version fitted elsewhere (`fit_elsewhere(out_dir)`) with one byte of its arrays flipped
+    appears in the store `models` as version 3 of the unit's `kind`: waits until the running
+    tower refuses it, logged as an error naming the altered file, version 2 keeping on scoring."""
+    other = tmp_path / "elsewhere"
+    await asyncio.to_thread(fit_elsewhere, other)
+    arrays = other / UNIT / kind / "v0001" / "arrays.npz"
+    payload = bytearray(arrays.read_bytes())
+    payload[-100] ^= 1
+    arrays.write_bytes(bytes(payload))
+    shutil.move(other / UNIT / kind / "v0001", models / UNIT / kind / "v0003")
+    await wait_until(lambda: any("v3" in r.getMessage() and "refused" in r.getMessage() for r in caplog.records),
+                     30, "version 3 to be refused")
+    refusal = next(r for r in caplog.records if "refused" in r.getMessage())
+    assert refusal.levelno == logging.ERROR and "v2 keeps scoring" in refusal.getMessage()
+    assert f"{kind}/v0003/arrays.npz: the file was altered" in refusal.getMessage()
+
+
+def assert_reloads_audited(data: Path, kind: str, v1: dict, v2: dict) -> None:
+    """The tower's audit trail under `data` holds, as the only model records of actor `system`,
+    the load of version 2 of the unit's `kind` (old and new fingerprints: those of the `v1` and
+    `v2` manifests) and the refusal of version 3."""
+    trail = [json.loads(line) for line in (data / "audit.jsonl").read_text().splitlines()]
+    tower = [r for r in trail if r["actor"] == "system" and r["action"].startswith("model.")]
+    assert [(r["action"], r["target"], r["details"]["version"]) for r in tower] == [
+        ("model.load", f"{UNIT} {kind}", 2), ("model.refuse", f"{UNIT} {kind}", 3)]
+    assert (tower[0]["old"], tower[0]["new"]) == (v1["fingerprint"], v2["fingerprint"])
+
+
 async def test_running_tower_swaps_in_a_new_version_and_refuses_an_altered_one(site_file: Path, tmp_path: Path,
                                                                                caplog):
     caplog.set_level(logging.INFO)
@@ -122,18 +151,8 @@ async def test_running_tower_swaps_in_a_new_version_and_refuses_an_altered_one(s
         assert any("knn model v2 of lyon.usp.bio1.br101 replaces v1" in r.getMessage() for r in caplog.records)
 
         # An altered version 3 appears (fitted elsewhere, one byte of its arrays changed): refused.
-        other = tmp_path / "elsewhere"
-        await asyncio.to_thread(fit, site_file, "BR101-0003,BR101-0004", "--out", str(other))
-        arrays = other / UNIT / "knn" / "v0001" / "arrays.npz"
-        payload = bytearray(arrays.read_bytes())
-        payload[-100] ^= 1
-        arrays.write_bytes(bytes(payload))
-        shutil.move(other / UNIT / "knn" / "v0001", data / "models" / UNIT / "knn" / "v0003")
-        await wait_until(lambda: any("v3" in r.getMessage() and "refused" in r.getMessage() for r in caplog.records),
-                         30, "version 3 to be refused")
-        refusal = next(r for r in caplog.records if "refused" in r.getMessage())
-        assert refusal.levelno == logging.ERROR and "v2 keeps scoring" in refusal.getMessage()
-        assert "arrays.npz: the file was altered" in refusal.getMessage()
+        await altered_version_is_refused(lambda out: fit(site_file, "BR101-0003,BR101-0004", "--out", str(out)),
+                                         tmp_path, data / "models", "knn", caplog)
         # ... and version 2 keeps scoring: it flags the fault, pH first.
         raised = [a for a in await feed(tower, source, parts[2]) if a.detector == "knn"]
         assert [m.version for m in tower.engine.monitors] == [2]
@@ -145,15 +164,9 @@ async def test_running_tower_swaps_in_a_new_version_and_refuses_an_altered_one(s
         tower.close()
     assert picked_up_s < 2 * RELOAD_S + 10  # one check interval, plus loading it on a loaded machine
 
-    # The audit trail: the fits (model.change, by the CLI), the load and the refusal (by the tower).
-    trail = [json.loads(line) for line in (data / "audit.jsonl").read_text().splitlines()]
-    mine = [(r["actor"], r["action"], r["details"].get("version") if r["details"] else None)
-            for r in trail if r["action"].startswith("model.")]
-    assert [m for m in mine if m[0] == "system"] == [("system", "model.load", 2), ("system", "model.refuse", 3)]
-    load = next(r for r in trail if r["action"] == "model.load")
+    # The audit trail: the load and the refusal (by the tower), beside the fits' model.change (by the CLI).
     store = ModelStore(data / "models")
-    assert load["old"] == store.manifest(UNIT, "knn", 1)["fingerprint"]
-    assert load["new"] == store.manifest(UNIT, "knn", 2)["fingerprint"]
+    assert_reloads_audited(data, "knn", store.manifest(UNIT, "knn", 1), store.manifest(UNIT, "knn", 2))
 
 
 def test_a_pinned_version_is_not_reloaded(tmp_path: Path):

@@ -6,9 +6,7 @@ version is refused and the running one keeps scoring. The engine restarts the ch
 the tags whose centre moved and leaves a centre pinned in the site file alone."""
 
 import asyncio
-import json
 import logging
-import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +32,14 @@ from tests.analytics.simulated_unit import (
     historian_site_file,
     simulate,
 )
-from tests.analytics.test_model_reload import RELOAD_S, UNIVARIATE, ReplaySource, feed
+from tests.analytics.test_model_reload import (
+    RELOAD_S,
+    UNIVARIATE,
+    ReplaySource,
+    altered_version_is_refused,
+    assert_reloads_audited,
+    feed,
+)
 from tests.integration.conftest import wait_until
 
 SITE = bioreactor_site()
@@ -131,18 +136,8 @@ async def test_running_tower_takes_a_new_spc_version_and_refuses_an_altered_one(
         assert any("spc model v2 of lyon.usp.bio1.br101 replaces v1" in r.getMessage() for r in caplog.records)
 
         # An altered version 3 appears (fitted elsewhere, one byte of its arrays changed): refused.
-        other = tmp_path / "elsewhere"
-        await asyncio.to_thread(fit, site_file, "BR101-0002,BR101-0003", "--out", str(other))
-        arrays = other / UNIT / "spc" / "v0001" / "arrays.npz"
-        payload = bytearray(arrays.read_bytes())
-        payload[-100] ^= 1
-        arrays.write_bytes(bytes(payload))
-        shutil.move(other / UNIT / "spc" / "v0001", data / "models" / UNIT / "spc" / "v0003")
-        await wait_until(lambda: any("v3" in r.getMessage() and "refused" in r.getMessage() for r in caplog.records),
-                         30, "version 3 to be refused")
-        refusal = next(r for r in caplog.records if "refused" in r.getMessage())
-        assert refusal.levelno == logging.ERROR and "v2 keeps scoring" in refusal.getMessage()
-        assert "arrays.npz: the file was altered" in refusal.getMessage()
+        await altered_version_is_refused(lambda out: fit(site_file, "BR101-0002,BR101-0003", "--out", str(out)),
+                                         tmp_path, data / "models", "spc", caplog)
         # ... and version 2 keeps scoring: the charts score the next samples against its centres.
         await feed(tower, source, parts[2])
         assert tower.engine.model_versions() == {(UNIT, "spc"): 2}
@@ -158,12 +153,7 @@ async def test_running_tower_takes_a_new_spc_version_and_refuses_an_altered_one(
     assert picked_up_s < 2 * RELOAD_S + 10  # one check interval, plus loading it on a loaded machine
 
     # The audit trail: the load and the refusal of the spc versions (by the tower).
-    trail = [json.loads(line) for line in (data / "audit.jsonl").read_text().splitlines()]
-    mine = [(r["action"], r["target"], r["details"]["version"]) for r in trail
-            if r["actor"] == "system" and r["action"].startswith("model.")]
-    assert mine == [("model.load", f"{UNIT} spc", 2), ("model.refuse", f"{UNIT} spc", 3)]
-    load = next(r for r in trail if r["action"] == "model.load")
-    assert (load["old"], load["new"]) == (v1["fingerprint"], v2["fingerprint"])
+    assert_reloads_audited(data, "spc", v1, v2)
 
 
 def test_a_new_version_restarts_the_moved_tags_and_a_pinned_centre_wins() -> None:

@@ -66,7 +66,7 @@ KEY_ENV = "CONTROLTOWER_MODEL_KEY"
 N_FOLDS = 5
 ROW_S = 1.0
 # The nearest-neighbour memory at most: a scored row compares with every remembered one (about
-# 1 ms per row at 4,000 rows x 5 tags), and 4,000 rows spread over the training range (plus each
+# 10-13 µs per row at 4,000 rows, bench/unit_models.py), and 4,000 rows spread over the training range (plus each
 # tag's extremes) cover a unit's operating envelope.
 KNN_MEMORY = 4000
 CLASSES = {"pca": PCADetector, "dpca": DynamicPCADetector, "iforest": IsolationForestDetector,

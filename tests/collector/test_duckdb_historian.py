@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -100,8 +101,11 @@ async def test_latest_and_tags(historian):
     assert historian.tags() == sorted(TAGS)
 
 
-def test_readers_in_threads_while_writing(historian):
-    batches = [_batch(T0_NS + i * 100 * 1_000_000_007, 100) for i in range(10)]
+@contextlib.contextmanager
+def readers_in_threads(historian, n: int = 3):
+    """`n` threads reading the whole range in a loop while the body runs; yields the row counts
+    they saw; on exit, every read must have succeeded and seen whole batches only (each write
+    is one transaction of 3 tags x N samples)."""
     errors: list[BaseException] = []
     counts: list[int] = []
     done = threading.Event()
@@ -110,23 +114,31 @@ def test_readers_in_threads_while_writing(historian):
         try:
             while not done.is_set():
                 frame = historian.read(TAGS, T0, T0 + timedelta(days=1))
-                assert frame.height % 3 == 0  # whole batches only: each write is one transaction
+                assert frame.height % 3 == 0
                 counts.append(frame.height)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=reader) for _ in range(3)]
+    threads = [threading.Thread(target=reader) for _ in range(n)]
     for t in threads:
         t.start()
+    try:
+        yield counts
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert not errors, errors
+
+
+def test_readers_in_threads_while_writing(historian):
+    batches = [_batch(T0_NS + i * 100 * 1_000_000_007, 100) for i in range(10)]
 
     async def write_all():
         await asyncio.gather(*(historian.write(b) for b in batches))
 
-    asyncio.run(write_all())
-    done.set()
-    for t in threads:
-        t.join(timeout=10)
-    assert not errors
+    with readers_in_threads(historian) as counts:
+        asyncio.run(write_all())
     assert counts and max(counts) <= 3000
     assert historian.read(TAGS, T0).height == 3000
     assert historian.count() == 3000
@@ -174,29 +186,10 @@ def test_reopens_between_writes_while_readers_read(tmp_path):
     back DuckDB's per-row-group bookkeeping); readers in other threads never see an error or a
     partial batch, and every row written is there after the reopens."""
     historian = DuckDbHistorian(tmp_path / "h.duckdb", reopen_every_rows=270)  # a write is 30 samples x 3 tags
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def reader():
-        try:
-            while not done.is_set():
-                frame = historian.read(TAGS, T0, T0 + timedelta(days=1))
-                assert frame.height % 3 == 0
-                historian.count()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with readers_in_threads(historian) as counts:
         for i in range(12):
             historian.write_sync(_batch(T0_NS + i * 30 * 1_000_000_007, 30))
-    finally:
-        done.set()
-        for t in threads:
-            t.join()
-    assert not errors, errors
+    assert counts
     assert historian.reopens == 4  # after writes 3, 6, 9 and 12
     assert historian.count() == 12 * 30 * 3
     assert historian.read(TAGS, T0).height == 12 * 30 * 3

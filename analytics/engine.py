@@ -295,8 +295,10 @@ class DetectionEngine:
 
     @property
     def follows_phases(self) -> bool:
-        """True when something in the engine needs the units' batch events (`batch_events`)."""
-        return self.running_phases is not None or any(hasattr(m, "batch_events") for m in self.monitors)
+        """True when something in the engine needs the units' batch events (`batch_events`):
+        a monitor that follows phases, or SPC charts, whose running phases are kept even while no
+        stored centres are per phase (a version that brings them may be reloaded at any time)."""
+        return self._phases is not None or any(hasattr(m, "batch_events") for m in self.monitors)
 
     def batch_events(self, events: pl.DataFrame) -> None:
         """Batch events from the collector (`controltower.batch_events` schema): to the monitors

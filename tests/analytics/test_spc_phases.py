@@ -284,3 +284,19 @@ async def test_a_restarted_tower_resumes_the_running_phase_from_the_historian(pl
         assert running.phase_at(UNIT, after) == expected
     finally:
         tower.close()
+
+
+async def test_a_tower_with_charts_but_no_phase_centres_yet_still_resumes_the_phases(fitted_site: Path) -> None:
+    """SPC charts on, no stored centres at start (models off here): the running phases are read
+    all the same, for a version with phase centres that a hot reload may bring later."""
+    from controltower.runtime import ControlTower
+
+    site = load_site_config(fitted_site)
+    detectors = site.detectors.model_copy(update={"models": site.detectors.models.model_copy(update={"enabled": False})})
+    tower = ControlTower(site.model_copy(update={"detectors": detectors}))
+    try:
+        assert tower.engine.running_phases is None  # nothing per phase to follow yet
+        assert tower.engine.follows_phases
+        assert await tower.resume_phases() >= 1
+    finally:
+        tower.close()

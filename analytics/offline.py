@@ -29,8 +29,10 @@ anomaly-free file only, see docs/benchmarks.md):
      normal operation drifts over the test horizon, which a few hundred train rows cannot show
      (on SKAB the train-block threshold alarms on 13-50 % of anomaly-free rows at alpha = 1 %);
 2. `QuantileThreshold(alpha)` is calibrated on them: about `alpha` of new normal rows alarm;
+   `margin` (default 1) multiplies that threshold;
 3. the detector is fitted on all train rows and scores the test rows, smoothed the same way;
-4. alarm = smoothed score > threshold; contributors = the `TOP` variables by contribution.
+4. alarm = smoothed score > threshold, held for `on_delay` consecutive rows before it raises
+   (ISA-18.2 on-delay; 1 = at once); contributors = the `TOP` variables by contribution.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from analytics.multivariate import (
     QuantileThreshold,
     ewma,
     held_out_scores,
+    persist,
 )
 
 METHODS = ("auto", "pca", "dpca", "iforest", "knn")
@@ -158,6 +161,7 @@ class Detection:
 
 def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha: float = 0.01,
         exclude: Sequence[str] = (), normal: pl.DataFrame | None = None, halflife: float | None = None,
+        margin: float = 1.0, on_delay: int = 1,
         train_name: str = "train", test_name: str = "test", normal_name: str = "normal") -> Detection:
     """`detect`, also returning the fitted detector, the method used and the threshold."""
     if method not in METHODS:
@@ -166,6 +170,10 @@ def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if halflife is not None and not (np.isfinite(halflife) and halflife >= 0):
         raise ValueError(f"halflife must be >= 0 rows, got {halflife}")
+    if not (np.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be a positive factor of the threshold, got {margin}")
+    if int(on_delay) != on_delay or on_delay < 1:
+        raise ValueError(f"on_delay must be a whole number of rows >= 1, got {on_delay}")
     chosen = AUTO if method == "auto" else method
     tr, te = _prepare(train, train_name, exclude), _prepare(test, test_name, exclude)
     a, b = tr.variables.columns, te.variables.columns
@@ -201,9 +209,10 @@ def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha:
     except ValueError as e:
         raise ValueError(f"{train_name}: {e}") from e
     score = smooth(detector.score_samples(X_test))
+    threshold.threshold_ *= margin
     result = pl.DataFrame({
         "score": pl.Series(score, dtype=pl.Float64),
-        "alarm": pl.Series(threshold.predict(score), dtype=pl.UInt8),
+        "alarm": pl.Series(persist(threshold.predict(score), int(on_delay)), dtype=pl.UInt8),
         "contributors": _contributors(detector.contributions(X_test)),
     })
     if te.time is not None:

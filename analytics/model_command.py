@@ -16,8 +16,8 @@ model holds the centre line and sigma per tag of the SPC charts (Nelson rules, E
 mean and MR-bar / 1.128 over the training samples and, where the historian holds batch events,
 per (tag, ISA-88 phase) from the samples inside that phase's spans (at least 30 samples from
 2 batches, `SpcCentres`); the live charts follow the running phase. A tag's `spc:` in the
-site file still wins. A `knn` model is the nearest-neighbour residual (MSET-like) that
-`controltower detect --method auto` uses, with its EWMA smoothing; its threshold is calibrated
+site file still wins. A `knn` model is the nearest-neighbour residual (MSET-like) of
+`controltower detect --method knn`, with its EWMA smoothing; its threshold is calibrated
 on the smoothed held-out scores. A running tower (and each analytics worker) swaps the new
 version in within `detectors.models.reload_s` seconds, unless the site file pins a version.
 """
@@ -47,7 +47,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--unit", required=True, help="the unit's path site.area.line.unit")
     fit.add_argument("--kind", required=True, choices=STORE_KINDS,
                      help="pca, dpca, iforest, knn: multivariate models of the unit's rows (knn: the "
-                          "nearest-neighbour residual that detect --method auto uses); golden: the golden batch "
+                          "nearest-neighbour residual of detect --method knn); golden: the golden batch "
                           "(by phase where the historian holds batch events); spc: the SPC charts' centre line "
                           "and sigma per tag, and per tag and ISA-88 phase where the historian holds batch events "
                           "(a phase needs 30 samples from 2 batches)")

@@ -4,8 +4,8 @@
                                     arrays.npz      its learned arrays (NumPy, loaded with allow_pickle=False)
 
 Kinds: `pca`, `dpca`, `iforest`, `knn` (per-row monitors on the unit's wide rows,
-`rows.wide_rows`; knn is the MSET-like nearest-neighbour residual that `controltower detect
---method auto` uses, its memory capped at `KNN_MEMORY` rows and its score smoothed by the same
+`rows.wide_rows`; knn is the MSET-like nearest-neighbour residual of `controltower detect
+--method knn`, its memory capped at `KNN_MEMORY` rows and its score smoothed by the same
 EWMA, `offline.HALFLIFE["knn"]` rows, before the threshold: `limits.halflife`), `golden` (`analytics.golden.GoldenBatch`) and `spc` (`analytics.detectors.spc.SpcCentres`: the
 centre line and sigma per tag of the SPC charts, mean and MR-bar / 1.128, over the training range
 and per ISA-88 phase when the samples carry one; not a monitor, the charts take it). Nothing is

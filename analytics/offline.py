@@ -17,7 +17,8 @@ Column rules (the same for both tables):
   detection does not invent faults from gaps.
 
 The path (`method` picks the detector: pca, dpca (dynamic PCA), iforest (isolation forest), knn
-(nearest-neighbour residual, MSET-like); "auto" is `AUTO` with `AUTO_MARGIN` and `AUTO_ON_DELAY`,
+(nearest-neighbour residual, MSET-like), wpca / wknn (PCA / knn of each variable's mean and spread
+over the last `window` rows, `multivariate.windows`); "auto" is `AUTO` with `AUTO_MARGIN` and `AUTO_ON_DELAY`,
 chosen on SKAB's labelled experiments, see `AUTO` and docs/benchmarks.md):
 1. held-out scores of normal rows, smoothed (`postprocess.ewma`, half-life `HALFLIFE[method]` or
    `halflife=`):
@@ -57,8 +58,9 @@ from analytics.multivariate import (
     held_out_scores,
     persist,
 )
+from analytics.multivariate.windows import WindowFeatureDetector
 
-METHODS = ("auto", "pca", "dpca", "iforest", "knn")
+METHODS = ("auto", "pca", "dpca", "iforest", "knn", "wpca", "wknn")
 # `auto` = dynamic PCA, 3-row EWMA, threshold x 2, 30-row on-delay: what the rule declared in
 # bench/skab_lofo.py (round 3) picks on SKAB's 34 experiments: the best F1 among 216 candidates
 # with a false-alarm rate of at most 10 %. Each experiment's own figure comes from the candidate
@@ -70,15 +72,17 @@ AUTO_MARGIN = 2.0
 AUTO_ON_DELAY = 30
 # EWMA half-life of the score, in rows (`--halflife` overrides). dpca 3 and knn 30: chosen by
 # bench/skab_select.py (rounds 1 and 2) on anomaly-free replays only; dpca 3 again in round 3.
-HALFLIFE = {"pca": 0.0, "dpca": 3.0, "iforest": 10.0, "knn": 30.0}
+# wpca / wknn (window features, `--window` rows): 3, not tuned (their windows already average).
+HALFLIFE = {"pca": 0.0, "dpca": 3.0, "iforest": 10.0, "knn": 30.0, "wpca": 3.0, "wknn": 3.0}
+WINDOW = 30
 N_FOLDS = 5
 TOP = 3
 MIN_TRAIN_ROWS = 50
 TIME_NAMES = ("timestamp", "time", "datetime")
 
 
-def make_detector(method: str, alpha: float = 0.01):
-    """A fresh detector for `method` (not "auto")."""
+def make_detector(method: str, alpha: float = 0.01, window: int = WINDOW):
+    """A fresh detector for `method` (not "auto"); `window` is for wpca and wknn only."""
     if method == "pca":
         return PCADetector(variance=0.9, alpha=alpha)
     if method == "dpca":
@@ -87,6 +91,8 @@ def make_detector(method: str, alpha: float = 0.01):
         return IsolationForestDetector(n_estimators=200, random_state=0)
     if method == "knn":
         return NearestNeighbourDetector(n_neighbors=5)
+    if method in ("wpca", "wknn"):
+        return WindowFeatureDetector(inner=method[1:], window=window, alpha=alpha, variance=0.9, n_neighbors=5)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -166,7 +172,7 @@ class Detection:
 
 def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha: float = 0.01,
         exclude: Sequence[str] = (), normal: pl.DataFrame | None = None, halflife: float | None = None,
-        margin: float | None = None, on_delay: int | None = None,
+        margin: float | None = None, on_delay: int | None = None, window: int = WINDOW,
         train_name: str = "train", test_name: str = "test", normal_name: str = "normal") -> Detection:
     """`detect`, also returning the fitted detector, the method used and the threshold."""
     if method not in METHODS:
@@ -183,6 +189,8 @@ def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha:
         raise ValueError(f"margin must be a positive factor of the threshold, got {margin}")
     if int(on_delay) != on_delay or on_delay < 1:
         raise ValueError(f"on_delay must be a whole number of rows >= 1, got {on_delay}")
+    if int(window) != window or window < 2:
+        raise ValueError(f"window must be a whole number of rows >= 2, got {window}")
     chosen = AUTO if method == "auto" else method
     tr, te = _prepare(train, train_name, exclude), _prepare(test, test_name, exclude)
     a, b = tr.variables.columns, te.variables.columns
@@ -199,7 +207,7 @@ def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha:
     X_train = tr.variables.with_columns(pl.col(c).fill_null(medians[c][0]) for c in a)
     X_test = te.variables.select(a).with_columns(pl.col(c).fill_null(medians[c][0]) for c in a)
 
-    detector = make_detector(chosen, alpha)
+    detector = make_detector(chosen, alpha, int(window))
     halflife = HALFLIFE[chosen] if halflife is None else halflife
     def smooth(s: np.ndarray) -> np.ndarray:
         return ewma(s, halflife)
@@ -258,13 +266,14 @@ def replay_scores(detector, normal: pl.DataFrame, n_train: int, horizon: int,
 
 def detect(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha: float = 0.01,
            exclude: Sequence[str] = (), normal: pl.DataFrame | None = None,
-           halflife: float | None = None, margin: float | None = None, on_delay: int | None = None) -> pl.DataFrame:
+           halflife: float | None = None, margin: float | None = None, on_delay: int | None = None,
+           window: int = WINDOW) -> pl.DataFrame:
     """Score `test` (n rows) with a detector fitted on normal `train`: (n, [time,] score, alarm,
     contributors); `normal` optionally calibrates the threshold (module doc), `halflife` (rows)
     replaces the method's default smoothing `HALFLIFE[method]`, `margin` and `on_delay` the
     defaults of the module doc. Raises ValueError on bad input."""
     return run(train, test, method=method, alpha=alpha, exclude=exclude, normal=normal, halflife=halflife,
-               margin=margin, on_delay=on_delay).result
+               margin=margin, on_delay=on_delay, window=window).result
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -282,6 +291,8 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
                              + ", ".join(f"{m} {h:g}" for m, h in HALFLIFE.items()) + ")")
     parser.add_argument("--margin", type=float, default=None, metavar="FACTOR",
                         help=f"multiply the calibrated threshold (default 1; auto {AUTO_MARGIN:g})")
+    parser.add_argument("--window", type=int, default=WINDOW, metavar="ROWS",
+                        help=f"rows per window for wpca and wknn (default {WINDOW})")
     parser.add_argument("--on-delay", type=int, default=None, metavar="ROWS",
                         help=f"rows over the threshold before an alarm raises (default 1; auto {AUTO_ON_DELAY})")
 
@@ -294,7 +305,7 @@ def run_detect(args: argparse.Namespace) -> int:
     normal = read_table(normal_path) if normal_path is not None else None
     det = run(train, test, method=args.method, alpha=args.alpha, exclude=args.exclude, normal=normal,
               halflife=getattr(args, "halflife", None), margin=getattr(args, "margin", None),
-              on_delay=getattr(args, "on_delay", None), train_name=str(args.train), test_name=str(args.test), normal_name=str(normal_path))
+              on_delay=getattr(args, "on_delay", None), window=getattr(args, "window", WINDOW), train_name=str(args.train), test_name=str(args.test), normal_name=str(normal_path))
     out = det.result
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out.write_csv(args.out)

@@ -18,8 +18,8 @@ Column rules (the same for both tables):
 
 The path (`method` picks the detector: pca, dpca (dynamic PCA), iforest (isolation forest), knn
 (nearest-neighbour residual, MSET-like), wpca / wknn (PCA / knn of each variable's mean and spread
-over the last `window` rows, `multivariate.windows`); "auto" is `AUTO` with `AUTO_MARGIN` and `AUTO_ON_DELAY`,
-chosen on SKAB's labelled experiments, see `AUTO` and docs/benchmarks.md):
+over the last `window` rows, `multivariate.windows`); "auto" is `AUTO`, chosen on SKAB's
+labelled experiments, see `AUTO` and docs/benchmarks.md):
 1. held-out scores of normal rows, smoothed (`postprocess.ewma`, half-life `HALFLIFE[method]` or
    `halflife=`):
    - by default the train rows are cut in `N_FOLDS` contiguous blocks, each scored by the
@@ -30,11 +30,11 @@ chosen on SKAB's labelled experiments, see `AUTO` and docs/benchmarks.md):
      normal operation drifts over the test horizon, which a few hundred train rows cannot show
      (on SKAB the train-block threshold alarms on 13-50 % of anomaly-free rows at alpha = 1 %);
 2. `QuantileThreshold(alpha)` is calibrated on them: about `alpha` of new normal rows alarm;
-   `margin` multiplies that threshold (default 1; `AUTO_MARGIN` for "auto"), for processes that
-   drift more over the test horizon than the train rows show;
+   `margin` (default 1) multiplies that threshold, for processes that drift more over the test
+   horizon than the train rows show;
 3. the detector is fitted on all train rows and scores the test rows, smoothed the same way;
 4. alarm = smoothed score > threshold, held for `on_delay` consecutive rows before it raises
-   (ISA-18.2 on-delay; default 1 = at once, `AUTO_ON_DELAY` for "auto"); contributors = the
+   (ISA-18.2 on-delay; default 1 = at once); contributors = the
    `TOP` variables by contribution.
 """
 
@@ -61,20 +61,17 @@ from analytics.multivariate import (
 from analytics.multivariate.windows import WindowFeatureDetector
 
 METHODS = ("auto", "pca", "dpca", "iforest", "knn", "wpca", "wknn")
-# `auto` = dynamic PCA, 3-row EWMA, threshold x 2, 30-row on-delay: what the rule declared in
-# bench/skab_lofo.py (round 3) picks on SKAB's 34 experiments: the best F1 among 216 candidates
-# with a false-alarm rate of at most 10 %. Each experiment's own figure comes from the candidate
-# picked on the 33 others (docs/benchmarks.md, "SKAB"). Rounds 1-2 (bench/skab_select.py,
-# anomaly-free replays with synthetic faults) had picked dpca and then knn with no on-delay,
-# which alarmed on 33-44 % of SKAB's normal test rows.
-AUTO = "dpca"
-AUTO_MARGIN = 2.0
-AUTO_ON_DELAY = 30
-# EWMA half-life of the score, in rows (`--halflife` overrides). dpca 3 and knn 30: chosen by
-# bench/skab_select.py (rounds 1 and 2) on anomaly-free replays only; dpca 3 again in round 3.
-# wpca / wknn (window features, `--window` rows): 3, not tuned (their windows already average).
+# `auto` = wpca: PCA of each variable's mean and spread over the last 10 rows, a 3-row EWMA of
+# the score, the threshold at alpha, no on-delay. The rule declared in bench/skab_lofo.py (round
+# 4) picked it on SKAB's 34 experiments: the best F1 among 648 candidates with a false-alarm rate
+# of at most 10 %; each experiment's own figure comes from the candidate picked on the 33 others
+# (docs/benchmarks.md, "SKAB"). Earlier rounds had picked dpca (rounds 1 and 3, the latter with
+# threshold x 2 and a 30-row on-delay) and knn (round 2, FAR 44 % on SKAB's normal test rows).
+AUTO = "wpca"
+# EWMA half-life of the score, in rows (`--halflife` overrides): dpca 3 and knn 30 from rounds
+# 1-2 (anomaly-free replays only), wpca 3 from round 4; wknn 3 as wpca, iforest 10 not tuned.
 HALFLIFE = {"pca": 0.0, "dpca": 3.0, "iforest": 10.0, "knn": 30.0, "wpca": 3.0, "wknn": 3.0}
-WINDOW = 30
+WINDOW = 10  # rows per window of wpca / wknn (`--window`): round 4's pick
 N_FOLDS = 5
 TOP = 3
 MIN_TRAIN_ROWS = 50
@@ -172,7 +169,7 @@ class Detection:
 
 def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha: float = 0.01,
         exclude: Sequence[str] = (), normal: pl.DataFrame | None = None, halflife: float | None = None,
-        margin: float | None = None, on_delay: int | None = None, window: int = WINDOW,
+        margin: float = 1.0, on_delay: int = 1, window: int = WINDOW,
         train_name: str = "train", test_name: str = "test", normal_name: str = "normal") -> Detection:
     """`detect`, also returning the fitted detector, the method used and the threshold."""
     if method not in METHODS:
@@ -181,10 +178,6 @@ def run(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if halflife is not None and not (np.isfinite(halflife) and halflife >= 0):
         raise ValueError(f"halflife must be >= 0 rows, got {halflife}")
-    if margin is None:
-        margin = AUTO_MARGIN if method == "auto" else 1.0
-    if on_delay is None:
-        on_delay = AUTO_ON_DELAY if method == "auto" else 1
     if not (np.isfinite(margin) and margin > 0):
         raise ValueError(f"margin must be a positive factor of the threshold, got {margin}")
     if int(on_delay) != on_delay or on_delay < 1:
@@ -266,12 +259,12 @@ def replay_scores(detector, normal: pl.DataFrame, n_train: int, horizon: int,
 
 def detect(train: pl.DataFrame, test: pl.DataFrame, *, method: str = "auto", alpha: float = 0.01,
            exclude: Sequence[str] = (), normal: pl.DataFrame | None = None,
-           halflife: float | None = None, margin: float | None = None, on_delay: int | None = None,
+           halflife: float | None = None, margin: float = 1.0, on_delay: int = 1,
            window: int = WINDOW) -> pl.DataFrame:
     """Score `test` (n rows) with a detector fitted on normal `train`: (n, [time,] score, alarm,
     contributors); `normal` optionally calibrates the threshold (module doc), `halflife` (rows)
-    replaces the method's default smoothing `HALFLIFE[method]`, `margin` and `on_delay` the
-    defaults of the module doc. Raises ValueError on bad input."""
+    replaces the method's default smoothing `HALFLIFE[method]`; `margin`, `on_delay` and
+    `window` as in the module doc. Raises ValueError on bad input."""
     return run(train, test, method=method, alpha=alpha, exclude=exclude, normal=normal, halflife=halflife,
                margin=margin, on_delay=on_delay, window=window).result
 
@@ -289,12 +282,12 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--halflife", type=float, default=None, metavar="ROWS",
                         help="EWMA half-life of the score in rows, 0 = none (default: per method, "
                              + ", ".join(f"{m} {h:g}" for m, h in HALFLIFE.items()) + ")")
-    parser.add_argument("--margin", type=float, default=None, metavar="FACTOR",
-                        help=f"multiply the calibrated threshold (default 1; auto {AUTO_MARGIN:g})")
+    parser.add_argument("--margin", type=float, default=1.0, metavar="FACTOR",
+                        help="multiply the calibrated threshold (default 1)")
     parser.add_argument("--window", type=int, default=WINDOW, metavar="ROWS",
                         help=f"rows per window for wpca and wknn (default {WINDOW})")
-    parser.add_argument("--on-delay", type=int, default=None, metavar="ROWS",
-                        help=f"rows over the threshold before an alarm raises (default 1; auto {AUTO_ON_DELAY})")
+    parser.add_argument("--on-delay", type=int, default=1, metavar="ROWS",
+                        help="rows in a row over the threshold before an alarm raises (default 1: at once)")
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -304,8 +297,8 @@ def run_detect(args: argparse.Namespace) -> int:
     normal_path = getattr(args, "normal", None)
     normal = read_table(normal_path) if normal_path is not None else None
     det = run(train, test, method=args.method, alpha=args.alpha, exclude=args.exclude, normal=normal,
-              halflife=getattr(args, "halflife", None), margin=getattr(args, "margin", None),
-              on_delay=getattr(args, "on_delay", None), window=getattr(args, "window", WINDOW), train_name=str(args.train), test_name=str(args.test), normal_name=str(normal_path))
+              halflife=getattr(args, "halflife", None), margin=getattr(args, "margin", 1.0),
+              on_delay=getattr(args, "on_delay", 1), window=getattr(args, "window", WINDOW), train_name=str(args.train), test_name=str(args.test), normal_name=str(normal_path))
     out = det.result
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out.write_csv(args.out)

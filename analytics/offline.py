@@ -58,7 +58,7 @@ from analytics.multivariate import (
     held_out_scores,
     persist,
 )
-from analytics.multivariate.windows import WindowFeatureDetector
+from analytics.multivariate.windows import WindowKnnDetector, WindowPCADetector
 
 METHODS = ("auto", "pca", "dpca", "iforest", "knn", "wpca", "wknn")
 # `auto` = wpca: PCA of each variable's mean and spread over the last 10 rows, a 3-row EWMA of
@@ -88,8 +88,10 @@ def make_detector(method: str, alpha: float = 0.01, window: int = WINDOW):
         return IsolationForestDetector(n_estimators=200, random_state=0)
     if method == "knn":
         return NearestNeighbourDetector(n_neighbors=5)
-    if method in ("wpca", "wknn"):
-        return WindowFeatureDetector(inner=method[1:], window=window, alpha=alpha, variance=0.9, n_neighbors=5)
+    if method == "wpca":
+        return WindowPCADetector(window=window, variance=0.9, alpha=alpha)
+    if method == "wknn":
+        return WindowKnnDetector(window=window, n_neighbors=5)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 

@@ -2,15 +2,19 @@
 
 Every row becomes, per variable, the mean and the standard deviation of the `window` rows ending
 at it (trailing, so causal; the first rows of a frame use the rows they have, which is what a
-monitor that just started sees). A PCA T²/SPE monitor or the nearest-neighbour residual then
-models those 2p features. Why: a single row mixes the process state with sensor noise. The
-window mean is the state, with the noise averaged out; the window spread catches faults that
-change the noise, not the level: cavitation, a loose rotor, two-phase flow. This is the
-reconstruction-of-a-window idea of SKAB's convolutional autoencoder, with linear or
-nearest-neighbour models instead of a trained network.
+monitor that just started sees). A PCA T²/SPE monitor (`WindowPCADetector`) or the
+nearest-neighbour residual (`WindowKnnDetector`) then models those 2p features. Why: a single row
+mixes the process state with sensor noise. The window mean is the state, with the noise averaged
+out; the window spread catches faults that change the noise, not the level: cavitation, a loose
+rotor, two-phase flow. This is the reconstruction-of-a-window idea of SKAB's convolutional
+autoencoder, with linear or nearest-neighbour models instead of a trained network; on SKAB it is
+what `controltower detect --method auto` uses (docs/benchmarks.md).
 
-Contributions: the inner detector's contributions of a variable's mean and spread features,
-summed, so the columns are the process variables again.
+The classes are the PCA and nearest-neighbour detectors fitted on the features, so their learned
+state stays plain arrays (the model store keeps no nested objects). `process_variables_` are the
+columns they take; `variables_` are the feature columns. Contributions: a variable's mean and
+spread contributions, summed, so the columns are the process variables again. A live monitor
+carries the last `context_rows` rows across micro-batches, as for dynamic PCA's lags.
 """
 
 from __future__ import annotations
@@ -19,64 +23,70 @@ from typing import Self
 
 import numpy as np
 import polars as pl
-from sklearn.base import BaseEstimator
 
 from analytics.multivariate.base import as_matrix, frame_of
 from analytics.multivariate.knn import NearestNeighbourDetector
 from analytics.multivariate.pca import PCADetector
 
-INNER = ("pca", "knn")
+SPREAD = "~spread"  # suffix of a variable's spread feature
 
 
 def window_features(X: pl.DataFrame, window: int) -> pl.DataFrame:
-    """(n, 2p): each column's trailing mean (`<name>`) and population standard deviation
+    """(n, 2p): each column's trailing mean (same name) and population standard deviation
     (`<name>~spread`) over `window` rows, over fewer rows at the start of the frame."""
     return X.select(
         *(pl.col(c).rolling_mean(window, min_samples=1).alias(c) for c in X.columns),
-        *(pl.col(c).rolling_std(window, min_samples=1, ddof=0).fill_nan(0.0).fill_null(0.0).alias(f"{c}~spread")
+        *(pl.col(c).rolling_std(window, min_samples=1, ddof=0).fill_nan(0.0).fill_null(0.0).alias(f"{c}{SPREAD}")
           for c in X.columns),
     )
 
 
-class WindowFeatureDetector(BaseEstimator):
-    """PCA or nearest-neighbour monitor of window features; see the module doc.
+class _WindowFeatures:
+    """Fit and score the detector it is mixed into on `window_features`; see the module doc."""
 
-    Parameters: `inner` "pca" | "knn", `window` rows (>= 2), `alpha` and `variance` for the PCA,
-    `n_neighbors` for the nearest-neighbour residual.
-    Learned: `variables_`, `model_` (the inner detector, fitted on the features).
-    """
+    window: int
 
-    def __init__(self, *, inner: str = "pca", window: int = 30, alpha: float = 0.01, variance: float = 0.9,
-                 n_neighbors: int = 5):
-        self.inner = inner
-        self.window = window
-        self.alpha = alpha
-        self.variance = variance
-        self.n_neighbors = n_neighbors
+    @property
+    def context_rows(self) -> int:
+        """Rows before a row that its score depends on."""
+        return int(self.window) - 1
 
     def fit(self, X: pl.DataFrame) -> Self:
-        """Fit on normal rows X (n, p). Raises ValueError on a bad `inner` or `window`."""
-        if self.inner not in INNER:
-            raise ValueError(f"inner must be one of {', '.join(INNER)}, got {self.inner!r}")
+        """Fit on normal rows X (n, p). Raises ValueError on a bad `window` or bad values."""
         if int(self.window) != self.window or self.window < 2:
             raise ValueError(f"window must be a whole number of rows >= 2, got {self.window}")
         as_matrix(X)  # the same checks and errors as every detector (finite Float64 columns)
-        self.variables_ = tuple(X.columns)
-        self.model_ = (PCADetector(variance=self.variance, alpha=self.alpha) if self.inner == "pca"
-                       else NearestNeighbourDetector(n_neighbors=self.n_neighbors))
-        self.model_.fit(window_features(X, int(self.window)))
-        return self
+        self.process_variables_ = tuple(X.columns)
+        return super().fit(window_features(X, int(self.window)))
 
     def _features(self, X: pl.DataFrame) -> pl.DataFrame:
-        as_matrix(X, self.variables_)  # raises on other columns or non-finite values
-        return window_features(X.select(self.variables_), int(self.window))
+        as_matrix(X, self.process_variables_)  # raises on other columns or non-finite values
+        return window_features(X.select(self.process_variables_), int(self.window))
 
     def score_samples(self, X: pl.DataFrame) -> np.ndarray:
-        """The inner detector's score of each row's window features (n,)."""
-        return self.model_.score_samples(self._features(X))
+        """The detector's score of each row's window features (n,)."""
+        return super().score_samples(self._features(X))
 
     def contributions(self, X: pl.DataFrame) -> pl.DataFrame:
-        """(n, p): per variable, the contributions of its mean and its spread, summed."""
-        C = self.model_.contributions(self._features(X)).to_numpy()
-        p = len(self.variables_)
-        return frame_of(C[:, :p] + C[:, p:], self.variables_)
+        """(n, p): per process variable, the contributions of its mean and its spread, summed."""
+        C = super().contributions(self._features(X)).to_numpy()
+        p = len(self.process_variables_)
+        return frame_of(C[:, :p] + C[:, p:], self.process_variables_)
+
+
+class WindowPCADetector(_WindowFeatures, PCADetector):
+    """PCA T² / SPE of window features. Parameters as `PCADetector`, plus `window` (rows, >= 2)."""
+
+    def __init__(self, *, window: int = 10, variance: float = 0.9, alpha: float = 0.01, limits: str = "calibrated",
+                 spe: str = "jm", combine: str = "max", n_folds: int = 5):
+        super().__init__(variance=variance, alpha=alpha, limits=limits, spe=spe, combine=combine, n_folds=n_folds)
+        self.window = window
+
+
+class WindowKnnDetector(_WindowFeatures, NearestNeighbourDetector):
+    """Nearest-neighbour residual of window features. Parameters as `NearestNeighbourDetector`,
+    plus `window` (rows, >= 2)."""
+
+    def __init__(self, *, window: int = 10, n_neighbors: int = 5, max_memory: int | None = None):
+        super().__init__(n_neighbors=n_neighbors, max_memory=max_memory)
+        self.window = window

@@ -5,7 +5,9 @@ import polars as pl
 import pytest
 
 from analytics.multivariate import PCADetector, QuantileThreshold, held_out_scores
-from analytics.multivariate.windows import WindowFeatureDetector, window_features
+from analytics.multivariate.windows import WindowKnnDetector, WindowPCADetector, window_features
+
+WINDOW_DETECTORS = {"pca": WindowPCADetector, "knn": WindowKnnDetector}
 
 
 def test_window_features_by_hand():
@@ -37,21 +39,20 @@ def test_catches_a_noise_change_that_row_pca_misses(inner: str):
         threshold = QuantileThreshold(0.01).fit(held_out_scores(detector, train, 5))
         return threshold.predict(detector.fit(train).score_samples(test)) > 0
 
-    window = alarms(WindowFeatureDetector(inner=inner, window=20))
+    window = alarms(WINDOW_DETECTORS[inner](window=20))
     rows = alarms(PCADetector())
     assert window[fault][20:].mean() > 0.8 and window[~fault].mean() < 0.1
     assert rows[fault].mean() < 0.5  # most faulty rows pass a row-wise PCA
-    top = WindowFeatureDetector(inner=inner, window=20).fit(train).contributions(test[320:])
+    top = WINDOW_DETECTORS[inner](window=20).fit(train).contributions(test[320:])
     assert top.columns == ["a", "b"] and (top["b"] > top["a"]).mean() > 0.8
 
 
 def test_bad_parameters_and_columns():
     X = plant(100, 1)
-    with pytest.raises(ValueError, match="inner"):
-        WindowFeatureDetector(inner="lstm").fit(X)
     with pytest.raises(ValueError, match="window"):
-        WindowFeatureDetector(window=1).fit(X)
-    det = WindowFeatureDetector(window=5).fit(X)
+        WindowPCADetector(window=1).fit(X)
+    det = WindowKnnDetector(window=5).fit(X)
+    assert det.context_rows == 4 and det.process_variables_ == ("a", "b") and len(det.variables_) == 4
     with pytest.raises(ValueError):
         det.score_samples(X.rename({"b": "c"}))
     with pytest.raises(ValueError, match="b"):

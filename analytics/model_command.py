@@ -1,7 +1,7 @@
 """`controltower model fit` and `controltower model list`: build a unit's models from the
 historian and store them (`analytics.models.ModelStore`), or show the stored ones.
 
-    controltower model fit --config SITE --unit site.area.line.unit --kind pca|dpca|iforest|knn|golden|spc
+    controltower model fit --config SITE --unit site.area.line.unit --kind pca|dpca|iforest|knn|wpca|wknn|golden|spc
                            (--from T --to T | --batches ID,ID,...) [--alpha 0.001] [--out DIR] [--data-dir DIR]
     controltower model list --config SITE [--out DIR] [--data-dir DIR] [--json]
 
@@ -17,8 +17,9 @@ mean and MR-bar / 1.128 over the training samples and, where the historian holds
 per (tag, ISA-88 phase) from the samples inside that phase's spans (at least 30 samples from
 2 batches, `SpcCentres`); the live charts follow the running phase. A tag's `spc:` in the
 site file still wins. A `knn` model is the nearest-neighbour residual (MSET-like) of
-`controltower detect --method knn`, with its EWMA smoothing; its threshold is calibrated
-on the smoothed held-out scores. A running tower (and each analytics worker) swaps the new
+`controltower detect --method knn`, and `wpca` / `wknn` those of `--method wpca` / `wknn` (each
+tag's mean and spread over the last 10 rows; wpca is what `--method auto` uses), each with its EWMA
+smoothing; the threshold is calibrated on the smoothed held-out scores. A running tower (and each analytics worker) swaps the new
 version in within `detectors.models.reload_s` seconds, unless the site file pins a version.
 """
 
@@ -46,8 +47,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--config", type=Path, required=True, help="the site file (names the historian)")
     fit.add_argument("--unit", required=True, help="the unit's path site.area.line.unit")
     fit.add_argument("--kind", required=True, choices=STORE_KINDS,
-                     help="pca, dpca, iforest, knn: multivariate models of the unit's rows (knn: the "
-                          "nearest-neighbour residual of detect --method knn); golden: the golden batch "
+                     help="pca, dpca, iforest, knn, wpca, wknn: multivariate models of the unit's rows (knn: the "
+                          "nearest-neighbour residual of detect --method knn; wpca, wknn: PCA / knn of each tag's "
+                          "mean and spread over the last 10 rows, wpca being detect --method auto); golden: the golden batch "
                           "(by phase where the historian holds batch events); spc: the SPC charts' centre line "
                           "and sigma per tag, and per tag and ISA-88 phase where the historian holds batch events "
                           "(a phase needs 30 samples from 2 batches)")

@@ -3,10 +3,12 @@
     <root>/<unit path>/<kind>/v0001/manifest.json   what the model is (below)
                                     arrays.npz      its learned arrays (NumPy, loaded with allow_pickle=False)
 
-Kinds: `pca`, `dpca`, `iforest`, `knn` (per-row monitors on the unit's wide rows,
-`rows.wide_rows`; knn is the MSET-like nearest-neighbour residual of `controltower detect
---method knn`, its memory capped at `KNN_MEMORY` rows and its score smoothed by the same
-EWMA, `offline.HALFLIFE["knn"]` rows, before the threshold: `limits.halflife`), `golden` (`analytics.golden.GoldenBatch`) and `spc` (`analytics.detectors.spc.SpcCentres`: the
+Kinds: `pca`, `dpca`, `iforest`, `knn`, `wpca`, `wknn` (per-row monitors on the unit's wide
+rows, `rows.wide_rows`; knn is the MSET-like nearest-neighbour residual of `controltower detect
+--method knn`, its memory capped at `KNN_MEMORY` rows; wpca / wknn model each tag's mean and
+spread over the last `offline.WINDOW` rows, `multivariate.windows`, wpca being what `detect
+--method auto` uses; knn, wpca and wknn scores are smoothed by the EWMA of `controltower detect`,
+`offline.HALFLIFE[kind]` rows, before the threshold: `limits.halflife`), `golden` (`analytics.golden.GoldenBatch`) and `spc` (`analytics.detectors.spc.SpcCentres`: the
 centre line and sigma per tag of the SPC charts, mean and MR-bar / 1.128, over the training range
 and per ISA-88 phase when the samples carry one; not a monitor, the charts take it). Nothing is
 pickled: the isolation forest's trees are arrays too (`multivariate.iforest.IsolationTrees`).
@@ -54,10 +56,12 @@ from analytics.multivariate import (
 from analytics.multivariate.iforest import IsolationTrees
 from analytics.multivariate.rows import wide_rows
 from analytics.multivariate.threshold import held_out_scores
-from analytics.offline import HALFLIFE  # knn: the smoothing `detect --method auto` chose (docs/benchmarks.md)
+from analytics.multivariate.windows import WindowKnnDetector, WindowPCADetector
+from analytics.offline import HALFLIFE, WINDOW  # the smoothing and window `controltower detect` uses
 
-KINDS = ("pca", "dpca", "iforest", "knn", "golden")  # the kinds the live monitors score (`analytics.monitors`)
-ROW_KINDS = ("pca", "dpca", "iforest", "knn")
+KINDS = ("pca", "dpca", "iforest", "knn", "wpca", "wknn", "golden")  # what the live monitors score (`analytics.monitors`)
+ROW_KINDS = ("pca", "dpca", "iforest", "knn", "wpca", "wknn")
+SMOOTHED_KINDS = ("knn", "wpca", "wknn")  # scores smoothed by an EWMA of `offline.HALFLIFE[kind]` rows
 SPC = "spc"  # centre lines of the SPC charts, loaded by `controltower.runtime.load_unit_monitors`
 STORE_KINDS = (*KINDS, SPC)
 FORMAT = 1
@@ -70,7 +74,8 @@ ROW_S = 1.0
 # tag's extremes) cover a unit's operating envelope.
 KNN_MEMORY = 4000
 CLASSES = {"pca": PCADetector, "dpca": DynamicPCADetector, "iforest": IsolationForestDetector,
-           "knn": NearestNeighbourDetector, "golden": GoldenBatch, SPC: SpcCentres}
+           "knn": NearestNeighbourDetector, "wpca": WindowPCADetector, "wknn": WindowKnnDetector,
+           "golden": GoldenBatch, SPC: SpcCentres}
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -91,6 +96,10 @@ def make_model(kind: str, alpha: float = 0.01, **params: Any):
         return IsolationForestDetector(**({"n_estimators": 200, "random_state": 0} | params))
     if kind == "knn":
         return NearestNeighbourDetector(**({"n_neighbors": 5, "max_memory": KNN_MEMORY} | params))
+    if kind == "wpca":
+        return WindowPCADetector(**({"window": WINDOW, "variance": 0.9, "alpha": alpha} | params))
+    if kind == "wknn":
+        return WindowKnnDetector(**({"window": WINDOW, "n_neighbors": 5, "max_memory": KNN_MEMORY} | params))
     if kind == "golden":
         return GoldenBatch(**({"alpha": alpha} | params))
     if kind == SPC:
@@ -128,12 +137,12 @@ def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tu
     """Fit a `kind` model on a unit's samples (sample schema). Row kinds: on its wide rows, with
     the alarm threshold calibrated on held-out blocks (`threshold.held_out_scores`) at `alpha`;
     spc: centre and sigma per tag, and per (tag, phase) when `samples` has a `phase` column (no
-    limits: the charts' widths are in the site file). knn: the threshold is calibrated on the
+    limits: the charts' widths are in the site file). knn, wpca, wknn: the threshold is calibrated on the
     held-out scores smoothed by an EWMA of `params["halflife"]` rows (default: as `controltower
     detect`), which the live monitor applies too. Raises ValueError naming the reason (no rows,
     too few rows or batches)."""
     params = dict(params or {})
-    halflife = float(params.pop("halflife", HALFLIFE["knn"])) if kind == "knn" else 0.0
+    halflife = float(params.pop("halflife", HALFLIFE[kind])) if kind in SMOOTHED_KINDS else 0.0
     model = make_model(kind, alpha, **params)
     training = dict(training or {})
     training["samples"] = samples.height
@@ -164,9 +173,9 @@ def fit_unit_model(kind: str, samples: pl.DataFrame, *, unit: str, variables: tu
         threshold = QuantileThreshold(alpha).fit(held_out_scores(model, X, N_FOLDS, post=smooth))
         model.fit(X)
         limits = {"threshold": threshold.threshold_}
-        if kind == "knn":
+        if kind in SMOOTHED_KINDS:
             limits["halflife"] = halflife
-        if kind in ("pca", "dpca"):
+        if kind in ("pca", "dpca", "wpca"):
             limits |= {"t2": model.t2_limit_, "spe": model.spe_limit_}
         training["rows"] = X.height
     return FittedModel(kind, unit, tuple(variables), model, alpha, limits, training, fingerprint(samples))

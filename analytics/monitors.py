@@ -100,14 +100,15 @@ class _Monitor:
 
 
 class RowMonitor(_Monitor):
-    """A pca, dpca, iforest or knn model on a unit's wide rows."""
+    """A pca, dpca, iforest, knn, wpca or wknn model on a unit's wide rows."""
 
     def __init__(self, fitted: FittedModel, on_delay_rows: int = 5, alarm_score: float = 3.0):
         super().__init__(fitted, on_delay_rows, alarm_score)
         self.threshold = fitted.threshold
-        self.lags = int(getattr(fitted.model, "lags", 0))
+        # Rows before a row that its score depends on (dynamic PCA's lags, a window's earlier rows).
+        self.lags = int(getattr(fitted.model, "context_rows", 0))
         self._carry: pl.DataFrame | None = None
-        self._history: pl.DataFrame | None = None  # the last `lags` rows, for dynamic PCA
+        self._history: pl.DataFrame | None = None  # the last `lags` rows, for dynamic PCA and windows
         # Score and contributions smoothed alike: the smoothed contributions still sum to (or
         # rank) the smoothed score the alert is decided on.
         self._smooth = (StreamingEwma(fitted.halflife), StreamingEwma(fitted.halflife)) if fitted.halflife > 0 \

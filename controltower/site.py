@@ -579,14 +579,14 @@ class StaleConfig(Strict):
 
 class ModelsConfig(Strict):
     """Stored multivariate models (`controltower model fit`): the live engine loads, per unit and
-    kind (pca, dpca, iforest, knn, golden, spc), the newest version under `dir`, or the version
+    kind (pca, dpca, iforest, knn, wpca, wknn, golden, spc), the newest version under `dir`, or the version
     `pin` names: `pin: {lyon.usp.bio1.br101: {pca: 3}}`. Every `reload_s` seconds (0: never) it
     looks for a newer version of the kinds not pinned and swaps it in without a restart
     (`analytics.model_reload`)."""
 
     enabled: bool = True
     dir: str = "models"  # relative paths are under the data directory
-    pin: dict[str, dict[Literal["pca", "dpca", "iforest", "knn", "golden", "spc"], int]] = {}
+    pin: dict[str, dict[Literal["pca", "dpca", "iforest", "knn", "wpca", "wknn", "golden", "spc"], int]] = {}
     reload_s: float = Field(default=10.0, ge=0)
     # Consecutive rows over the limit before an alert is raised (the limit alone lets about
     # alpha of normal rows through), and the score (1 = at the limit) from which it is an alarm.

@@ -37,6 +37,11 @@ class DynamicPCADetector(PCADetector):
                          n_folds=n_folds)
         self.lags = lags
 
+    @property
+    def context_rows(self) -> int:
+        """Rows before a row that its score depends on."""
+        return int(self.lags)
+
     def _min_rows(self, p: int) -> int:
         return self.lags + max(2 * p * (self.lags + 1), 2 * self.n_folds, 10)
 

@@ -516,7 +516,7 @@ class ZScoreAnomaly:
 
 
 class ModelAnomaly:
-    """A unit's live multivariate model (the engine's row monitor: pca, dpca, iforest or knn) as its
+    """A unit's live multivariate model (the engine's row monitor: pca, dpca, iforest, knn, wpca or wknn) as its
     anomaly score: the model's score over its calibrated threshold, so the limit is 1. A copy
     of the engine's monitor, so the screen's streaming state never touches the engine's."""
 
@@ -525,7 +525,7 @@ class ModelAnomaly:
         self.unit = monitor.unit
         self.limit: float | None = 1.0
         self.label = f"{monitor.name} model" + (f" v{monitor.version}" if monitor.version else "") + ", score / limit"
-        self.lookback_samples = int(getattr(self._monitor, "lags", 0)) + 1
+        self.lookback_samples = self._monitor.lags + 1
         self._variables = list(monitor.variables)
 
     def score(self, raw: pl.DataFrame) -> pl.DataFrame:

@@ -8,7 +8,7 @@ False alarms: vial fillers of the project's simulator (`tests/analytics/test_mul
 has the same set-up and asserts the calibrated rates): PCA fitted on 4 fillers x 6 h (plant
 seed 100), rates on 4 other fillers x 6 h per fresh seed. Speed: one bioreactor, a 60 s
 micro-batch (12 rows of 5 tags) scored by each stored kind's live monitor (pca, dpca, iforest,
-knn with its memory full at `KNN_MEMORY` rows, golden), median of repeats of the wall time and
+wpca, knn and wknn with their memory full at `KNN_MEMORY` rows, golden), median of repeats of the wall time and
 of the process CPU time (rows/s per core = rows / CPU s: the machine is shared), and the same
 on a 1 h backlog (720 rows, e.g. a worker's warm-up) where the per-call cost is spread; the
 baseline is the engine's limit detector on the same batches, in the same run.
@@ -86,7 +86,7 @@ def speed() -> tuple[list[tuple[str, float, float, float]], int, int]:
     chunk = first.filter(pl.col("ts") < first["ts"].min() + pl.duration(seconds=60))
     backlog = first.filter(pl.col("ts") < first["ts"].min() + pl.duration(hours=1))
     scorers = [("limits detector (baseline)", LimitDetector(site.tag_table()).score)]
-    for kind in ("pca", "dpca", "iforest"):
+    for kind in ("pca", "dpca", "iforest", "wpca"):
         scorers.append((f"{kind} monitor", RowMonitor(fit_unit_model(kind, good, unit=UNIT, variables=tags)).score))
     # knn as stored: its memory full (KNN_MEMORY rows), from batches 1-6 of another run (the 5
     # good batches above make fewer rows than that at 5 s).
@@ -94,6 +94,9 @@ def speed() -> tuple[list[tuple[str, float, float, float]], int, int]:
     knn = RowMonitor(fit_unit_model("knn", more, unit=UNIT, variables=tags))
     assert knn.fitted.model.memory_.shape[0] == KNN_MEMORY, knn.fitted.model.memory_.shape
     scorers.append((f"knn monitor ({KNN_MEMORY:,}-row memory)", knn.score))
+    wknn = RowMonitor(fit_unit_model("wknn", more, unit=UNIT, variables=tags))
+    assert wknn.fitted.model.memory_.shape[0] == KNN_MEMORY, wknn.fitted.model.memory_.shape
+    scorers.append((f"wknn monitor ({KNN_MEMORY:,}-row memory)", wknn.score))
     golden = GoldenMonitor(fit_unit_model("golden", good, unit=UNIT, variables=tags))
     golden.score(batches(run, 5, 5).tail(50))  # sees batch 6 start
     scorers.append(("golden monitor", golden.score))
@@ -128,7 +131,7 @@ def main() -> None:
         f"Scoring one 60 s micro-batch of a bioreactor ({rows} rows x 5 tags) in the live engine, median of {REPEATS}",
         "calls: wall ms, and rows per CPU-second of the process (per core); then a 1 h backlog",
         f"({backlog_rows} rows, e.g. a worker's warm-up), median of {BACKLOG_REPEATS}. The knn monitor compares each row",
-        f"with its whole memory, {KNN_MEMORY:,} rows as `model fit --kind knn` stores it (fitted on 6 batches).",
+        f"with its whole memory, {KNN_MEMORY:,} rows as `model fit --kind knn` stores it (fitted on 6 batches); so does wknn.",
         "",
         "| scorer | ms | x baseline | rows/s per core | rows/s per core, 1 h backlog |",
         "|---|---:|---:|---:|---:|",

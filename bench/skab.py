@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 import polars as pl
 from benchdoc import DOC, write_section
+from skab_select import ROUND2, recorded, skab_metrics
 
 from analytics.multivariate import PCADetector
 from analytics.offline import AUTO, HALFLIFE, WINDOW, read_table, run
-from skab_select import ROUND2, recorded, skab_metrics
 
 SKAB = REPO / ".." / "shared" / "datasets" / "skab"
 LABELS = ("anomaly", "changepoint")

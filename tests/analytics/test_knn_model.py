@@ -106,21 +106,28 @@ def test_live_engine_flags_a_fault_with_the_stored_knn_model(fitted_site: Path):
     site = load_site_config(fitted_site)
     monitors = load_unit_monitors(site, fitted_site.parent / "data")
     assert [(m.unit, m.name, m.version) for m in monitors] == [(UNIT, "knn", 1)]
+    before, after, start = alerts_around_a_ph_bias(site, monitors, "knn")
+    assert not before, [(a.raised_at, a.message) for a in before]
+    assert after
+    alert = after[0]
+    assert alert.tag_id == UNIT and alert.contributors[0] == PH and "knn score" in alert.message
+    assert alert.limit == 1.0 and alert.value > 1.0
+    assert (alert.raised_at - start).total_seconds() < FAULT_AT + 600
+
+
+def alerts_around_a_ph_bias(site, monitors, detector: str) -> tuple[list, list, object]:
+    """`detector`'s alerts (before, after, the run's start) on a fresh simulated run (seed 32) with
+    a 0.1 pH bias injected at FAULT_AT, streamed through an engine with only `monitors` on."""
     config = site.detectors.model_copy(update={name: sub.model_copy(update={"enabled": False})
                                                for name, sub in site.detectors if name != "models"})
     engine = DetectionEngine(site.tag_table(), config, monitors=monitors)
     faulted = simulate(SITE, seed=32, seconds=3 * BATCH_S, faults=[(FAULT_AT, "ph", "bias", 1200.0, 0.1)])
     start = faulted["ts"].min()
     live = faulted.filter(pl.col("ts") >= batches(faulted, 2, 2)["ts"].min() - pl.duration(minutes=5))
-    before = stream(engine, live.filter(pl.col("ts") < start + pl.duration(seconds=FAULT_AT)))
-    assert not [a for a in before if a.detector == "knn"], [(a.raised_at, a.message) for a in before]
-    after = [a for a in stream(engine, live.filter(pl.col("ts") >= start + pl.duration(seconds=FAULT_AT)))
-             if a.detector == "knn"]
-    assert after
-    alert = after[0]
-    assert alert.tag_id == UNIT and alert.contributors[0] == PH and "knn score" in alert.message
-    assert alert.limit == 1.0 and alert.value > 1.0
-    assert (alert.raised_at - start).total_seconds() < FAULT_AT + 600
+    fault = start + pl.duration(seconds=FAULT_AT)
+    before = [a for a in stream(engine, live.filter(pl.col("ts") < fault)) if a.detector == detector]
+    after = [a for a in stream(engine, live.filter(pl.col("ts") >= fault)) if a.detector == detector]
+    return before, after, start
 
 
 def test_memory_cap_keeps_the_envelope_edges():

@@ -7,9 +7,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analytics.multivariate import ewma
-from analytics.multivariate import persist
-from analytics.offline import AUTO, HALFLIFE, WINDOW, add_detect_arguments, detect, read_table, run, run_detect
+from analytics.multivariate import ewma, persist
+from analytics.offline import (
+    WINDOW,
+    add_detect_arguments,
+    detect,
+    read_table,
+    run,
+    run_detect,
+)
 from tests.conftest import missing
 
 SKAB = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "skab"

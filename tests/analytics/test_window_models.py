@@ -12,7 +12,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from analytics.engine import DetectionEngine
 from analytics.models import ModelStore
 from analytics.monitors import RowMonitor
 from analytics.multivariate.postprocess import ewma
@@ -21,9 +20,8 @@ from analytics.offline import HALFLIFE, WINDOW
 from controltower.cli import main
 from controltower.runtime import load_unit_monitors
 from controltower.site import load_site_config
-from tests.analytics.test_knn_model import BATCH_S, FAULT_AT, GOOD, PH, SITE, TAGS
 from tests.analytics.simulated_unit import UNIT, batches, historian_site_file, simulate
-from tests.analytics.test_multivariate_live import stream
+from tests.analytics.test_knn_model import BATCH_S, FAULT_AT, GOOD, PH, SITE, TAGS, alerts_around_a_ph_bias
 
 KINDS = ("wpca", "wknn")
 
@@ -83,16 +81,8 @@ def test_live_engine_flags_a_fault_with_the_stored_wpca_model(fitted_site: Path)
     site = load_site_config(fitted_site)
     monitors = load_unit_monitors(site, fitted_site.parent / "data")
     assert sorted((m.unit, m.name, m.version) for m in monitors) == [(UNIT, "wknn", 1), (UNIT, "wpca", 1)]
-    config = site.detectors.model_copy(update={name: sub.model_copy(update={"enabled": False})
-                                               for name, sub in site.detectors if name != "models"})
-    engine = DetectionEngine(site.tag_table(), config, monitors=[m for m in monitors if m.name == "wpca"])
-    faulted = simulate(SITE, seed=32, seconds=3 * BATCH_S, faults=[(FAULT_AT, "ph", "bias", 1200.0, 0.1)])
-    start = faulted["ts"].min()
-    live = faulted.filter(pl.col("ts") >= batches(faulted, 2, 2)["ts"].min() - pl.duration(minutes=5))
-    before = stream(engine, live.filter(pl.col("ts") < start + pl.duration(seconds=FAULT_AT)))
-    assert not [a for a in before if a.detector == "wpca"], [(a.raised_at, a.message) for a in before]
-    after = [a for a in stream(engine, live.filter(pl.col("ts") >= start + pl.duration(seconds=FAULT_AT)))
-             if a.detector == "wpca"]
+    before, after, start = alerts_around_a_ph_bias(site, [m for m in monitors if m.name == "wpca"], "wpca")
+    assert not before, [(a.raised_at, a.message) for a in before]
     assert after
     alert = after[0]
     assert alert.tag_id == UNIT and alert.contributors[0] == PH and "wpca score" in alert.message

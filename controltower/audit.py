@@ -164,6 +164,21 @@ def open_trail(data_dir: str | Path) -> AuditTrail:
     return AuditTrail(Path(data_dir) / FILE_NAME, key=audit_key_from_env())
 
 
+def record_model_change(trail: AuditTrail, change: Any, *, by: str | None = None) -> dict[str, Any]:
+    """A stored model version swapped in (`model.load`) or refused (`model.refuse`) by a running
+    engine: `change` is an `analytics.model_reload.Reload`; `by` names the process when it is not
+    the tower (e.g. "analytics worker w1")."""
+    details = {"version": change.new_version, "previous_version": change.old_version}
+    if by is not None:
+        details["by"] = by
+    return trail.record(
+        "system", "model.refuse" if change.error else "model.load", f"{change.unit} {change.kind}",
+        old=change.old_fingerprint, new=change.new_fingerprint,
+        reason=change.error or f"hot reload: version {change.new_version} replaces {change.old_version}",
+        details=details,
+    )
+
+
 def record_config(trail: AuditTrail, config_text: bytes | str, *, source: str, actor: str = "system") -> bool:
     """Record a `config.change` when the configuration's SHA-256 differs from the last recorded
     one (the first start records it too). True when a record was written."""

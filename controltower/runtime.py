@@ -26,7 +26,7 @@ from collector.sources import Source
 from collector.sources.mqtt import MqttSource
 from collector.sources.opcua import OpcUaSource
 from collector.spool import Spool
-from controltower.audit import AuditTrail, open_trail, record_config
+from controltower.audit import AuditTrail, open_trail, record_config, record_model_change
 from controltower.live import LiveState
 from controltower.metrics import Metrics
 from controltower.site import SiteConfig
@@ -197,12 +197,7 @@ class ControlTower:
 
     def _audit_reload(self, change) -> None:
         """A model version swapped in (`model.load`) or refused (`model.refuse`) by the running tower."""
-        self.audit.record(
-            "system", "model.refuse" if change.error else "model.load", f"{change.unit} {change.kind}",
-            old=change.old_fingerprint, new=change.new_fingerprint,
-            reason=change.error or f"hot reload: version {change.new_version} replaces {change.old_version}",
-            details={"version": change.new_version, "previous_version": change.old_version},
-        )
+        record_model_change(self.audit, change)
 
     def health(self) -> dict[str, Any]:
         sources = [s.health.as_dict() for s in self.sources]

@@ -33,6 +33,7 @@ from analytics.journal import AlarmJournal
 from collector.pipeline import Pipeline
 from collector.sinks import open_historian
 from collector.spool import Spool
+from controltower.audit import open_trail, record_model_change
 from controltower.batch_events import empty_batch_events
 from controltower.metrics import Metrics
 from controltower.runtime import build_sources, load_unit_monitors, model_reloader
@@ -217,6 +218,9 @@ class AnalyticsWorker:
             self._tags_by_partition.setdefault(k, []).append(t)
         self.log = _TransitionLog(AlarmJournal(data_dir / "alarm_journal.jsonl"))
         self.book = AlertBook(journal=self.log)  # type: ignore[arg-type]
+        # What the worker changes in the scoring path itself (model versions swapped in or refused),
+        # in its own hash-chained trail: it may run on another machine than the tower.
+        self.audit = open_trail(data_dir)
         # The retained alarm state of the whole site, as last seen (alert id -> Alert.to_dict()):
         # what a partition taken over is restored from.
         self.alarm_states: dict[str, dict[str, Any]] = {}
@@ -273,13 +277,14 @@ class AnalyticsWorker:
 
     async def _watch_models(self) -> None:
         """New stored model versions into the owned partitions' engines (`analytics.model_reload`),
-        logged; the worker keeps no audit trail of its own (the fit is audited where it ran)."""
+        each swap or refusal audited in the worker's trail (`model.load` / `model.refuse`)."""
         period = self.site.detectors.models.reload_s
         if not self.site.detectors.models.enabled or period <= 0:
             return
         from analytics.model_reload import watch
 
-        await watch(lambda: [r for r in self.reloaders.values() if r is not None], period)
+        await watch(lambda: [r for r in self.reloaders.values() if r is not None], period,
+                    lambda change: record_model_change(self.audit, change, by=f"analytics worker {self.name}"))
 
     async def _supervise(self) -> None:
         delay = 0.5

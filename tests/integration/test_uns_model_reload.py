@@ -1,6 +1,6 @@
 """An analytics worker (real Mosquitto, in this process) swaps a newly stored model version into
-the engine of the partition that owns the unit, without a restart, and scores the next values
-published on the UNS with it."""
+the engine of the partition that owns the unit, without a restart, audits the swap in its own
+trail, and scores the next values published on the UNS with it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 from analytics.models import ModelStore, fit_unit_model
+from controltower.audit import verify_trail
 from controltower.services import AnalyticsWorker
 from controltower.uns import UnsPublisher, partition_of
 from tests.analytics.simulated_unit import UNIT, batch_seconds, batches, simulate
@@ -40,6 +41,11 @@ async def test_the_worker_swaps_in_a_new_model_version(mosquitto, tmp_path: Path
         await wait_until(lambda: worker.counts["samples_detected"] >= live.height, 60, "the values scored")
         assert [(m.name, m.version) for m in engine.monitors] == [("knn", 2)]
         assert f"knn:{UNIT}" in engine.last_scores
+        # The swap is in the worker's own audit trail, which still verifies.
+        load = worker.audit.last("model.load")
+        assert load["target"] == f"{UNIT} knn" and load["details"] == {
+            "version": 2, "previous_version": 1, "by": "analytics worker w1"}
+        assert verify_trail(worker.audit.path).ok
     finally:
         for task in tasks:
             task.cancel()

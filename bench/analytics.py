@@ -265,7 +265,7 @@ def pca_speed(args) -> dict:
     textbook = [timed_both(lambda: textbook_pca_scores(det, big))[1] for _ in range(args.repeats)]
     part = big[:200_000]
     contrib = [timed_both(lambda: det.contributions(part))[1] for _ in range(args.repeats)]
-    # wpca (`detect --method auto`): each variable's 10-row mean and spread (Polars), then PCA of 2p.
+    # wpca (`detect --method auto`): each variable's 10-row mean and spread, then PCA of the 2p features.
     window = WindowPCADetector(window=10).fit(big[:5_000])
     windowed = [timed_both(lambda: window.score_samples(big))[1] for _ in range(args.repeats)]
     row = {"rows": args.pca_rows, "rows_per_s": args.pca_rows / statistics.median(w for w, _ in runs),

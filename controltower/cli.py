@@ -7,7 +7,7 @@
     controltower evaluate --scenario FILE [--json]
     controltower inject TAG|UNIT --kind spike|drift|stuck|...|cooling_failure|... [--duration S] [--magnitude X]
                         [--mqtt-url U] [--prefix P]
-    controltower detect --train TRAIN --test TEST --out OUT [--method auto|pca|dpca|iforest|knn] [--alpha 0.01]
+    controltower detect --train TRAIN --test TEST --out OUT [--method auto|pca|dpca|iforest|knn|wpca|wknn] [--alpha 0.01]
                         [--exclude COL ...] [--margin F] [--on-delay ROWS]
     controltower browse URL [--root NODE] [--depth N] [--include GLOB] [--exclude GLOB] [--yaml]
     controltower config check FILE

@@ -36,8 +36,8 @@ def window_features(X: pl.DataFrame, window: int) -> pl.DataFrame:
     (`<name>~spread`) over `window` rows, over fewer rows at the start of the frame.
 
     Running sums, one column at a time (NumPy passes over the rows, not a loop per row): about
-    2x faster than Polars' rolling_std. The column is centred on its mean first, so the sums of squares stay
-    small and the variance (sum of squares - square of sum) does not lose its digits."""
+    2x faster than Polars' rolling_std. The column is centred on its mean first, so the sums of
+    squares stay small and the variance (sum of squares - square of sum) keeps its digits."""
     n = X.height
     head = min(window, n)  # the first rows' windows start at row 0
     counts = np.minimum(np.arange(1, n + 1, dtype=np.float64), window)

@@ -516,9 +516,9 @@ class ZScoreAnomaly:
 
 
 class ModelAnomaly:
-    """A unit's live multivariate model (the engine's row monitor: pca, dpca, iforest, knn, wpca or wknn) as its
-    anomaly score: the model's score over its calibrated threshold, so the limit is 1. A copy
-    of the engine's monitor, so the screen's streaming state never touches the engine's."""
+    """A unit's live multivariate model (the engine's row monitor: pca, dpca, iforest, knn, wpca or
+    wknn) as its anomaly score: the model's score over its calibrated threshold, so the limit is 1.
+    A copy of the engine's monitor, so the screen's streaming state never touches the engine's."""
 
     def __init__(self, monitor: Any):
         self._monitor = type(monitor)(monitor.fitted, monitor.on_delay_rows, monitor.alarm_score)

@@ -50,7 +50,7 @@ def test_detect_rows_columns_and_a_fault():
     assert set(out["contributors"][0].split(";")) <= {"temp", "ph", "flow"} and out["contributors"][0].count(";") == 2
 
 
-@pytest.mark.parametrize("method", ["pca", "dpca", "iforest", "knn", "auto"])
+@pytest.mark.parametrize("method", ["pca", "dpca", "iforest", "knn", "wpca", "wknn", "auto"])
 def test_every_method_runs_and_is_deterministic(method: str):
     train, test = table(200, 1), table(100, 2)
     a = detect(train, test, method=method, exclude=["label"])

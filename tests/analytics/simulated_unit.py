@@ -44,6 +44,13 @@ def batch_seconds(site: SiteConfig) -> float:
     return plant._by_path[UNIT].clock.batch_duration_s
 
 
+# The bioreactor site most model tests share, its batch length, tags and pH tag.
+SITE = bioreactor_site()
+BATCH_S = batch_seconds(SITE)
+TAGS = tuple(t.tag_id for t in SITE.tag_table())
+PH = f"{UNIT}.ph"
+
+
 def simulate(site: SiteConfig, seed: int, seconds: float, dt_s: float = 5.0,
              faults: list[tuple] = ()) -> pl.DataFrame:
     """`seconds` of the plant from START (samples every `dt_s`); `faults`: (at_s, tag, kind,

@@ -24,19 +24,17 @@ from controltower.cli import main
 from controltower.runtime import load_unit_monitors
 from controltower.site import load_site_config
 from tests.analytics.simulated_unit import (
+    BATCH_S,
+    PH,
+    SITE,
+    TAGS,
     UNIT,
-    batch_seconds,
     batches,
-    bioreactor_site,
     historian_site_file,
     simulate,
 )
 from tests.analytics.test_multivariate_live import stream
 
-SITE = bioreactor_site()
-BATCH_S = batch_seconds(SITE)
-TAGS = tuple(t.tag_id for t in SITE.tag_table())
-PH = f"{UNIT}.ph"
 FAULT_AT = 2 * BATCH_S + 1500.0  # into the growth phase of batch 3
 GOOD = "BR101-0002,BR101-0003,BR101-0004,BR101-0005,BR101-0006,BR101-0007"
 

@@ -24,19 +24,17 @@ from controltower.cli import main
 from controltower.runtime import ControlTower
 from controltower.site import load_site_config
 from tests.analytics.simulated_unit import (
+    BATCH_S,
+    PH,
+    SITE,
+    TAGS,
     UNIT,
-    batch_seconds,
     batches,
-    bioreactor_site,
     historian_site_file,
     simulate,
 )
 from tests.integration.conftest import wait_until
 
-SITE = bioreactor_site()
-BATCH_S = batch_seconds(SITE)
-TAGS = tuple(t.tag_id for t in SITE.tag_table())
-PH = f"{UNIT}.ph"
 FAULT_AT = 2 * BATCH_S + 1500.0
 RELOAD_S = 0.5
 UNIVARIATE = ("limits", "zscore", "flatline", "quality", "rate_of_change", "nelson", "ewma", "cusum",

@@ -14,18 +14,15 @@ from analytics.monitors import load_monitors
 from analytics.multivariate.rows import wide_rows
 from controltower.cli import main
 from tests.analytics.simulated_unit import (
+    BATCH_S,
+    SITE,
     START,
+    TAGS,
     UNIT,
-    batch_seconds,
     batches,
-    bioreactor_site,
     historian_site_file,
     simulate,
 )
-
-SITE = bioreactor_site()
-BATCH_S = batch_seconds(SITE)
-TAGS = tuple(t.tag_id for t in SITE.tag_table())
 
 
 @pytest.fixture(scope="module")
